@@ -1,0 +1,1 @@
+//! keygate gateway (placeholder until its issue lands).
