@@ -1,0 +1,273 @@
+//! The gRPC service on the Unix socket: who may ask, for what, and the Watch and Get
+//! calls.
+
+pub mod peer;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures::Stream;
+use keygate_proto::REQUEST_HEADER;
+use keygate_proto::agent::v1::secret_agent_server::SecretAgent;
+use keygate_proto::agent::v1::{
+    GetRequest, GetResponse, Secret, SecretState, Snapshot, WatchRequest,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+use tracing::{debug, warn};
+
+use self::peer::Peer;
+use crate::config::PeerPolicy;
+use crate::metrics::Metrics;
+use crate::name::{NamePattern, SecretName};
+use crate::store::{Entry, State, Store};
+
+/// Most names one call may ask for.
+const MAX_NAMES: usize = 1024;
+/// How often a Watch stream re-checks that its peer process is still the same one.
+const PEER_CHECK: Duration = Duration::from_secs(1);
+
+/// The `keygate.agent.v1.SecretAgent` service.
+#[derive(Debug)]
+pub struct AgentService {
+    store: Arc<Store>,
+    policies: Arc<ArcSwap<Vec<PeerPolicy>>>,
+    own_uid: u32,
+    boot_id: String,
+    get_timeout: Duration,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl AgentService {
+    /// A service answering from `store`, admitting peers by `policies` (empty: only
+    /// the agent's own uid).
+    pub fn new(
+        store: Arc<Store>,
+        policies: Arc<ArcSwap<Vec<PeerPolicy>>>,
+        boot_id: String,
+        get_timeout: Duration,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            store,
+            policies,
+            own_uid: nix::unistd::geteuid().as_raw(),
+            boot_id,
+            get_timeout,
+            metrics,
+            shutdown,
+        }
+    }
+
+    /// Checks the header and the peer, then the names against the peer's policy.
+    fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        names: &[String],
+    ) -> Result<(Peer, Vec<SecretName>), Status> {
+        if request
+            .metadata()
+            .get(REQUEST_HEADER)
+            .and_then(|v| v.to_str().ok())
+            != Some("true")
+        {
+            Metrics::inc(&self.metrics.denied_requests);
+            return Err(Status::invalid_argument(format!(
+                "missing metadata header {REQUEST_HEADER}: true"
+            )));
+        }
+        let Some(peer) = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|info| info.peer_cred.as_ref())
+            .and_then(Peer::from_cred)
+        else {
+            Metrics::inc(&self.metrics.denied_peers);
+            return Err(Status::permission_denied("peer credentials unavailable"));
+        };
+        let policies = self.policies.load();
+        let allowed: Vec<NamePattern> = if policies.is_empty() {
+            if peer.uid != self.own_uid {
+                return Err(self.deny_peer(&peer));
+            }
+            vec![NamePattern::Prefix(String::new())]
+        } else {
+            match policies.iter().find(|p| p.matches(peer.uid, peer.gid)) {
+                Some(policy) => policy.paths.clone(),
+                None => return Err(self.deny_peer(&peer)),
+            }
+        };
+        if names.is_empty() || names.len() > MAX_NAMES {
+            Metrics::inc(&self.metrics.denied_requests);
+            return Err(Status::invalid_argument(format!(
+                "ask for between 1 and {MAX_NAMES} names"
+            )));
+        }
+        let mut parsed = Vec::with_capacity(names.len());
+        for raw in names {
+            let name = SecretName::parse(raw).map_err(|e| {
+                Metrics::inc(&self.metrics.denied_requests);
+                Status::invalid_argument(format!("invalid name {raw:?}: {e}"))
+            })?;
+            if !allowed.iter().any(|p| p.matches(&name)) {
+                Metrics::inc(&self.metrics.denied_requests);
+                warn!(peer.uid = peer.uid, peer.pid = peer.pid, secret.name = %name, "name outside the peer's policy");
+                return Err(Status::permission_denied(format!(
+                    "{name} is outside this peer's policy"
+                )));
+            }
+            if !parsed.contains(&name) {
+                parsed.push(name);
+            }
+        }
+        Ok((peer, parsed))
+    }
+
+    fn deny_peer(&self, peer: &Peer) -> Status {
+        Metrics::inc(&self.metrics.denied_peers);
+        warn!(
+            peer.uid = peer.uid,
+            peer.gid = peer.gid,
+            peer.pid = peer.pid,
+            "peer not allowed"
+        );
+        Status::permission_denied("peer not allowed")
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SecretAgent for AgentService {
+    type WatchStream = SnapshotStream;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (peer, names) = self.authorize(&request, &request.get_ref().names)?;
+        self.store.register(&names);
+        let (tx, rx) = mpsc::channel(4);
+        let stream = WatchStream {
+            store: self.store.clone(),
+            names,
+            peer,
+            boot_id: self.boot_id.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(stream.run(tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let (_, names) = self.authorize(&request, &request.get_ref().names)?;
+        self.store.register(&names);
+        let mut generation = self.store.subscribe();
+        let answer = tokio::time::timeout(self.get_timeout, async {
+            loop {
+                if let Some(entries) = self.store.snapshot(&names) {
+                    return Some(entries);
+                }
+                generation.changed().await.ok()?;
+            }
+        })
+        .await;
+        match answer {
+            Ok(Some(entries)) => Ok(Response::new(GetResponse {
+                boot_id: self.boot_id.clone(),
+                secrets: entries.iter().map(|(n, e)| to_proto(n, e)).collect(),
+            })),
+            _ => Err(Status::unavailable(
+                "secrets not loaded yet: Vault has not answered",
+            )),
+        }
+    }
+}
+
+/// One open Watch call.
+struct WatchStream {
+    store: Arc<Store>,
+    names: Vec<SecretName>,
+    peer: Peer,
+    boot_id: String,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl WatchStream {
+    async fn run(mut self, tx: mpsc::Sender<Result<Snapshot, Status>>) {
+        self.metrics.watchers.fetch_add(1, Ordering::Relaxed);
+        let mut generation = self.store.subscribe();
+        let mut peer_check = tokio::time::interval(PEER_CHECK);
+        let mut last_sent: Option<Vec<(State, u64, bool)>> = None;
+        let mut version = 0;
+        loop {
+            generation.borrow_and_update();
+            if let Some(entries) = self.store.snapshot(&self.names) {
+                let signature: Vec<_> = entries
+                    .iter()
+                    .map(|(_, e)| (e.state, e.version, e.stale))
+                    .collect();
+                if last_sent.as_ref() != Some(&signature) {
+                    version += 1;
+                    let snapshot = Snapshot {
+                        version,
+                        boot_id: self.boot_id.clone(),
+                        secrets: entries.iter().map(|(n, e)| to_proto(n, e)).collect(),
+                    };
+                    if tx.send(Ok(snapshot)).await.is_err() {
+                        break;
+                    }
+                    last_sent = Some(signature);
+                }
+            }
+            tokio::select! {
+                Ok(()) = generation.changed() => {}
+                _ = peer_check.tick() => {
+                    if !self.peer.still_alive() {
+                        debug!(peer.pid = self.peer.pid, "watching process is gone; ending its stream");
+                        let _ = tx.send(Err(Status::permission_denied("the process that opened this stream has exited"))).await;
+                        break;
+                    }
+                }
+                () = tx.closed() => break,
+                _ = crate::run::stopped(&mut self.shutdown) => {
+                    let _ = tx.send(Err(Status::unavailable("agent shutting down"))).await;
+                    break;
+                }
+            }
+        }
+        self.metrics.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn to_proto(name: &SecretName, entry: &Entry) -> Secret {
+    let state = match entry.state {
+        State::Loaded => SecretState::Loaded,
+        State::NotFound => SecretState::NotFound,
+        State::Denied => SecretState::Denied,
+        State::Pending => SecretState::Unspecified,
+    };
+    Secret {
+        name: name.to_string(),
+        state: state.into(),
+        version: entry.version,
+        stale: entry.stale,
+        // These copies belong to tonic once sent; it drops them without zeroizing.
+        fields: entry
+            .fields
+            .iter()
+            .flat_map(|f| f.iter())
+            .map(|(k, v)| (k.clone(), v.expose().to_vec()))
+            .collect(),
+        fetched_at_unix_ms: entry.fetched_at_unix_ms(),
+    }
+}

@@ -1,0 +1,79 @@
+//! Who is on the other end of a socket connection, from the kernel (SO_PEERCRED).
+
+use tokio::net::unix::UCred;
+
+/// A connected peer process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Effective uid.
+    pub uid: u32,
+    /// Effective gid.
+    pub gid: u32,
+    /// Process id at connect time.
+    pub pid: i32,
+    /// The process's start time (clock ticks since boot), which tells a reused pid apart.
+    pub start_time: u64,
+}
+
+impl Peer {
+    /// The peer behind `cred`, if its process can still be found.
+    pub fn from_cred(cred: &UCred) -> Option<Self> {
+        let pid = cred.pid()?;
+        let start_time = process_start_time(pid)?;
+        Some(Self {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid,
+            start_time,
+        })
+    }
+
+    /// Whether the same process (same pid and start time) is still running.
+    pub fn still_alive(&self) -> bool {
+        process_start_time(self.pid) == Some(self.start_time)
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`.
+fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+fn parse_start_time(stat: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces and parentheses: skip past its last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // `rest` starts at field 3, so field 22 is the 20th.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_start_time_past_odd_command_names() {
+        let stat = "1234 (we ird) (x)) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20 21";
+        assert_eq!(parse_start_time(stat), Some(424242));
+    }
+
+    #[test]
+    fn own_process_is_alive_and_a_changed_start_time_is_not() {
+        let pid = i32::try_from(std::process::id()).unwrap();
+        let start_time = process_start_time(pid).unwrap();
+        let me = Peer {
+            uid: 0,
+            gid: 0,
+            pid,
+            start_time,
+        };
+        assert!(me.still_alive());
+        assert!(
+            !Peer {
+                start_time: start_time + 1,
+                ..me
+            }
+            .still_alive()
+        );
+    }
+}
