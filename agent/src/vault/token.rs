@@ -255,10 +255,14 @@ impl TokenManager {
         let mut backoff = Backoff::standard();
         let mut quiet_until = Instant::now();
         let mut retry_now = false;
+        // A static token past its last renewal: wait for its end, then give it up.
+        let mut expiring = false;
         loop {
             // A TTL of 0 never expires (root tokens): only a refusal can end it.
             let wake = if std::mem::take(&mut retry_now) {
                 Some(Instant::now())
+            } else if expiring {
+                Some(lease.obtained + lease.ttl)
             } else {
                 (!lease.ttl.is_zero())
                     .then(|| lease.obtained + jitter_down(lease.ttl.mul_f64(RENEW_AT), 0.1))
@@ -298,21 +302,23 @@ impl TokenManager {
                     );
                     return Next::Reauthenticate;
                 }
-                warn!(
-                    expires.in_s = remaining(&lease).as_secs(),
-                    "the static token cannot be renewed; it will expire"
-                );
-                lease = Lease {
-                    ttl: remaining(&lease),
-                    renewable: false,
-                    obtained: Instant::now(),
-                };
-                if lease.ttl.is_zero() {
+                let left = remaining(&lease);
+                if expiring || left.is_zero() {
                     error!(
                         "the static token has expired; configure token_file, approle or kubernetes auth"
                     );
                     return self.invalidate();
                 }
+                warn!(
+                    expires.in_ms = left.as_millis() as u64,
+                    "the static token cannot be renewed any more; it will expire"
+                );
+                expiring = true;
+                lease = Lease {
+                    ttl: left,
+                    renewable: false,
+                    obtained: Instant::now(),
+                };
                 continue;
             }
 
