@@ -70,6 +70,10 @@ struct Lease {
     obtained: Instant,
 }
 
+/// What an acquisition yields: the token, its TTL, whether it is renewable, and the TTL
+/// a renewal grants while the max TTL is still far (a shorter grant means the last lease).
+type Acquired = (SecretString, u64, bool, u64);
+
 /// Owns the vaultrs client and keeps [`TokenCell`] holding a live token.
 pub struct TokenManager {
     client: VaultClient,
@@ -136,7 +140,7 @@ impl TokenManager {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::standard();
         loop {
-            let lease = match self.acquire().await {
+            let (lease, base_ttl) = match self.acquire().await {
                 Ok(lease) => {
                     backoff.reset();
                     lease
@@ -151,7 +155,7 @@ impl TokenManager {
                     continue;
                 }
             };
-            match self.maintain(lease, &mut shutdown).await {
+            match self.maintain(lease, base_ttl, &mut shutdown).await {
                 Next::Reauthenticate => continue,
                 Next::Shutdown => break,
             }
@@ -169,9 +173,9 @@ impl TokenManager {
     }
 
     /// Obtains a token: logs in, or reads and looks up the configured one.
-    async fn acquire(&mut self) -> Result<Lease, AuthError> {
+    async fn acquire(&mut self) -> Result<(Lease, Duration), AuthError> {
         Metrics::inc(&self.metrics.vault_requests);
-        let (token, ttl, renewable) = match &self.auth {
+        let (token, ttl, renewable, base_ttl) = match &self.auth {
             AuthMethod::Token(token) => self.lookup(token.clone()).await?,
             AuthMethod::TokenFile(path) => {
                 let token = read_credential(path, "token")?;
@@ -197,6 +201,7 @@ impl TokenManager {
                     SecretString::from(auth.client_token),
                     auth.lease_duration,
                     auth.renewable,
+                    auth.lease_duration,
                 )
             }
             AuthMethod::Kubernetes {
@@ -212,6 +217,7 @@ impl TokenManager {
                     SecretString::from(auth.client_token),
                     auth.lease_duration,
                     auth.renewable,
+                    auth.lease_duration,
                 )
             }
         };
@@ -227,30 +233,39 @@ impl TokenManager {
             token.renewable = renewable,
             "authenticated to Vault"
         );
-        Ok(Lease {
-            ttl: Duration::from_secs(ttl),
-            renewable,
-            obtained: Instant::now(),
-        })
+        Ok((
+            Lease {
+                ttl: Duration::from_secs(ttl),
+                renewable,
+                obtained: Instant::now(),
+            },
+            Duration::from_secs(base_ttl),
+        ))
     }
 
     /// Looks up a given token, which proves it valid and tells its TTL.
-    async fn lookup(
-        &mut self,
-        token: SecretString,
-    ) -> Result<(SecretString, u64, bool), AuthError> {
+    async fn lookup(&mut self, token: SecretString) -> Result<Acquired, AuthError> {
         self.client.set_token(token.expose_secret());
         let info = vaultrs::token::lookup_self(&self.client)
             .await
             .map_err(|e| AuthError::from_client(&e, "token"))?;
         // The lookup response carries the token itself in `id`: wipe our copy of it.
         let _ = Zeroizing::new(info.id);
-        Ok((token, info.ttl, info.renewable.unwrap_or(false)))
+        Ok((
+            token,
+            info.ttl,
+            info.renewable.unwrap_or(false),
+            info.creation_ttl.max(info.ttl),
+        ))
     }
 
     /// Keeps the token alive until it must be replaced or the agent stops.
-    async fn maintain(&mut self, mut lease: Lease, shutdown: &mut watch::Receiver<bool>) -> Next {
-        let base_ttl = lease.ttl;
+    async fn maintain(
+        &mut self,
+        mut lease: Lease,
+        base_ttl: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Next {
         let mut last_lease = false;
         let mut backoff = Backoff::standard();
         let mut quiet_until = Instant::now();
