@@ -592,6 +592,8 @@ impl AgentProcess {
             "VAULT_CACERT",
             "BAO_CACERT",
             "RUST_LOG",
+            "KEYGATE_AGENT_CONFIG",
+            "KEYGATE_AGENT_SOCKET",
         ] {
             cmd.env_remove(var);
         }
@@ -630,7 +632,9 @@ async fn run_cli(bin: &Path, args: &[&str]) -> Result<CliOutput> {
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .env_remove("VAULT_TOKEN")
-        .env_remove("BAO_TOKEN");
+        .env_remove("BAO_TOKEN")
+        .env_remove("KEYGATE_AGENT_CONFIG")
+        .env_remove("KEYGATE_AGENT_SOCKET");
     let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
         .await
         .map_err(|_| anyhow!("keygate-agent {args:?} did not finish within 30 s"))?

@@ -5,6 +5,7 @@
 //! so tests run in parallel; dropping the handle kills the process.
 
 pub mod agent;
+pub mod client;
 pub mod files;
 pub mod logs;
 pub mod openbao;
