@@ -1,1 +1,39 @@
-//! keygate gateway (placeholder until its issue lands).
+//! keygate gateway: HTTP routing, upstream proxying and APISIX-compatible jwt-auth,
+//! with secrets served by the privileged keygate agent over its Unix socket.
+//!
+//! Start with [`run`], or [`Gateway::bind`] then [`Gateway::serve`] to learn the bound
+//! addresses first (tests bind port 0) and to get a [`Handle`] for reloads.
+
+pub mod agent_client;
+pub mod body;
+pub mod config;
+pub mod consumers;
+mod gateway;
+pub mod jwt;
+pub mod jwt_auth;
+pub mod metrics;
+pub mod proxy;
+pub mod query;
+pub mod router;
+pub mod runtime;
+pub mod secrets;
+mod server;
+pub mod sign;
+mod status;
+pub mod upstream;
+
+use std::future::Future;
+
+pub use config::{Config, ConfigError};
+pub use gateway::{Error, Gateway, Handle};
+
+/// Validates `config` without binding anything (`check-config`).
+pub fn check(config: &Config) -> Result<(), ConfigError> {
+    runtime::Runtime::build(config, &|k| std::env::var(k).ok()).map(|_| ())
+}
+
+/// Binds, serves until `shutdown` completes, drains, returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    Gateway::bind(config).await?.serve(shutdown).await;
+    Ok(())
+}

@@ -1,1 +1,177 @@
-fn main() {}
+//! `keygate-gateway`: parse the command line and configuration, set up logging, run.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use keygate_gateway::{Config, Gateway, Handle};
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for bad configuration or usage (sysexits EX_USAGE).
+const EX_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "keygate gateway: HTTP routing and jwt-auth with secrets from the keygate agent"
+)]
+struct Cli {
+    /// Configuration file (YAML).
+    #[arg(long, short, global = true, env = "KEYGATE_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the configuration and exit 0, or print why and exit 64.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EX_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_tracing(cli.log_format);
+    let Some(path) = cli.config else {
+        eprintln!("keygate-gateway: --config FILE is required");
+        return ExitCode::from(EX_CONFIG);
+    };
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("keygate-gateway: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => ExitCode::SUCCESS,
+        Command::Run => run(path, config),
+    }
+}
+
+/// Parses and validates: a file that loads here is one the gateway can run.
+fn load(path: &Path) -> Result<Config, keygate_gateway::ConfigError> {
+    let config = Config::load(path)?;
+    keygate_gateway::check(&config)?;
+    Ok(config)
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("KEYGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(path: PathBuf, config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keygate-gateway: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let gateway = match Gateway::bind(config).await {
+            Ok(g) => g,
+            Err(keygate_gateway::Error::Config(e)) => {
+                tracing::error!(error = %e, "bad configuration");
+                return ExitCode::from(EX_CONFIG);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Ok(addr) = gateway.local_addr() {
+            tracing::info!(%addr, status = ?gateway.status_addr(), "gateway listening");
+        }
+        tokio::spawn(reload_on_change(path, gateway.handle()));
+        gateway.serve(shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install signal handlers; stopping on ctrl-c only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Reloads the file on SIGHUP, and when its modification time or size changes
+/// (polled: cheap, and works for files replaced by rename as config tools do).
+async fn reload_on_change(path: PathBuf, handle: Handle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut last = stamp(&path);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        let by_signal = tokio::select! {
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            _ = tick.tick() => false,
+        };
+        let now = stamp(&path);
+        if !by_signal && now == last {
+            continue;
+        }
+        last = now;
+        match Config::load(&path).map_err(keygate_gateway::Error::from) {
+            Ok(config) => match handle.reload(&config) {
+                Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "new configuration rejected; keeping the old one")
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "new configuration rejected; keeping the old one")
+            }
+        }
+    }
+}

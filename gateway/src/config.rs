@@ -1,0 +1,543 @@
+//! The gateway's declarative configuration file (YAML, in the shape of APISIX's
+//! standalone `apisix.yaml`: `routes`, `upstreams`, `consumers`, `plugin_attr`), plus the
+//! gateway's own settings (listen addresses, agent socket).
+//!
+//! This module only parses. Semantic checks (duplicate ids, unknown upstreams, key
+//! material that does not parse) happen when the runtime structures are built from it
+//! (see [`crate::runtime`]), so `check-config` and a reload run exactly the same checks.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::jwt::Algorithm;
+
+/// A configuration that could not be loaded or is not usable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for this schema.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why, with the field path and position.
+        source: serde_yaml_ng::Error,
+    },
+    /// A field has a value the gateway cannot use.
+    #[error("invalid config: {field}: {reason}")]
+    Invalid {
+        /// The field, as a path such as `routes[2].upstream.nodes`.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Builds a [`ConfigError::Invalid`].
+pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The proxy listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// `/healthz`, `/readyz` and `/metrics`; off when absent.
+    #[serde(default)]
+    pub status_listen: Option<SocketAddr>,
+    /// Where the agent serves secrets. Required as soon as a consumer uses `vault: {}`
+    /// or a `$secret://` reference.
+    #[serde(default)]
+    pub agent: Option<AgentConfig>,
+    /// Global plugin settings (APISIX's `plugin_attr`).
+    #[serde(default)]
+    pub plugin_attr: PluginAttr,
+    /// How long in-flight requests may take to finish after shutdown begins.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// One info-level log line per request (target `keygate_gateway::access`).
+    #[serde(default)]
+    pub access_log: bool,
+    /// Routes.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Upstreams that routes refer to by `upstream_id`.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Consumers and their credentials.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9080))
+}
+
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Config {
+    /// Reads and parses `path` (no semantic checks; see [`crate::runtime`]).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Parses YAML text.
+    pub fn parse(text: &str) -> Result<Self, serde_yaml_ng::Error> {
+        serde_yaml_ng::from_str(text)
+    }
+}
+
+/// The `agent` block.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The agent's Unix socket.
+    pub socket: PathBuf,
+    /// First reconnect delay after the Watch stream ends or fails.
+    #[serde(default = "default_backoff_min", with = "humantime_serde")]
+    pub backoff_min: Duration,
+    /// Longest reconnect delay. Short by default: dialling a Unix socket costs nothing,
+    /// and the gateway should pick up a restarted agent within about a second.
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+}
+
+fn default_backoff_min() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// APISIX's `plugin_attr`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginAttr {
+    /// `jwt-auth` settings.
+    #[serde(default, rename = "jwt-auth")]
+    pub jwt_auth: JwtAuthAttr,
+}
+
+/// `plugin_attr.jwt-auth`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtAuthAttr {
+    /// Serve `GET /apisix/plugin/jwt/sign?key=...`. Off by default: anyone who can reach
+    /// it can mint tokens for any consumer key they know.
+    #[serde(default)]
+    pub sign_endpoint: bool,
+}
+
+/// One route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Identifier (defaults to the route's position in the list).
+    #[serde(default, deserialize_with = "string_or_number")]
+    pub id: Option<String>,
+    /// Free text.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Free text.
+    #[serde(default)]
+    pub desc: Option<String>,
+    /// A path: exact, or a prefix when it ends with `*`.
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// Several paths.
+    #[serde(default)]
+    pub uris: Vec<String>,
+    /// Allowed methods; all when empty.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// A host (`*.example.com` wildcards allowed).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Several hosts.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Higher wins among routes matching the same path.
+    #[serde(default)]
+    pub priority: i64,
+    /// 1 enabled (default), 0 disabled.
+    #[serde(default = "default_status")]
+    pub status: u8,
+    /// Plugins on this route.
+    #[serde(default)]
+    pub plugins: RoutePlugins,
+    /// An inline upstream.
+    #[serde(default)]
+    pub upstream: Option<UpstreamConfig>,
+    /// Or a reference to `upstreams[].id`.
+    #[serde(default, deserialize_with = "string_or_number")]
+    pub upstream_id: Option<String>,
+}
+
+fn default_status() -> u8 {
+    1
+}
+
+/// `routes[].plugins`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutePlugins {
+    /// `jwt-auth`.
+    #[serde(default, rename = "jwt-auth")]
+    pub jwt_auth: Option<JwtAuthRouteConfig>,
+}
+
+/// `routes[].plugins.jwt-auth` (APISIX 3.x attributes, plus Kong's
+/// `claims_to_verify` and `maximum_expiration`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtAuthRouteConfig {
+    /// Request header carrying the token.
+    #[serde(default = "default_jwt_header")]
+    pub header: String,
+    /// Query parameter carrying the token.
+    #[serde(default = "default_jwt_param")]
+    pub query: String,
+    /// Cookie carrying the token.
+    #[serde(default = "default_jwt_param")]
+    pub cookie: String,
+    /// Remove the token from the request before proxying it.
+    #[serde(default)]
+    pub hide_credentials: bool,
+    /// The claim naming the consumer's `key`.
+    #[serde(default = "default_key_claim")]
+    pub key_claim_name: String,
+    /// A consumer to proceed as when authentication fails.
+    #[serde(default)]
+    pub anonymous_consumer: Option<String>,
+    /// Claims that must be present (and valid).
+    #[serde(default)]
+    pub claims_to_verify: Vec<TimeClaim>,
+    /// If non-zero, `exp` must be present and at most this many seconds ahead.
+    #[serde(default)]
+    pub maximum_expiration: u64,
+}
+
+impl Default for JwtAuthRouteConfig {
+    fn default() -> Self {
+        Self {
+            header: default_jwt_header(),
+            query: default_jwt_param(),
+            cookie: default_jwt_param(),
+            hide_credentials: false,
+            key_claim_name: default_key_claim(),
+            anonymous_consumer: None,
+            claims_to_verify: Vec::new(),
+            maximum_expiration: 0,
+        }
+    }
+}
+
+fn default_jwt_header() -> String {
+    "authorization".to_owned()
+}
+
+fn default_jwt_param() -> String {
+    "jwt".to_owned()
+}
+
+fn default_key_claim() -> String {
+    "key".to_owned()
+}
+
+/// A registered time claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeClaim {
+    /// Expiry.
+    Exp,
+    /// Not before.
+    Nbf,
+}
+
+/// An upstream, inline in a route or in `upstreams`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Identifier (required in `upstreams`, ignored inline).
+    #[serde(default, deserialize_with = "string_or_number")]
+    pub id: Option<String>,
+    /// Free text.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Free text.
+    #[serde(default)]
+    pub desc: Option<String>,
+    /// Load balancing.
+    #[serde(default, rename = "type")]
+    pub lb: LbType,
+    /// `{"host:port": weight}` or `[{host, port, weight}]`.
+    pub nodes: Nodes,
+    /// Only `http` (TLS to upstreams is not supported yet).
+    #[serde(default = "default_scheme")]
+    pub scheme: String,
+    /// Timeouts in seconds.
+    #[serde(default)]
+    pub timeout: Option<TimeoutConfig>,
+    /// Extra attempts on other nodes; default: number of nodes - 1.
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// The Host header sent upstream.
+    #[serde(default)]
+    pub pass_host: PassHost,
+    /// With `pass_host: rewrite`.
+    #[serde(default)]
+    pub upstream_host: Option<String>,
+    /// Passive health checking.
+    #[serde(default)]
+    pub checks: Option<ChecksConfig>,
+}
+
+fn default_scheme() -> String {
+    "http".to_owned()
+}
+
+/// `upstream.type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbType {
+    /// Weighted round robin.
+    #[default]
+    Roundrobin,
+    /// Fewest in-flight requests, weighted.
+    LeastConn,
+}
+
+/// `upstream.pass_host`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PassHost {
+    /// The client's Host.
+    #[default]
+    Pass,
+    /// The node's `host:port`.
+    Node,
+    /// `upstream_host`.
+    Rewrite,
+}
+
+/// `upstream.nodes` in either of APISIX's two shapes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Nodes {
+    /// `{"127.0.0.1:80": 1}`.
+    Map(BTreeMap<String, u32>),
+    /// `[{host: 127.0.0.1, port: 80, weight: 1}]`.
+    List(Vec<NodeConfig>),
+}
+
+/// One entry of the list form of `nodes`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Host name or address.
+    pub host: String,
+    /// Port (default 80).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Weight (default 1; 0 disables the node).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Ignored (APISIX's per-node priority).
+    #[serde(default)]
+    pub priority: Option<i64>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// `upstream.timeout`, in seconds (fractions allowed), as in APISIX.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutConfig {
+    /// TCP connect.
+    #[serde(default = "default_timeout")]
+    pub connect: f64,
+    /// Sending the request (added to `read` for the wait for the response head).
+    #[serde(default = "default_timeout")]
+    pub send: f64,
+    /// Waiting for the response head, and between two reads of its body.
+    #[serde(default = "default_timeout")]
+    pub read: f64,
+}
+
+fn default_timeout() -> f64 {
+    60.0
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        Self {
+            connect: default_timeout(),
+            send: default_timeout(),
+            read: default_timeout(),
+        }
+    }
+}
+
+/// `upstream.checks`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChecksConfig {
+    /// Passive checks: judge nodes by the outcome of real requests.
+    pub passive: PassiveCheckConfig,
+}
+
+/// `upstream.checks.passive`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveCheckConfig {
+    /// Consecutive failures (connect errors, timeouts, 502/503/504) that eject a node.
+    #[serde(default = "default_failures")]
+    pub failures: u32,
+    /// How long an ejected node is skipped before it gets traffic again.
+    #[serde(default = "default_eject", with = "humantime_serde")]
+    pub eject: Duration,
+}
+
+fn default_failures() -> u32 {
+    3
+}
+
+fn default_eject() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// One consumer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// Unique name; also the Vault path segment for `vault: {}`.
+    pub username: String,
+    /// Free text.
+    #[serde(default)]
+    pub desc: Option<String>,
+    /// Credentials per plugin.
+    #[serde(default)]
+    pub plugins: ConsumerPlugins,
+}
+
+/// `consumers[].plugins`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerPlugins {
+    /// `jwt-auth`.
+    #[serde(default, rename = "jwt-auth")]
+    pub jwt_auth: Option<JwtAuthConsumerConfig>,
+}
+
+/// `consumers[].plugins.jwt-auth`.
+///
+/// `secret`, `public_key` and `private_key` may be literals, `$env://NAME` or
+/// `$secret://vault/<path>/<field>` (a path relative to the agent's prefix).
+/// With `vault: {}`, missing ones come from the agent's name
+/// `consumer/<username>/jwt-auth` (fields `secret`, `public_key`, `private_key`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtAuthConsumerConfig {
+    /// The value of the token's key claim that identifies this consumer.
+    pub key: String,
+    /// HMAC secret.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// PEM public key (asymmetric algorithms).
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// PEM private key (only for the sign endpoint).
+    #[serde(default)]
+    pub private_key: Option<String>,
+    /// Signature algorithm; a token's header `alg` must equal it.
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// Lifetime of tokens from the sign endpoint, seconds.
+    #[serde(default = "default_exp")]
+    pub exp: u64,
+    /// The secret is base64 (decoded before use).
+    #[serde(default)]
+    pub base64_secret: bool,
+    /// Leeway for `exp` and `nbf`, seconds.
+    #[serde(default)]
+    pub lifetime_grace_period: u64,
+    /// Take the key material from the agent (the seed's `vault: {}`).
+    #[serde(default)]
+    pub vault: Option<VaultRef>,
+}
+
+// Literal secrets may sit in this struct; never print them.
+impl std::fmt::Debug for JwtAuthConsumerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtAuthConsumerConfig")
+            .field("key", &self.key)
+            .field("secret", &self.secret.as_ref().map(|_| "[REDACTED]"))
+            .field("public_key", &self.public_key.is_some())
+            .field(
+                "private_key",
+                &self.private_key.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field("algorithm", &self.algorithm)
+            .field("exp", &self.exp)
+            .field("base64_secret", &self.base64_secret)
+            .field("lifetime_grace_period", &self.lifetime_grace_period)
+            .field("vault", &self.vault)
+            .finish()
+    }
+}
+
+fn default_exp() -> u64 {
+    86_400
+}
+
+/// The seed's `vault: {}`: no settings, the path follows from the consumer.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultRef {}
+
+/// Accepts `id: 1` as well as `id: "1"`, as APISIX does.
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        S(String),
+        N(i64),
+    }
+    Ok(Option::<Id>::deserialize(d)?.map(|id| match id {
+        Id::S(s) => s,
+        Id::N(n) => n.to_string(),
+    }))
+}
+
+#[cfg(test)]
+mod tests;

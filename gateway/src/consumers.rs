@@ -1,0 +1,477 @@
+//! Consumers and their jwt-auth credentials: where each key comes from (inline,
+//! `$env://`, or the agent), and the resolved keys the request path uses.
+//!
+//! [`ConsumerSet`] is built from the configuration once per (re)load. Each time the
+//! agent sends a snapshot (or the configuration changes) it is combined with the
+//! snapshot into an [`AuthState`], which is swapped in whole: requests read keys that
+//! are already parsed, with one map lookup and no lock.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::config::{ConfigError, ConsumerConfig, JwtAuthConsumerConfig, invalid};
+use crate::jwt::{Algorithm, KeyError, SignKey, VerifyKey};
+use crate::secrets::{Missing, SecretSnapshot};
+
+/// The agent name of a consumer's plugin credentials, as in the seed:
+/// `consumer/<username>/<plugin>` under the agent's prefix.
+pub fn vault_name(username: &str, plugin: &str) -> String {
+    format!("consumer/{username}/{plugin}")
+}
+
+/// Where one piece of key material comes from.
+#[derive(Debug)]
+enum KeySource<K> {
+    /// Parsed at load time from the configuration (literal or `$env://`).
+    Ready(Arc<K>),
+    /// A field of a secret served by the agent.
+    Agent { name: String, field: String },
+    /// Not configured at all (a key pair consumer without a private key).
+    None,
+}
+
+/// Why a consumer's key cannot be used right now. Requests answer 503.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unavailable {
+    /// The agent has not provided the value.
+    #[error("{name}#{field}: {missing}")]
+    Missing {
+        /// Agent name.
+        name: String,
+        /// Field.
+        field: String,
+        /// Why.
+        missing: Missing,
+    },
+    /// The agent's value is not a usable key.
+    #[error("{name}#{field}: {error}")]
+    Invalid {
+        /// Agent name.
+        name: String,
+        /// Field.
+        field: String,
+        /// Why.
+        error: KeyError,
+    },
+    /// The configuration gives no such key (e.g. no private key: cannot sign).
+    #[error("not configured")]
+    NotConfigured,
+}
+
+/// The configuration's jwt-auth credential of one consumer.
+#[derive(Debug)]
+struct JwtSpec {
+    username: Arc<str>,
+    key: String,
+    algorithm: Algorithm,
+    exp: u64,
+    grace: u64,
+    base64_secret: bool,
+    verify: KeySource<VerifyKey>,
+    sign: KeySource<SignKey>,
+}
+
+/// All consumers of one configuration, with their key sources.
+#[derive(Debug, Default)]
+pub struct ConsumerSet {
+    jwt: Vec<JwtSpec>,
+    usernames: HashSet<String>,
+    agent_names: BTreeSet<String>,
+}
+
+/// Looks up an environment variable (injectable for tests).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl ConsumerSet {
+    /// Validates the consumers and parses every key given inline.
+    pub fn build(consumers: &[ConsumerConfig], env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let mut set = Self::default();
+        let mut keys = HashSet::new();
+        for (i, consumer) in consumers.iter().enumerate() {
+            let at = format!("consumers[{i}]");
+            check_username(&consumer.username).map_err(|r| invalid(format!("{at}.username"), r))?;
+            if !set.usernames.insert(consumer.username.clone()) {
+                return Err(invalid(
+                    format!("{at}.username"),
+                    format!("duplicate consumer {:?}", consumer.username),
+                ));
+            }
+            if let Some(jwt) = &consumer.plugins.jwt_auth {
+                let at = format!("{at}.plugins.jwt-auth");
+                if jwt.key.is_empty() {
+                    return Err(invalid(format!("{at}.key"), "must not be empty"));
+                }
+                if !keys.insert(jwt.key.clone()) {
+                    return Err(invalid(
+                        format!("{at}.key"),
+                        format!("key {:?} is used by another consumer", jwt.key),
+                    ));
+                }
+                let spec = jwt_spec(&consumer.username, jwt, &at, env)?;
+                for source in [spec.verify_agent(), spec.sign_agent()]
+                    .into_iter()
+                    .flatten()
+                {
+                    set.agent_names.insert(source.to_owned());
+                }
+                set.jwt.push(spec);
+            }
+        }
+        Ok(set)
+    }
+
+    /// The agent names these consumers need (sorted, unique).
+    pub fn agent_names(&self) -> Vec<String> {
+        self.agent_names.iter().cloned().collect()
+    }
+
+    /// True if a consumer of this name exists.
+    pub fn has_username(&self, username: &str) -> bool {
+        self.usernames.contains(username)
+    }
+
+    /// Combines the key sources with the agent's latest snapshot (`None` before the
+    /// first one). Agent values that do not parse are logged here, once per snapshot,
+    /// by consumer and field, never by value.
+    pub fn resolve(&self, snapshot: Option<&SecretSnapshot>) -> AuthState {
+        let by_key = self
+            .jwt
+            .iter()
+            .map(|spec| {
+                let verify = resolve(&spec.verify, snapshot, |bytes| {
+                    if spec.algorithm.is_hmac() {
+                        VerifyKey::hmac(spec.algorithm, bytes, spec.base64_secret)
+                    } else {
+                        VerifyKey::public_pem(spec.algorithm, bytes)
+                    }
+                });
+                let sign = resolve(&spec.sign, snapshot, |bytes| {
+                    if spec.algorithm.is_hmac() {
+                        SignKey::hmac(spec.algorithm, bytes, spec.base64_secret)
+                    } else {
+                        SignKey::private_pem(spec.algorithm, bytes)
+                    }
+                });
+                for err in [verify.as_ref().err(), sign.as_ref().err()].into_iter().flatten() {
+                    match err {
+                        Unavailable::Invalid { .. } => tracing::warn!(
+                            consumer = %spec.username, error = %err,
+                            "key material from the agent is not usable; requests for this consumer fail closed"
+                        ),
+                        Unavailable::Missing { .. } if snapshot.is_some() => tracing::warn!(
+                            consumer = %spec.username, error = %err,
+                            "key material not available from the agent; requests for this consumer fail closed"
+                        ),
+                        _ => {}
+                    }
+                }
+                let consumer = JwtConsumer {
+                    username: spec.username.clone(),
+                    algorithm: spec.algorithm,
+                    exp: spec.exp,
+                    grace: spec.grace,
+                    verify,
+                    sign,
+                };
+                (spec.key.clone(), Arc::new(consumer))
+            })
+            .collect();
+        AuthState { by_key }
+    }
+}
+
+impl JwtSpec {
+    fn verify_agent(&self) -> Option<&str> {
+        match &self.verify {
+            KeySource::Agent { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    fn sign_agent(&self) -> Option<&str> {
+        match &self.sign {
+            KeySource::Agent { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+fn resolve<K>(
+    source: &KeySource<K>,
+    snapshot: Option<&SecretSnapshot>,
+    parse: impl FnOnce(&[u8]) -> Result<K, KeyError>,
+) -> Result<Arc<K>, Unavailable> {
+    match source {
+        KeySource::Ready(key) => Ok(key.clone()),
+        KeySource::None => Err(Unavailable::NotConfigured),
+        KeySource::Agent { name, field } => {
+            let value = snapshot
+                .ok_or(Missing::NotInSnapshot)
+                .and_then(|s| s.field(name, field))
+                .map_err(|missing| Unavailable::Missing {
+                    name: name.clone(),
+                    field: field.clone(),
+                    missing,
+                })?;
+            parse(value.expose())
+                .map(Arc::new)
+                .map_err(|error| Unavailable::Invalid {
+                    name: name.clone(),
+                    field: field.clone(),
+                    error,
+                })
+        }
+    }
+}
+
+/// A configured value of a key field, before parsing.
+enum Value {
+    Literal(zeroize::Zeroizing<Vec<u8>>),
+    Agent { name: String, field: String },
+    Absent,
+}
+
+/// Reads `secret`/`public_key`/`private_key`: a literal, `$env://NAME`, or
+/// `$secret://vault/<path>/<field>`.
+fn value(
+    raw: Option<&str>,
+    at: &str,
+    field: &str,
+    env: EnvLookup<'_>,
+) -> Result<Value, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(Value::Absent);
+    };
+    if let Some(var) = raw.strip_prefix("$env://") {
+        return match env(var) {
+            Some(v) => Ok(Value::Literal(zeroize::Zeroizing::new(v.into_bytes()))),
+            None => Err(invalid(
+                format!("{at}.{field}"),
+                format!("environment variable {var:?} is not set"),
+            )),
+        };
+    }
+    if let Some(reference) = raw.strip_prefix("$secret://") {
+        let bad = |why: &str| invalid(format!("{at}.{field}"), why.to_owned());
+        let path = reference
+            .strip_prefix("vault/")
+            .ok_or_else(|| bad("only $secret://vault/<path>/<field> references are supported"))?;
+        let (name, secret_field) = path
+            .rsplit_once('/')
+            .ok_or_else(|| bad("expected $secret://vault/<path>/<field>"))?;
+        check_name(name).map_err(|why| bad(&why))?;
+        if secret_field.is_empty() {
+            return Err(bad("the reference names no field"));
+        }
+        return Ok(Value::Agent {
+            name: name.to_owned(),
+            field: secret_field.to_owned(),
+        });
+    }
+    Ok(Value::Literal(zeroize::Zeroizing::new(
+        raw.as_bytes().to_vec(),
+    )))
+}
+
+fn jwt_spec(
+    username: &str,
+    conf: &JwtAuthConsumerConfig,
+    at: &str,
+    env: EnvLookup<'_>,
+) -> Result<JwtSpec, ConfigError> {
+    let alg = conf.algorithm;
+    let vault = conf
+        .vault
+        .is_some()
+        .then(|| vault_name(username, "jwt-auth"));
+    if conf.exp == 0 {
+        return Err(invalid(format!("{at}.exp"), "must be at least 1"));
+    }
+    let (verify, sign) = if alg.is_hmac() {
+        for (field, present) in [
+            ("public_key", conf.public_key.is_some()),
+            ("private_key", conf.private_key.is_some()),
+        ] {
+            if present {
+                return Err(invalid(
+                    format!("{at}.{field}"),
+                    format!("not used with {} (a shared secret algorithm)", alg.as_str()),
+                ));
+            }
+        }
+        let secret = value(conf.secret.as_deref(), at, "secret", env)?;
+        if vault.is_some() && !matches!(secret, Value::Absent) {
+            // Which one would win is a guess the operator should not have to make.
+            return Err(invalid(
+                format!("{at}.secret"),
+                "give either secret or vault: {}, not both",
+            ));
+        }
+        let make = |bytes: &[u8]| -> Result<(VerifyKey, SignKey), ConfigError> {
+            let e = |e: KeyError| invalid(format!("{at}.secret"), e.to_string());
+            Ok((
+                VerifyKey::hmac(alg, bytes, conf.base64_secret).map_err(e)?,
+                SignKey::hmac(alg, bytes, conf.base64_secret).map_err(e)?,
+            ))
+        };
+        match secret {
+            Value::Literal(bytes) => {
+                let (v, s) = make(&bytes)?;
+                (KeySource::Ready(Arc::new(v)), KeySource::Ready(Arc::new(s)))
+            }
+            Value::Agent { name, field } => (
+                KeySource::Agent {
+                    name: name.clone(),
+                    field: field.clone(),
+                },
+                KeySource::Agent { name, field },
+            ),
+            Value::Absent if vault.is_some() => {
+                (from_vault(&vault, "secret"), from_vault(&vault, "secret"))
+            }
+            Value::Absent => {
+                return Err(invalid(
+                    format!("{at}.secret"),
+                    format!("{} needs a secret (or vault: {{}})", alg.as_str()),
+                ));
+            }
+        }
+    } else {
+        if conf.secret.is_some() {
+            return Err(invalid(
+                format!("{at}.secret"),
+                format!("not used with {} (a key pair algorithm)", alg.as_str()),
+            ));
+        }
+        if conf.base64_secret {
+            return Err(invalid(
+                format!("{at}.base64_secret"),
+                format!("not used with {}", alg.as_str()),
+            ));
+        }
+        let verify = match value(conf.public_key.as_deref(), at, "public_key", env)? {
+            Value::Literal(pem) => KeySource::Ready(Arc::new(
+                VerifyKey::public_pem(alg, &pem)
+                    .map_err(|e| invalid(format!("{at}.public_key"), e.to_string()))?,
+            )),
+            Value::Agent { name, field } => KeySource::Agent { name, field },
+            Value::Absent if vault.is_some() => from_vault(&vault, "public_key"),
+            Value::Absent => {
+                return Err(invalid(
+                    format!("{at}.public_key"),
+                    format!("{} needs a public_key (or vault: {{}})", alg.as_str()),
+                ));
+            }
+        };
+        let sign = match value(conf.private_key.as_deref(), at, "private_key", env)? {
+            Value::Literal(pem) => KeySource::Ready(Arc::new(
+                SignKey::private_pem(alg, &pem)
+                    .map_err(|e| invalid(format!("{at}.private_key"), e.to_string()))?,
+            )),
+            Value::Agent { name, field } => KeySource::Agent { name, field },
+            Value::Absent => from_vault(&vault, "private_key"),
+        };
+        (verify, sign)
+    };
+    Ok(JwtSpec {
+        username: Arc::from(username),
+        key: conf.key.clone(),
+        algorithm: alg,
+        exp: conf.exp,
+        grace: conf.lifetime_grace_period,
+        base64_secret: conf.base64_secret,
+        verify,
+        sign,
+    })
+}
+
+/// The field of the consumer's own agent name (`vault: {}`), if it has one.
+fn from_vault<K>(vault: &Option<String>, field: &str) -> KeySource<K> {
+    match vault {
+        Some(name) => KeySource::Agent {
+            name: name.clone(),
+            field: field.to_owned(),
+        },
+        None => KeySource::None,
+    }
+}
+
+/// APISIX's consumer name rule; it also keeps the Vault path one plain segment.
+fn check_username(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > 100 {
+        return Err("longer than 100 characters".into());
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "{name:?}: only letters, digits, '_' and '-' are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// The agent's rule for secret names (see CONTRACT-agent.md), checked here so a bad
+/// reference is a configuration error rather than a stream the agent refuses.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 512 {
+        return Err("a secret path must be 1 to 512 bytes".into());
+    }
+    for segment in name.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err(format!("{name:?}: empty, '.' or '..' path segment"));
+        }
+        if !segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@+=-".contains(&b))
+        {
+            return Err(format!(
+                "{name:?}: only [A-Za-z0-9._@+=-] allowed in a segment"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One consumer's resolved jwt-auth credential.
+#[derive(Debug)]
+pub struct JwtConsumer {
+    /// `X-Consumer-Username`.
+    pub username: Arc<str>,
+    /// The only `alg` accepted.
+    pub algorithm: Algorithm,
+    /// Lifetime of signed tokens, seconds.
+    pub exp: u64,
+    /// Leeway for `exp`/`nbf`, seconds.
+    pub grace: u64,
+    /// Verification key, or why there is none (fail closed).
+    pub verify: Result<Arc<VerifyKey>, Unavailable>,
+    /// Signing key, or why there is none.
+    pub sign: Result<Arc<SignKey>, Unavailable>,
+}
+
+/// What the request path reads: consumers by their key claim.
+#[derive(Debug, Default)]
+pub struct AuthState {
+    by_key: HashMap<String, Arc<JwtConsumer>>,
+}
+
+impl AuthState {
+    /// The consumer whose `key` is `key`.
+    pub fn jwt_consumer(&self, key: &str) -> Option<&Arc<JwtConsumer>> {
+        self.by_key.get(key)
+    }
+
+    /// Consumers whose verification key is missing (for readiness and metrics).
+    pub fn unavailable_count(&self) -> usize {
+        self.by_key.values().filter(|c| c.verify.is_err()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests;

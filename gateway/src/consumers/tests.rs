@@ -1,0 +1,179 @@
+use super::*;
+use crate::config::Config;
+use crate::secrets::SecretState;
+use keygate_proto::agent::v1 as pb;
+
+fn set(yaml: &str) -> ConsumerSet {
+    let config = Config::parse(yaml).unwrap();
+    ConsumerSet::build(&config.consumers, &|_| None).unwrap()
+}
+
+fn pem(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/testdata/{name}.pem",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+/// (name, state, fields) of each secret.
+type Entry<'a> = (&'a str, pb::SecretState, &'a [(&'a str, &'a [u8])]);
+
+fn snapshot(secrets: &[Entry<'_>]) -> SecretSnapshot {
+    SecretSnapshot::from_proto(pb::Snapshot {
+        version: 1,
+        boot_id: "b".into(),
+        secrets: secrets
+            .iter()
+            .map(|(name, state, fields)| pb::Secret {
+                name: (*name).into(),
+                state: *state as i32,
+                version: 1,
+                fields: fields
+                    .iter()
+                    .map(|(k, v)| ((*k).into(), v.to_vec()))
+                    .collect(),
+                ..Default::default()
+            })
+            .collect(),
+    })
+}
+
+#[test]
+fn vault_consumer_fails_closed_until_its_secret_arrives() {
+    let s = set("consumers: [{username: jack, plugins: {jwt-auth: {key: test-key, vault: {}}}}]");
+    let before = s.resolve(None);
+    let jack = before.jwt_consumer("test-key").unwrap();
+    assert!(matches!(
+        jack.verify,
+        Err(Unavailable::Missing {
+            missing: Missing::NotInSnapshot,
+            ..
+        })
+    ));
+    assert!(jack.sign.is_err());
+    assert_eq!(before.unavailable_count(), 1);
+
+    let not_found = snapshot(&[("consumer/jack/jwt-auth", pb::SecretState::NotFound, &[])]);
+    let jack = s
+        .resolve(Some(&not_found))
+        .jwt_consumer("test-key")
+        .cloned()
+        .unwrap();
+    assert!(matches!(
+        jack.verify,
+        Err(Unavailable::Missing {
+            missing: Missing::State(SecretState::NotFound),
+            ..
+        })
+    ));
+
+    let wrong_field = snapshot(&[(
+        "consumer/jack/jwt-auth",
+        pb::SecretState::Loaded,
+        &[("password", b"x")],
+    )]);
+    let jack = s
+        .resolve(Some(&wrong_field))
+        .jwt_consumer("test-key")
+        .cloned()
+        .unwrap();
+    assert!(matches!(
+        jack.verify,
+        Err(Unavailable::Missing {
+            missing: Missing::NoSuchField,
+            ..
+        })
+    ));
+
+    let loaded = snapshot(&[(
+        "consumer/jack/jwt-auth",
+        pb::SecretState::Loaded,
+        &[("secret", b"$ecr3t-c0d3")],
+    )]);
+    let state = s.resolve(Some(&loaded));
+    let jack = state.jwt_consumer("test-key").unwrap();
+    assert!(jack.verify.is_ok() && jack.sign.is_ok());
+    assert_eq!(&*jack.username, "jack");
+    assert_eq!(state.unavailable_count(), 0);
+}
+
+#[test]
+fn seed_key_layouts() {
+    let public = String::from_utf8(pem("rsa_public")).unwrap();
+    let s = set(&format!(
+        "consumers:\n  - {{username: jim, plugins: {{jwt-auth: {{key: rsa-keypair, algorithm: RS256, vault: {{}}}}}}}}\n  - {{username: john, plugins: {{jwt-auth: {{key: user-key, algorithm: RS256, public_key: {public:?}, vault: {{}}}}}}}}"
+    ));
+    assert_eq!(
+        s.agent_names(),
+        ["consumer/jim/jwt-auth", "consumer/john/jwt-auth"]
+    );
+    let private = pem("rsa_private");
+    let public = pem("rsa_public");
+    let snap = snapshot(&[
+        (
+            "consumer/jim/jwt-auth",
+            pb::SecretState::Loaded,
+            &[("public_key", &public), ("private_key", &private)],
+        ),
+        (
+            "consumer/john/jwt-auth",
+            pb::SecretState::Loaded,
+            &[("private_key", &private)],
+        ),
+    ]);
+    let state = s.resolve(Some(&snap));
+    for key in ["rsa-keypair", "user-key"] {
+        let c = state.jwt_consumer(key).unwrap();
+        assert!(c.verify.is_ok() && c.sign.is_ok(), "{key}: {c:?}");
+    }
+    // john's public key is inline: verification works before any snapshot.
+    let before = s.resolve(None);
+    assert!(before.jwt_consumer("user-key").unwrap().verify.is_ok());
+    assert!(before.jwt_consumer("user-key").unwrap().sign.is_err());
+    assert!(before.jwt_consumer("rsa-keypair").unwrap().verify.is_err());
+}
+
+#[test]
+fn unusable_agent_values_are_reported_not_used() {
+    let s = set(
+        "consumers: [{username: jim, plugins: {jwt-auth: {key: k, algorithm: ES256, vault: {}}}}]",
+    );
+    let snap = snapshot(&[(
+        "consumer/jim/jwt-auth",
+        pb::SecretState::Loaded,
+        &[("public_key", b"garbage")],
+    )]);
+    let state = s.resolve(Some(&snap));
+    let jim = state.jwt_consumer("k").unwrap();
+    assert!(matches!(jim.verify, Err(Unavailable::Invalid { .. })));
+    assert!(matches!(
+        jim.sign,
+        Err(Unavailable::Missing {
+            missing: Missing::NoSuchField,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn inline_only_consumers_need_no_agent() {
+    let s = set(
+        "consumers: [{username: bob, plugins: {jwt-auth: {key: bob-key, secret: inline-secret}}}, {username: nobody}]",
+    );
+    assert!(s.agent_names().is_empty());
+    assert!(s.has_username("nobody"));
+    let state = s.resolve(None);
+    assert!(state.jwt_consumer("bob-key").unwrap().verify.is_ok());
+    assert!(state.jwt_consumer("nobody").is_none());
+}
+
+#[test]
+fn names_follow_the_agent_rules() {
+    assert!(check_name("consumer/jack/jwt-auth").is_ok());
+    assert!(check_name("a/b@c+d=e.f_g-h").is_ok());
+    for bad in ["", "/a", "a/", "a//b", "a/./b", "a/../b", "a b", "a/é"] {
+        assert!(check_name(bad).is_err(), "{bad:?}");
+    }
+    assert!(check_name(&"a".repeat(513)).is_err());
+}

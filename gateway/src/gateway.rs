@@ -1,0 +1,394 @@
+//! The running gateway: shared state, the request path, reloads.
+//!
+//! Three things are swapped atomically and read lock-free per request: the
+//! [`Runtime`] (routes, upstreams, consumer definitions), the [`AuthState`] (consumer
+//! keys resolved against the agent's latest snapshot) and the snapshot itself. Only
+//! control-plane work (a new snapshot, a reload) takes a mutex, to rebuild the auth
+//! state from a consistent pair.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::agent_client::{self, AgentStatus, Backoff};
+use crate::body::{self, ProxyBody};
+use crate::config::{Config, ConfigError};
+use crate::consumers::AuthState;
+use crate::jwt_auth::{self, Failure};
+use crate::metrics::Metrics;
+use crate::proxy::{self, ClientInfo, ProxyError};
+use crate::router::request_host;
+use crate::runtime::Runtime;
+use crate::secrets::SecretSnapshot;
+use crate::{server, sign, status};
+
+/// The gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// State shared by the request path, the status listener and the agent client.
+#[derive(Debug)]
+pub struct Shared {
+    pub(crate) runtime: ArcSwap<Runtime>,
+    pub(crate) auth: ArcSwap<AuthState>,
+    pub(crate) snapshot: ArcSwapOption<SecretSnapshot>,
+    pub(crate) agent: Arc<AgentStatus>,
+    pub(crate) metrics: Metrics,
+    names: watch::Sender<Vec<String>>,
+    /// Serializes auth-state rebuilds (snapshot arrival vs. reload); never taken per request.
+    rebuild: Mutex<()>,
+    /// `agent.socket` at start: changing it needs a restart.
+    agent_socket: Option<std::path::PathBuf>,
+    started: Instant,
+}
+
+impl Shared {
+    fn rebuild_auth(&self) {
+        let _guard = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let runtime = self.runtime.load();
+        let snapshot = self.snapshot.load();
+        let auth = runtime.consumers.resolve(snapshot.as_deref());
+        self.auth.store(Arc::new(auth));
+    }
+
+    fn accept_snapshot(&self, snapshot: SecretSnapshot) {
+        if let Some(old) = self.snapshot.load().as_deref()
+            && old.boot_id != snapshot.boot_id
+        {
+            tracing::info!(boot_id = %snapshot.boot_id, "agent restarted; replacing all secrets");
+        }
+        self.snapshot.store(Some(Arc::new(snapshot)));
+        self.rebuild_auth();
+    }
+
+    /// Ready once secrets are in (or none are needed).
+    pub(crate) fn ready(&self) -> bool {
+        self.names.borrow().is_empty() || self.snapshot.load().is_some()
+    }
+
+    /// Seconds since the last snapshot, if any.
+    pub(crate) fn snapshot_age(&self) -> Option<Duration> {
+        self.snapshot
+            .load()
+            .as_deref()
+            .map(|s| s.received_at.elapsed())
+    }
+
+    /// Seconds since start.
+    pub(crate) fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Names the current configuration needs from the agent.
+    pub(crate) fn watched_names(&self) -> usize {
+        self.names.borrow().len()
+    }
+}
+
+/// A handle for reloading a running gateway.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// Validates `config` and, if it is good, swaps it in: new requests use it at
+    /// once, requests in flight finish with the old one, no connection is dropped.
+    /// An invalid config changes nothing. Listen addresses and the agent socket are
+    /// fixed at start (a change is reported and ignored).
+    pub fn reload(&self, config: &Config) -> Result<(), ConfigError> {
+        let runtime = Runtime::build(config, &|k| std::env::var(k).ok())?;
+        let socket = config.agent.as_ref().map(|a| a.socket.clone());
+        if socket != self.shared.agent_socket {
+            tracing::warn!("agent.socket changed; it takes effect only after a restart");
+        }
+        let names = runtime.consumers.agent_names();
+        self.shared.runtime.store(Arc::new(runtime));
+        self.shared.rebuild_auth();
+        self.shared.names.send_if_modified(|current| {
+            if *current == names {
+                false
+            } else {
+                *current = names;
+                true
+            }
+        });
+        Ok(())
+    }
+}
+
+/// A gateway with its listeners bound, not serving yet.
+#[derive(Debug)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    status_listener: Option<TcpListener>,
+    agent: Option<(std::path::PathBuf, Backoff)>,
+    grace: Duration,
+}
+
+impl Gateway {
+    /// Validates `config` and binds its listeners (port 0 picks a free port).
+    pub async fn bind(config: Config) -> Result<Self, Error> {
+        let runtime = Runtime::build(&config, &|k| std::env::var(k).ok())?;
+        let names = runtime.consumers.agent_names();
+        let auth = runtime.consumers.resolve(None);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let status_listener = match config.status_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let (names_tx, _) = watch::channel(names);
+        let shared = Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            auth: ArcSwap::from_pointee(auth),
+            snapshot: ArcSwapOption::empty(),
+            agent: Arc::new(AgentStatus::default()),
+            metrics: Metrics::default(),
+            names: names_tx,
+            rebuild: Mutex::new(()),
+            agent_socket: config.agent.as_ref().map(|a| a.socket.clone()),
+            started: Instant::now(),
+        });
+        Ok(Self {
+            shared,
+            listener,
+            status_listener,
+            agent: config
+                .agent
+                .map(|a| (a.socket, Backoff::new(a.backoff_min, a.backoff_max))),
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// The proxy listener's address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The status listener's address, if configured.
+    pub fn status_addr(&self) -> Option<SocketAddr> {
+        self.status_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// A handle for reloads.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests for up to
+    /// the configured grace period.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let shared = self.shared;
+        let agent_task = self.agent.map(|(socket, backoff)| {
+            let sink_shared = shared.clone();
+            tokio::spawn(agent_client::follow(
+                socket,
+                backoff,
+                shared.names.subscribe(),
+                shared.agent.clone(),
+                move |snapshot| sink_shared.accept_snapshot(snapshot),
+            ))
+        });
+        let (stop_status, status_stopped) = watch::channel(false);
+        let status_task = self.status_listener.map(|listener| {
+            let shared = shared.clone();
+            let mut stopped = status_stopped.clone();
+            tokio::spawn(server::serve(
+                listener,
+                move |req, _| status::handle(shared.clone(), req),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+                Duration::from_secs(1),
+            ))
+        });
+        let handler_shared = shared.clone();
+        server::serve(
+            self.listener,
+            move |req, remote| handle(handler_shared.clone(), req, remote),
+            shutdown,
+            self.grace,
+        )
+        .await;
+        let _ = stop_status.send(true);
+        if let Some(task) = status_task {
+            let _ = task.await;
+        }
+        if let Some(task) = agent_task {
+            task.abort();
+        }
+        tracing::info!("gateway stopped");
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+const X_CONSUMER_USERNAME: &str = "x-consumer-username";
+
+/// The request path.
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let (mut parts, incoming) = req.into_parts();
+    let runtime = shared.runtime.load_full();
+
+    if runtime.sign_endpoint && parts.method == Method::GET && parts.uri.path() == sign::PATH {
+        let auth = shared.auth.load();
+        let response = sign::handle(&auth, parts.uri.query(), unix_now(), &shared.metrics);
+        access_log(&runtime, &parts, None, response.status(), started);
+        return response;
+    }
+
+    let host = request_host(&parts);
+    let Some(route) = runtime
+        .router
+        .find(&parts.method, host.as_deref(), parts.uri.path())
+        .cloned()
+    else {
+        shared.metrics.no_route.fetch_add(1, Ordering::Relaxed);
+        let response = body::json(
+            StatusCode::NOT_FOUND,
+            r#"{"error_msg":"404 Route Not Found"}"#,
+        );
+        access_log(&runtime, &parts, None, response.status(), started);
+        return response;
+    };
+
+    proxy::strip_identity(&mut parts.headers);
+    if let Some(jwt) = &route.jwt_auth {
+        let auth = shared.auth.load();
+        let consumer = match jwt_auth::authenticate(jwt, &auth, &mut parts, unix_now()) {
+            Ok(user) => user,
+            Err(failure) => {
+                if let Some(c) = shared.metrics.auth_failures.get(failure.index()) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                match jwt.anonymous() {
+                    Some(anon) if failure != Failure::Unavailable => {
+                        shared.metrics.anonymous.fetch_add(1, Ordering::Relaxed);
+                        anon.clone()
+                    }
+                    _ => {
+                        tracing::debug!(route = %route.id, ?failure, "jwt-auth rejected a request");
+                        let response = failure.response();
+                        route.count(response.status().as_u16());
+                        access_log(
+                            &runtime,
+                            &parts,
+                            Some(&route.id),
+                            response.status(),
+                            started,
+                        );
+                        return response;
+                    }
+                }
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&consumer) {
+            parts.headers.insert(X_CONSUMER_USERNAME, v);
+        }
+    }
+
+    proxy::prepare_head(&mut parts, ClientInfo { ip: remote.ip() });
+    let method = parts.method.clone();
+    let uri = parts.uri.clone();
+    let upstream_started = Instant::now();
+    let response = match proxy::forward(&route.upstream, parts, incoming).await {
+        Ok(response) => {
+            shared.metrics.observe_upstream(upstream_started.elapsed());
+            response
+        }
+        Err(ProxyError::Timeout) => {
+            shared
+                .metrics
+                .upstream_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            body::json(
+                StatusCode::GATEWAY_TIMEOUT,
+                r#"{"error_msg":"504 Gateway Timeout"}"#,
+            )
+        }
+        Err(ProxyError::Unreachable(why)) => {
+            shared
+                .metrics
+                .upstream_unreachable
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(route = %route.id, error = %why, "no upstream response");
+            body::json(
+                StatusCode::BAD_GATEWAY,
+                r#"{"error_msg":"502 Bad Gateway"}"#,
+            )
+        }
+        Err(ProxyError::BadRequest(_)) => body::json(
+            StatusCode::BAD_REQUEST,
+            r#"{"error_msg":"400 Bad Request"}"#,
+        ),
+    };
+    route.count(response.status().as_u16());
+    if runtime.access_log {
+        tracing::info!(
+            target: "keygate_gateway::access",
+            client = %remote.ip(), %method, path = uri.path(), route = %route.id,
+            status = response.status().as_u16(), micros = started.elapsed().as_micros() as u64,
+        );
+    }
+    response
+}
+
+fn access_log(
+    runtime: &Runtime,
+    parts: &http::request::Parts,
+    route: Option<&Arc<str>>,
+    status: StatusCode,
+    started: Instant,
+) {
+    if runtime.access_log {
+        tracing::info!(
+            target: "keygate_gateway::access",
+            method = %parts.method, path = parts.uri.path(), route = route.map(|r| &**r),
+            status = status.as_u16(), micros = started.elapsed().as_micros() as u64,
+        );
+    }
+}

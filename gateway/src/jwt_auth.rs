@@ -1,0 +1,296 @@
+//! The jwt-auth plugin on a route: find the token in the request, find the consumer
+//! by the token's key claim, verify, and answer as APISIX 3.x does.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Response, StatusCode, Uri};
+
+use crate::body::{self, ProxyBody};
+use crate::config::{ConfigError, JwtAuthRouteConfig, invalid};
+use crate::consumers::{AuthState, ConsumerSet};
+use crate::jwt::{self, ClaimError, TimeRules};
+use crate::query;
+
+/// A route's jwt-auth settings, validated.
+#[derive(Debug)]
+pub struct JwtAuthRoute {
+    header: HeaderName,
+    query: String,
+    cookie: String,
+    hide_credentials: bool,
+    key_claim: String,
+    anonymous: Option<Arc<str>>,
+    rules: TimeRules,
+}
+
+impl JwtAuthRoute {
+    /// Validates `conf` (reported under `at`) against the consumers.
+    pub fn build(
+        conf: &JwtAuthRouteConfig,
+        consumers: &ConsumerSet,
+        at: &str,
+    ) -> Result<Self, ConfigError> {
+        let header = HeaderName::from_bytes(conf.header.as_bytes())
+            .map_err(|_| invalid(format!("{at}.header"), "not a valid header name"))?;
+        for (field, value) in [
+            ("query", &conf.query),
+            ("cookie", &conf.cookie),
+            ("key_claim_name", &conf.key_claim_name),
+        ] {
+            if value.is_empty() {
+                return Err(invalid(format!("{at}.{field}"), "must not be empty"));
+            }
+        }
+        let anonymous = match &conf.anonymous_consumer {
+            Some(name) if !consumers.has_username(name) => {
+                return Err(invalid(
+                    format!("{at}.anonymous_consumer"),
+                    format!("no consumer named {name:?}"),
+                ));
+            }
+            Some(name) => Some(Arc::from(name.as_str())),
+            None => None,
+        };
+        Ok(Self {
+            header,
+            query: conf.query.clone(),
+            cookie: conf.cookie.clone(),
+            hide_credentials: conf.hide_credentials,
+            key_claim: conf.key_claim_name.clone(),
+            anonymous,
+            rules: TimeRules {
+                maximum_expiration: conf.maximum_expiration,
+                ..TimeRules::default()
+            }
+            .requiring(&conf.claims_to_verify),
+        })
+    }
+
+    /// The consumer to continue as when authentication fails with 401.
+    pub fn anonymous(&self) -> Option<&Arc<str>> {
+        self.anonymous.as_ref()
+    }
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// No token anywhere.
+    Missing,
+    /// Different tokens in different places (Kong's rule).
+    Multiple,
+    /// Not a JWT.
+    Malformed,
+    /// No (string) key claim.
+    NoKeyClaim,
+    /// No consumer has that key.
+    UnknownConsumer,
+    /// Header `alg` differs from the consumer's algorithm.
+    AlgMismatch,
+    /// Signature does not verify.
+    BadSignature,
+    /// `exp`/`nbf` rules.
+    Claims(ClaimError),
+    /// The consumer's key is not available (agent): fail closed with 503.
+    Unavailable,
+}
+
+/// Metric label values, in [`Failure::index`] order.
+pub const FAILURE_REASONS: [&str; 9] = [
+    "missing",
+    "multiple_tokens",
+    "malformed",
+    "no_key_claim",
+    "unknown_consumer",
+    "alg_mismatch",
+    "bad_signature",
+    "claims",
+    "key_unavailable",
+];
+
+impl Failure {
+    /// Position in [`FAILURE_REASONS`].
+    pub fn index(self) -> usize {
+        match self {
+            Self::Missing => 0,
+            Self::Multiple => 1,
+            Self::Malformed => 2,
+            Self::NoKeyClaim => 3,
+            Self::UnknownConsumer => 4,
+            Self::AlgMismatch => 5,
+            Self::BadSignature => 6,
+            Self::Claims(_) => 7,
+            Self::Unavailable => 8,
+        }
+    }
+
+    /// The response. Bodies are generic on purpose: they do not tell a caller whether
+    /// a key exists or which check failed.
+    pub fn response(self) -> Response<ProxyBody> {
+        let (status, message) = match self {
+            Self::Missing => (
+                StatusCode::UNAUTHORIZED,
+                r#"{"message":"Missing JWT token in request"}"#,
+            ),
+            Self::Multiple | Self::Malformed => (
+                StatusCode::UNAUTHORIZED,
+                r#"{"message":"JWT token invalid"}"#,
+            ),
+            Self::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"message":"failed to verify jwt"}"#,
+            ),
+            _ => (
+                StatusCode::UNAUTHORIZED,
+                r#"{"message":"failed to verify jwt"}"#,
+            ),
+        };
+        let mut response = body::json(status, message);
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="jwt""#),
+            );
+        }
+        response
+    }
+}
+
+/// Authenticates the request; on success returns the consumer's username. With
+/// `hide_credentials`, the token is removed from wherever it was found.
+pub fn authenticate(
+    conf: &JwtAuthRoute,
+    auth: &AuthState,
+    parts: &mut Parts,
+    now: u64,
+) -> Result<Arc<str>, Failure> {
+    let token = find_token(conf, parts)?;
+    if conf.hide_credentials {
+        hide(conf, parts);
+    }
+    let token = token.ok_or(Failure::Missing)?;
+    let parsed = jwt::parse(&token).map_err(|_| Failure::Malformed)?;
+    let key = parsed
+        .claims
+        .get(&conf.key_claim)
+        .and_then(|v| v.as_str())
+        .ok_or(Failure::NoKeyClaim)?;
+    let consumer = auth.jwt_consumer(key).ok_or(Failure::UnknownConsumer)?;
+    if parsed.alg != consumer.algorithm.as_str() {
+        return Err(Failure::AlgMismatch);
+    }
+    let verify_key = consumer.verify.as_ref().map_err(|_| Failure::Unavailable)?;
+    if !parsed.verify_signature(consumer.algorithm, verify_key) {
+        return Err(Failure::BadSignature);
+    }
+    let rules = TimeRules {
+        grace: consumer.grace,
+        ..conf.rules
+    };
+    jwt::check_times(&parsed.claims, now, rules).map_err(Failure::Claims)?;
+    Ok(consumer.username.clone())
+}
+
+/// The token from the header (with or without `Bearer `), the query or the cookie.
+/// Several different tokens are refused rather than guessing which one counts.
+fn find_token(conf: &JwtAuthRoute, parts: &Parts) -> Result<Option<String>, Failure> {
+    let from_header = parts
+        .headers
+        .get(&conf.header)
+        .map(|v| v.to_str().map_err(|_| Failure::Malformed))
+        .transpose()?
+        .map(strip_bearer)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    let from_query = parts
+        .uri
+        .query()
+        .and_then(|q| query::param(q, &conf.query))
+        .filter(|v| !v.is_empty());
+    let from_cookie = cookie(&parts.headers, &conf.cookie)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    let mut found: Option<String> = None;
+    for token in [from_header, from_query, from_cookie].into_iter().flatten() {
+        match &found {
+            Some(first) if *first != token => return Err(Failure::Multiple),
+            Some(_) => {}
+            None => found = Some(token),
+        }
+    }
+    Ok(found)
+}
+
+/// The credentials of an `Authorization`-style value, with or without the `Bearer` scheme.
+fn strip_bearer(value: &str) -> &str {
+    let value = value.trim();
+    match value.get(..6) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("bearer") => match value.get(6..) {
+            Some("") => "",
+            Some(rest) if rest.starts_with([' ', '\t']) => rest.trim_start(),
+            _ => value,
+        },
+        _ => value,
+    }
+}
+
+/// Removes the token's header, query parameter and cookie.
+fn hide(conf: &JwtAuthRoute, parts: &mut Parts) {
+    parts.headers.remove(&conf.header);
+    if let Some(query) = parts.uri.query() {
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| {
+                let name = pair.split_once('=').map_or(*pair, |(n, _)| n);
+                query::decode(name).as_deref() != Some(conf.query.as_str())
+            })
+            .collect();
+        let path = parts.uri.path();
+        let pq = if kept.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{}", kept.join("&"))
+        };
+        let mut uri = parts.uri.clone().into_parts();
+        if let Ok(pq) = pq.parse() {
+            uri.path_and_query = Some(pq);
+            if let Ok(new) = Uri::from_parts(uri) {
+                parts.uri = new;
+            }
+        }
+    }
+    let cookies: Vec<String> = parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && c.split_once('=').map_or(*c, |(n, _)| n.trim()) != conf.cookie)
+        .map(str::to_owned)
+        .collect();
+    parts.headers.remove(header::COOKIE);
+    if !cookies.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&cookies.join("; "))
+    {
+        parts.headers.insert(header::COOKIE, v);
+    }
+}
+
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            let (k, v) = c.split_once('=')?;
+            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+        })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+//! Counters the request path bumps with relaxed atomics (no lock, no allocation),
+//! rendered as Prometheus text by the status listener.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::jwt_auth::FAILURE_REASONS;
+
+/// Upper bounds of the upstream latency histogram, seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Gateway-wide counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Requests that matched no route.
+    pub no_route: AtomicU64,
+    /// jwt-auth failures by reason ([`FAILURE_REASONS`] order).
+    pub auth_failures: [AtomicU64; FAILURE_REASONS.len()],
+    /// Requests let through as the anonymous consumer.
+    pub anonymous: AtomicU64,
+    /// Upstream attempts that ended in 502.
+    pub upstream_unreachable: AtomicU64,
+    /// Upstream attempts that ended in 504.
+    pub upstream_timeouts: AtomicU64,
+    /// Sign endpoint calls by outcome: ok, bad request, unknown key, unavailable.
+    pub sign: [AtomicU64; 4],
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+}
+
+impl Metrics {
+    /// Records the time to the upstream's response head.
+    pub fn observe_upstream(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        for (bound, bucket) in BUCKETS.iter().zip(&self.latency_buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Appends these counters in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        counter(
+            out,
+            "keygate_gateway_no_route_total",
+            "Requests that matched no route.",
+        );
+        let _ = writeln!(
+            out,
+            "keygate_gateway_no_route_total {}",
+            get(&self.no_route)
+        );
+        counter(
+            out,
+            "keygate_gateway_auth_failures_total",
+            "jwt-auth failures by reason.",
+        );
+        for (reason, c) in FAILURE_REASONS.iter().zip(&self.auth_failures) {
+            let _ = writeln!(
+                out,
+                "keygate_gateway_auth_failures_total{{plugin=\"jwt-auth\",reason=\"{reason}\"}} {}",
+                get(c)
+            );
+        }
+        counter(
+            out,
+            "keygate_gateway_anonymous_total",
+            "Requests admitted as the anonymous consumer.",
+        );
+        let _ = writeln!(
+            out,
+            "keygate_gateway_anonymous_total {}",
+            get(&self.anonymous)
+        );
+        counter(
+            out,
+            "keygate_gateway_upstream_errors_total",
+            "Requests answered 502 or 504.",
+        );
+        let _ = writeln!(
+            out,
+            "keygate_gateway_upstream_errors_total{{kind=\"unreachable\"}} {}",
+            get(&self.upstream_unreachable)
+        );
+        let _ = writeln!(
+            out,
+            "keygate_gateway_upstream_errors_total{{kind=\"timeout\"}} {}",
+            get(&self.upstream_timeouts)
+        );
+        counter(
+            out,
+            "keygate_gateway_sign_requests_total",
+            "Sign endpoint calls by outcome.",
+        );
+        for (outcome, c) in ["ok", "bad_request", "unknown_key", "unavailable"]
+            .iter()
+            .zip(&self.sign)
+        {
+            let _ = writeln!(
+                out,
+                "keygate_gateway_sign_requests_total{{outcome=\"{outcome}\"}} {}",
+                get(c)
+            );
+        }
+        let name = "keygate_gateway_upstream_latency_seconds";
+        let _ = writeln!(out, "# HELP {name} Time to the upstream's response head.");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (bound, c) in BUCKETS.iter().zip(&self.latency_buckets) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", get(c));
+        }
+        let count = get(&self.latency_count);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", get(&self.latency_sum_us) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Writes HELP and TYPE lines of a counter.
+pub fn counter(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+}
+
+/// Writes HELP and TYPE lines of a gauge.
+pub fn gauge(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+}

@@ -1,0 +1,268 @@
+//! Forwarding a request to an upstream: header rewriting, node choice, timeouts,
+//! retries. Bodies stream through in both directions.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, Uri};
+use hyper::body::{Body as _, Incoming};
+
+use crate::body::{self, IdleTimeout, ProxyBody};
+use crate::config::PassHost;
+use crate::upstream::Upstream;
+
+/// Why no upstream response could be had.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// Every attempt failed to connect or errored (502).
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    /// The last attempt timed out (504).
+    #[error("upstream timed out")]
+    Timeout,
+    /// The request cannot be expressed upstream (bad path).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP) {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// Removes identity headers only the gateway may set, so a client cannot forge them.
+pub fn strip_identity(headers: &mut HeaderMap) {
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            k.starts_with("x-consumer-") || k == "x-credential-identifier"
+        })
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(name);
+    }
+}
+
+/// Everything about the client connection the upstream should learn.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    /// The peer address.
+    pub ip: IpAddr,
+}
+
+/// Prepares the request head for the upstream: hop-by-hop headers removed,
+/// X-Forwarded-* and X-Real-IP set, Host kept (HTTP/2 authority turned into Host).
+pub fn prepare_head(parts: &mut Parts, client: ClientInfo) {
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    strip_hop_by_hop(&mut parts.headers);
+    let ip = client.ip.to_string();
+    let xff = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip.clone(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        parts.headers.insert("x-forwarded-for", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&ip) {
+        parts.headers.insert("x-real-ip", v);
+    }
+    parts
+        .headers
+        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    match original_host {
+        Some(host) => {
+            parts.headers.insert("x-forwarded-host", host.clone());
+            parts.headers.insert(header::HOST, host);
+        }
+        None => {
+            parts.headers.remove("x-forwarded-host");
+        }
+    }
+}
+
+/// Sends the request to the upstream, retrying on other nodes where that is safe:
+/// only requests without a body can be re-sent (the body streams through and is gone
+/// after the first attempt), and a request that may have reached a node is only
+/// re-sent when its method is idempotent.
+pub async fn forward(
+    upstream: &Upstream,
+    parts: Parts,
+    body: Incoming,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    let replayable = body.is_end_stream();
+    let idempotent = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+    let mut body = Some(body);
+    let mut tried: Vec<usize> = Vec::new();
+    let max_attempts = 1 + usize::try_from(upstream.retries).unwrap_or(usize::MAX);
+    let mut last = ProxyError::Unreachable("no node".into());
+    while tried.len() < max_attempts {
+        let Some(index) = upstream.pick(&tried) else {
+            break;
+        };
+        tried.push(index);
+        let Some(node) = upstream.nodes().get(index) else {
+            break;
+        };
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(node.authority.clone())
+            .path_and_query(path.as_str())
+            .build()
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        let request_body = match body.take() {
+            Some(b) => body::boxed(b),
+            None => body::empty(),
+        };
+        let mut request = Request::new(request_body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = parts.headers.clone();
+        match upstream.pass_host {
+            PassHost::Pass => {}
+            PassHost::Node => {
+                if let Ok(v) = HeaderValue::from_str(node.authority.as_str()) {
+                    request.headers_mut().insert(header::HOST, v);
+                }
+            }
+            PassHost::Rewrite => {
+                if let Some(v) = &upstream.upstream_host {
+                    request.headers_mut().insert(header::HOST, v.clone());
+                }
+            }
+        }
+        let in_flight = upstream.start(index);
+        let outcome =
+            tokio::time::timeout(upstream.head_timeout, upstream.client.request(request)).await;
+        drop(in_flight);
+        let retry_safe = match outcome {
+            Ok(Ok(mut response)) => {
+                let status = response.status().as_u16();
+                if (502..=504).contains(&status) {
+                    upstream.report_failure(index);
+                } else {
+                    upstream.report_success(index);
+                }
+                strip_hop_by_hop(response.headers_mut());
+                let read = upstream.read_timeout;
+                return Ok(response.map(|b| body::boxed(IdleTimeout::new(b, read))));
+            }
+            Ok(Err(e)) => {
+                upstream.report_failure(index);
+                tracing::debug!(node = %node.authority, error = %e, "upstream request failed");
+                let connect = e.is_connect();
+                last = ProxyError::Unreachable(e.to_string());
+                connect || idempotent
+            }
+            Err(_elapsed) => {
+                upstream.report_failure(index);
+                tracing::debug!(node = %node.authority, "upstream timed out");
+                last = ProxyError::Timeout;
+                idempotent
+            }
+        };
+        if !(replayable && retry_safe) {
+            break;
+        }
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut builder = Request::builder().uri("/a?b=c");
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut p = parts(&[
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut p.headers);
+        let names: Vec<_> = p.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn forwarded_headers_are_set() {
+        let mut p = parts(&[("host", "api.example.com"), ("x-forwarded-for", "10.0.0.1")]);
+        prepare_head(
+            &mut p,
+            ClientInfo {
+                ip: "192.0.2.7".parse().unwrap(),
+            },
+        );
+        assert_eq!(p.headers["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(p.headers["x-real-ip"], "192.0.2.7");
+        assert_eq!(p.headers["x-forwarded-proto"], "http");
+        assert_eq!(p.headers["x-forwarded-host"], "api.example.com");
+        assert_eq!(p.headers["host"], "api.example.com");
+    }
+
+    #[test]
+    fn identity_headers_from_clients_are_dropped() {
+        let mut p = parts(&[
+            ("x-consumer-username", "admin"),
+            ("X-Consumer-Custom-Id", "1"),
+            ("x-credential-identifier", "x"),
+            ("x-other", "1"),
+        ]);
+        strip_identity(&mut p.headers);
+        let names: Vec<_> = p.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-other"]);
+    }
+}

@@ -1,0 +1,185 @@
+//! The structures the request path reads, built from a [`Config`] in one go. Building
+//! is also validation: `check-config`, start-up and reloads all go through
+//! [`Runtime::build`], and any error names the offending field.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::{Config, ConfigError, invalid};
+use crate::consumers::{ConsumerSet, EnvLookup};
+use crate::jwt_auth::JwtAuthRoute;
+use crate::router::{MatchSpec, Router};
+use crate::upstream::Upstream;
+
+/// One route, ready to serve.
+#[derive(Debug)]
+pub struct Route {
+    /// `id` from the configuration (or the position in the list).
+    pub id: Arc<str>,
+    /// jwt-auth, if enabled on the route.
+    pub jwt_auth: Option<JwtAuthRoute>,
+    /// Where requests go.
+    pub upstream: Arc<Upstream>,
+    /// Responses by status class (1xx..5xx), for metrics.
+    pub responses: [AtomicU64; 5],
+}
+
+impl Route {
+    /// Counts a response.
+    pub fn count(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        if let Some(c) = self.responses.get(class) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Everything derived from one configuration.
+#[derive(Debug)]
+pub struct Runtime {
+    /// Route matching.
+    pub router: Router<Arc<Route>>,
+    /// All routes in configuration order (metrics).
+    pub routes: Vec<Arc<Route>>,
+    /// Consumers and where their keys come from.
+    pub consumers: Arc<ConsumerSet>,
+    /// `plugin_attr.jwt-auth.sign_endpoint`.
+    pub sign_endpoint: bool,
+    /// Log each request.
+    pub access_log: bool,
+}
+
+impl Runtime {
+    /// Validates `config` and builds the runtime. `env` resolves `$env://` references.
+    pub fn build(config: &Config, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let consumers = Arc::new(ConsumerSet::build(&config.consumers, env)?);
+        if config.agent.is_none() && !consumers.agent_names().is_empty() {
+            return Err(invalid(
+                "agent",
+                "required: consumers take secrets from the agent (vault: {} or $secret://)",
+            ));
+        }
+        if let Some(agent) = &config.agent
+            && (agent.backoff_min.is_zero() || agent.backoff_min > agent.backoff_max)
+        {
+            return Err(invalid(
+                "agent.backoff_min",
+                "must be above 0 and at most backoff_max",
+            ));
+        }
+
+        let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
+        for (i, conf) in config.upstreams.iter().enumerate() {
+            let at = format!("upstreams[{i}]");
+            let id = conf
+                .id
+                .as_deref()
+                .ok_or_else(|| invalid(format!("{at}.id"), "required"))?;
+            let upstream = Arc::new(Upstream::build(conf, &at)?);
+            if upstreams.insert(id, upstream).is_some() {
+                return Err(invalid(
+                    format!("{at}.id"),
+                    format!("duplicate upstream id {id:?}"),
+                ));
+            }
+        }
+
+        let mut router = Router::new();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        let mut ids = HashSet::new();
+        for (i, conf) in config.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            let id: Arc<str> = Arc::from(conf.id.clone().unwrap_or_else(|| i.to_string()));
+            if !ids.insert(id.clone()) {
+                return Err(invalid(
+                    format!("{at}.id"),
+                    format!("duplicate route id {id:?}"),
+                ));
+            }
+            let upstream = match (&conf.upstream, &conf.upstream_id) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        format!("{at}.upstream_id"),
+                        "give either upstream or upstream_id, not both",
+                    ));
+                }
+                (Some(up), None) => Arc::new(Upstream::build(up, &format!("{at}.upstream"))?),
+                (None, Some(ref_id)) => {
+                    upstreams.get(ref_id.as_str()).cloned().ok_or_else(|| {
+                        invalid(
+                            format!("{at}.upstream_id"),
+                            format!("no upstream with id {ref_id:?}"),
+                        )
+                    })?
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        format!("{at}.upstream"),
+                        "required (or upstream_id)",
+                    ));
+                }
+            };
+            let jwt_auth = conf
+                .plugins
+                .jwt_auth
+                .as_ref()
+                .map(|j| JwtAuthRoute::build(j, &consumers, &format!("{at}.plugins.jwt-auth")))
+                .transpose()?;
+            let (paths, paths_field) = match (&conf.uri, conf.uris.is_empty()) {
+                (Some(_), false) => {
+                    return Err(invalid(
+                        format!("{at}.uris"),
+                        "give either uri or uris, not both",
+                    ));
+                }
+                (Some(uri), true) => (vec![uri.clone()], "uri"),
+                (None, empty) => (conf.uris.clone(), if empty { "uri" } else { "uris" }),
+            };
+            let hosts = match (&conf.host, conf.hosts.is_empty()) {
+                (Some(_), false) => {
+                    return Err(invalid(
+                        format!("{at}.hosts"),
+                        "give either host or hosts, not both",
+                    ));
+                }
+                (Some(host), true) => vec![host.clone()],
+                (None, _) => conf.hosts.clone(),
+            };
+            let spec = MatchSpec {
+                paths,
+                methods: conf.methods.clone(),
+                hosts,
+                priority: conf.priority,
+            };
+            let route = Arc::new(Route {
+                id,
+                jwt_auth,
+                upstream,
+                responses: Default::default(),
+            });
+            if conf.status > 1 {
+                return Err(invalid(format!("{at}.status"), "must be 0 or 1"));
+            }
+            if conf.status == 1 {
+                router.add(&spec, route.clone()).map_err(|e| {
+                    let field = match e {
+                        crate::router::RouteError::BadMethod(_) => "methods",
+                        crate::router::RouteError::BadHost(_) if conf.host.is_some() => "host",
+                        crate::router::RouteError::BadHost(_) => "hosts",
+                        _ => paths_field,
+                    };
+                    invalid(format!("{at}.{field}"), e.to_string())
+                })?;
+            }
+            routes.push(route);
+        }
+        Ok(Self {
+            router,
+            routes,
+            consumers,
+            sign_endpoint: config.plugin_attr.jwt_auth.sign_endpoint,
+            access_log: config.access_log,
+        })
+    }
+}

@@ -1,0 +1,172 @@
+//! The status listener: `/healthz`, `/readyz`, `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::{self, ProxyBody};
+use crate::gateway::Shared;
+use crate::metrics::{counter, gauge};
+
+/// Answers one status request.
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+    match req.uri().path() {
+        "/healthz" => body::text(StatusCode::OK, "ok\n"),
+        "/readyz" => readyz(&shared),
+        "/metrics" => {
+            let mut response = body::text(StatusCode::OK, metrics(&shared));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        _ => body::json(
+            StatusCode::NOT_FOUND,
+            r#"{"error_msg":"404 Route Not Found"}"#,
+        ),
+    }
+}
+
+fn readyz(shared: &Shared) -> Response<ProxyBody> {
+    let ready = shared.ready();
+    let body = serde_json::json!({
+        "ready": ready,
+        "agent": {
+            "connected": shared.agent.connected.load(Ordering::Relaxed),
+            "watched_names": shared.watched_names(),
+            "snapshot_age_seconds": shared.snapshot_age().map(|d| d.as_secs_f64()),
+            "stale_secrets": shared.snapshot.load().as_deref().map(|s| s.stale_count()),
+        },
+        "consumers_unavailable": shared.auth.load().unavailable_count(),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut response = body::text(status, body.to_string());
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn metrics(shared: &Shared) -> String {
+    let mut out = String::new();
+    let b = |v: bool| u8::from(v);
+    gauge(
+        &mut out,
+        "keygate_gateway_ready",
+        "1 once secrets are loaded (or none are needed).",
+    );
+    let _ = writeln!(out, "keygate_gateway_ready {}", b(shared.ready()));
+    gauge(
+        &mut out,
+        "keygate_gateway_uptime_seconds",
+        "Seconds since start.",
+    );
+    let _ = writeln!(
+        out,
+        "keygate_gateway_uptime_seconds {}",
+        shared.uptime().as_secs_f64()
+    );
+    gauge(
+        &mut out,
+        "keygate_gateway_agent_connected",
+        "1 while a Watch stream to the agent is open.",
+    );
+    let _ = writeln!(
+        out,
+        "keygate_gateway_agent_connected {}",
+        b(shared.agent.connected.load(Ordering::Relaxed))
+    );
+    gauge(
+        &mut out,
+        "keygate_gateway_agent_snapshot_age_seconds",
+        "Seconds since the last snapshot from the agent (-1: none yet).",
+    );
+    let age = shared.snapshot_age().map_or(-1.0, |d| d.as_secs_f64());
+    let _ = writeln!(out, "keygate_gateway_agent_snapshot_age_seconds {age}");
+    gauge(
+        &mut out,
+        "keygate_gateway_agent_watched_names",
+        "Secret names watched.",
+    );
+    let _ = writeln!(
+        out,
+        "keygate_gateway_agent_watched_names {}",
+        shared.watched_names()
+    );
+    gauge(
+        &mut out,
+        "keygate_gateway_agent_stale_secrets",
+        "Secrets the agent marks stale.",
+    );
+    let stale = shared
+        .snapshot
+        .load()
+        .as_deref()
+        .map_or(0, |s| s.stale_count());
+    let _ = writeln!(out, "keygate_gateway_agent_stale_secrets {stale}");
+    counter(
+        &mut out,
+        "keygate_gateway_agent_snapshots_total",
+        "Snapshots received.",
+    );
+    let _ = writeln!(
+        out,
+        "keygate_gateway_agent_snapshots_total {}",
+        shared.agent.snapshots.load(Ordering::Relaxed)
+    );
+    counter(
+        &mut out,
+        "keygate_gateway_agent_disconnects_total",
+        "Watch streams that ended.",
+    );
+    let _ = writeln!(
+        out,
+        "keygate_gateway_agent_disconnects_total {}",
+        shared.agent.disconnects.load(Ordering::Relaxed)
+    );
+    gauge(
+        &mut out,
+        "keygate_gateway_consumers_unavailable",
+        "Consumers whose verification key is not available (requests fail closed).",
+    );
+    let _ = writeln!(
+        out,
+        "keygate_gateway_consumers_unavailable {}",
+        shared.auth.load().unavailable_count()
+    );
+    counter(
+        &mut out,
+        "keygate_gateway_http_responses_total",
+        "Responses by route and status class.",
+    );
+    let runtime = shared.runtime.load();
+    for route in &runtime.routes {
+        for (i, c) in route.responses.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "keygate_gateway_http_responses_total{{route=\"{}\",code=\"{}xx\"}} {}",
+                escape(&route.id),
+                i + 1,
+                c.load(Ordering::Relaxed)
+            );
+        }
+    }
+    shared.metrics.render(&mut out);
+    out
+}
+
+/// Escapes a Prometheus label value.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

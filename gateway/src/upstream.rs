@@ -1,0 +1,370 @@
+//! Upstreams: their nodes, load balancing, passive health and connection pool.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+use http::uri::Authority;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::ProxyBody;
+use crate::config::{
+    ConfigError, LbType, Nodes, PassHost, PassiveCheckConfig, UpstreamConfig, invalid,
+};
+
+/// One upstream server.
+#[derive(Debug)]
+pub struct Node {
+    /// `host:port`.
+    pub authority: Authority,
+    weight: u32,
+    /// Requests in flight (least_conn).
+    inflight: AtomicUsize,
+    /// Consecutive failures (passive health).
+    failures: AtomicU32,
+    /// Milliseconds since the upstream's epoch until which the node is skipped.
+    ejected_until: AtomicU64,
+}
+
+/// An upstream, ready to pick nodes and send requests.
+#[derive(Debug)]
+pub struct Upstream {
+    nodes: Vec<Node>,
+    /// Node indexes in smooth weighted round-robin order, one cycle long.
+    schedule: Vec<usize>,
+    next: AtomicUsize,
+    lb: LbType,
+    /// TCP connect timeout (enforced by the connector).
+    pub connect_timeout: Duration,
+    /// Deadline for the response head: `send + read`.
+    pub head_timeout: Duration,
+    /// Longest pause between two body frames of the response.
+    pub read_timeout: Duration,
+    /// Extra attempts on other nodes.
+    pub retries: u32,
+    /// How to set the upstream Host header.
+    pub pass_host: PassHost,
+    /// With [`PassHost::Rewrite`].
+    pub upstream_host: Option<HeaderValue>,
+    passive: Option<PassiveCheckConfig>,
+    epoch: Instant,
+    /// Keep-alive pool for this upstream.
+    pub client: Client<HttpConnector, ProxyBody>,
+}
+
+fn seconds(field: String, value: f64) -> Result<Duration, ConfigError> {
+    if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
+        return Err(invalid(field, "must be a number of seconds above 0"));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+impl Upstream {
+    /// Validates `conf` (reported under `at`) and builds the upstream.
+    pub fn build(conf: &UpstreamConfig, at: &str) -> Result<Self, ConfigError> {
+        if conf.scheme != "http" {
+            return Err(invalid(
+                format!("{at}.scheme"),
+                format!("{:?} is not supported (only http)", conf.scheme),
+            ));
+        }
+        let raw: Vec<(String, u32)> = match &conf.nodes {
+            Nodes::Map(map) => map.iter().map(|(k, w)| (k.clone(), *w)).collect(),
+            Nodes::List(list) => list
+                .iter()
+                .map(|n| {
+                    let host = if n.host.contains(':') && !n.host.starts_with('[') {
+                        format!("[{}]", n.host)
+                    } else {
+                        n.host.clone()
+                    };
+                    (format!("{host}:{}", n.port.unwrap_or(80)), n.weight)
+                })
+                .collect(),
+        };
+        let mut nodes = Vec::new();
+        for (addr, weight) in raw {
+            let authority: Authority = addr.parse().map_err(|_| {
+                invalid(format!("{at}.nodes"), format!("{addr:?} is not host:port"))
+            })?;
+            if authority.port_u16().is_none() {
+                return Err(invalid(
+                    format!("{at}.nodes"),
+                    format!("{addr:?} needs a port"),
+                ));
+            }
+            if weight > 0 {
+                nodes.push(Node {
+                    authority,
+                    weight,
+                    inflight: AtomicUsize::new(0),
+                    failures: AtomicU32::new(0),
+                    ejected_until: AtomicU64::new(0),
+                });
+            }
+        }
+        if nodes.is_empty() {
+            return Err(invalid(
+                format!("{at}.nodes"),
+                "needs at least one node with a weight above 0",
+            ));
+        }
+        let timeout = conf.timeout.unwrap_or_default();
+        let connect_timeout = seconds(format!("{at}.timeout.connect"), timeout.connect)?;
+        let send = seconds(format!("{at}.timeout.send"), timeout.send)?;
+        let read_timeout = seconds(format!("{at}.timeout.read"), timeout.read)?;
+        let upstream_host = match (conf.pass_host, &conf.upstream_host) {
+            (PassHost::Rewrite, Some(host)) => {
+                Some(HeaderValue::from_str(host).map_err(|_| {
+                    invalid(format!("{at}.upstream_host"), "not a valid header value")
+                })?)
+            }
+            (PassHost::Rewrite, None) => {
+                return Err(invalid(
+                    format!("{at}.upstream_host"),
+                    "required with pass_host: rewrite",
+                ));
+            }
+            _ => None,
+        };
+        if let Some(checks) = conf.checks
+            && checks.passive.failures == 0
+        {
+            return Err(invalid(
+                format!("{at}.checks.passive.failures"),
+                "must be at least 1",
+            ));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let schedule = smooth_wrr(&nodes.iter().map(|n| n.weight).collect::<Vec<_>>());
+        let retries = conf
+            .retries
+            .unwrap_or_else(|| u32::try_from(nodes.len().saturating_sub(1)).unwrap_or(u32::MAX));
+        Ok(Self {
+            nodes,
+            schedule,
+            next: AtomicUsize::new(0),
+            lb: conf.lb,
+            connect_timeout,
+            head_timeout: send + read_timeout,
+            read_timeout,
+            retries,
+            pass_host: conf.pass_host,
+            upstream_host,
+            passive: conf.checks.map(|c| c.passive),
+            epoch: Instant::now(),
+            client,
+        })
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn healthy(&self, index: usize, now_ms: u64) -> bool {
+        self.nodes
+            .get(index)
+            .is_some_and(|n| n.ejected_until.load(Ordering::Relaxed) <= now_ms)
+    }
+
+    /// Picks a node not in `tried`: a healthy one by the balancing rule if there is one,
+    /// else any untried one (an ejected node beats no node). `None` once all were tried.
+    pub fn pick(&self, tried: &[usize]) -> Option<usize> {
+        let now = self.now_ms();
+        let usable = |i: usize| !tried.contains(&i) && self.healthy(i, now);
+        let picked = match self.lb {
+            LbType::Roundrobin => {
+                // At most one cycle: every healthy untried node appears in it.
+                (0..self.schedule.len()).find_map(|_| {
+                    let n = self.next.fetch_add(1, Ordering::Relaxed);
+                    let i = *self.schedule.get(n % self.schedule.len())?;
+                    usable(i).then_some(i)
+                })
+            }
+            LbType::LeastConn => (0..self.nodes.len())
+                .filter(|&i| usable(i))
+                .min_by(|&a, &b| {
+                    // Compare inflight/weight without division: a.in * b.w vs b.in * a.w.
+                    let load = |i: usize| {
+                        self.nodes.get(i).map_or((u64::MAX, 1), |n| {
+                            (
+                                n.inflight.load(Ordering::Relaxed) as u64 + 1,
+                                u64::from(n.weight),
+                            )
+                        })
+                    };
+                    let (ia, wa) = load(a);
+                    let (ib, wb) = load(b);
+                    (u128::from(ia) * u128::from(wb)).cmp(&(u128::from(ib) * u128::from(wa)))
+                }),
+        };
+        picked.or_else(|| (0..self.nodes.len()).find(|i| !tried.contains(i)))
+    }
+
+    /// Counts a request in flight on `index` until the guard drops.
+    pub fn start(&self, index: usize) -> InFlight<'_> {
+        if let Some(node) = self.nodes.get(index) {
+            node.inflight.fetch_add(1, Ordering::Relaxed);
+        }
+        InFlight {
+            upstream: self,
+            index,
+        }
+    }
+
+    /// Passive health: a request to `index` succeeded.
+    pub fn report_success(&self, index: usize) {
+        if self.passive.is_some()
+            && let Some(node) = self.nodes.get(index)
+        {
+            node.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Passive health: a request to `index` failed (connect error, timeout, 502-504).
+    pub fn report_failure(&self, index: usize) {
+        let (Some(passive), Some(node)) = (self.passive, self.nodes.get(index)) else {
+            return;
+        };
+        let failures = node.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= passive.failures {
+            node.failures.store(0, Ordering::Relaxed);
+            let until =
+                self.now_ms() + u64::try_from(passive.eject.as_millis()).unwrap_or(u64::MAX);
+            node.ejected_until.store(until, Ordering::Relaxed);
+            tracing::warn!(node = %node.authority, failures, eject = ?passive.eject, "upstream node ejected");
+        }
+    }
+}
+
+/// Decrements a node's in-flight count when dropped.
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    upstream: &'a Upstream,
+    index: usize,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(node) = self.upstream.nodes.get(self.index) {
+            node.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One cycle of nginx's smooth weighted round robin: each node appears `weight` times
+/// (after dividing by the common divisor), spread out rather than in runs. Very large
+/// weight sums are scaled down to keep the cycle short.
+fn smooth_wrr(weights: &[u32]) -> Vec<usize> {
+    const MAX_CYCLE: u64 = 10_000;
+    let g = weights.iter().copied().fold(0, gcd).max(1);
+    let mut w: Vec<u64> = weights.iter().map(|&x| u64::from(x / g)).collect();
+    let total: u64 = w.iter().sum();
+    if total > MAX_CYCLE {
+        w = w.iter().map(|&x| (x * MAX_CYCLE / total).max(1)).collect();
+    }
+    let total: i64 = w.iter().map(|&x| x as i64).sum();
+    let mut current = vec![0i64; w.len()];
+    let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for _ in 0..total {
+        for (c, &weight) in current.iter_mut().zip(&w) {
+            *c += weight as i64;
+        }
+        let Some((best, _)) = current
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(&a.0)))
+        else {
+            break;
+        };
+        if let Some(c) = current.get_mut(best) {
+            *c -= total;
+        }
+        out.push(best);
+    }
+    out
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(yaml: &str) -> Upstream {
+        let conf: UpstreamConfig = serde_yaml_ng::from_str(yaml).unwrap();
+        Upstream::build(&conf, "upstream").unwrap()
+    }
+
+    #[test]
+    fn smooth_wrr_spreads_by_weight() {
+        assert_eq!(smooth_wrr(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_wrr(&[2, 2]), vec![0, 1]);
+        assert_eq!(smooth_wrr(&[3]), vec![0]);
+    }
+
+    #[tokio::test]
+    async fn roundrobin_honours_weights() {
+        let up = upstream("nodes: {\"127.0.0.1:1\": 3, \"127.0.0.1:2\": 1}");
+        let mut counts = [0; 2];
+        for _ in 0..400 {
+            counts[up.pick(&[]).unwrap()] += 1;
+        }
+        let first = up.nodes()[0].authority.port_u16();
+        let heavy = if first == Some(1) { 0 } else { 1 };
+        assert_eq!(counts[heavy], 300);
+        assert_eq!(counts[1 - heavy], 100);
+    }
+
+    #[tokio::test]
+    async fn pick_skips_tried_and_ejected_nodes() {
+        let up = upstream(
+            "nodes: [{host: 127.0.0.1, port: 1}, {host: 127.0.0.1, port: 2}]\nchecks: {passive: {failures: 2, eject: 1h}}",
+        );
+        assert_eq!(up.pick(&[0]), Some(1));
+        assert_eq!(up.pick(&[0, 1]), None);
+        up.report_failure(0);
+        up.report_failure(0);
+        for _ in 0..10 {
+            assert_eq!(up.pick(&[]), Some(1));
+        }
+        // The only healthy node was tried: the ejected one is still better than none.
+        assert_eq!(up.pick(&[1]), Some(0));
+    }
+
+    #[tokio::test]
+    async fn least_conn_prefers_idle_nodes() {
+        let up = upstream("type: least_conn\nnodes: {\"127.0.0.1:1\": 1, \"127.0.0.1:2\": 1}");
+        let a = up.pick(&[]).unwrap();
+        let _busy = up.start(a);
+        assert_eq!(up.pick(&[]), Some(1 - a));
+    }
+
+    #[test]
+    fn bad_upstreams_are_rejected_by_field() {
+        let err = |yaml: &str| {
+            let conf: UpstreamConfig = serde_yaml_ng::from_str(yaml).unwrap();
+            Upstream::build(&conf, "u").unwrap_err().to_string()
+        };
+        assert!(err("nodes: {\"nohost\": 1}").contains("u.nodes"));
+        assert!(err("nodes: {\"a:1\": 0}").contains("u.nodes"));
+        assert!(err("nodes: {\"a:1\": 1}\nscheme: https").contains("u.scheme"));
+        assert!(err("nodes: {\"a:1\": 1}\ntimeout: {connect: 0}").contains("u.timeout.connect"));
+        assert!(err("nodes: {\"a:1\": 1}\npass_host: rewrite").contains("u.upstream_host"));
+    }
+}
