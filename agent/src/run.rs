@@ -121,6 +121,9 @@ pub async fn run(
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(256))
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
             .add_service(health_service)
             .add_service(SecretAgentServer::new(service))
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {

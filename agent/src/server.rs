@@ -3,9 +3,10 @@
 
 pub mod peer;
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -31,6 +32,9 @@ use crate::store::{Entry, State, Store};
 const MAX_NAMES: usize = 1024;
 /// How often a Watch stream re-checks that its peer process is still the same one.
 const PEER_CHECK: Duration = Duration::from_secs(1);
+/// Most Watch streams one uid may hold open: a flooding peer is refused before it can
+/// starve the others (the gateway needs one).
+pub const MAX_STREAMS_PER_UID: usize = 64;
 
 /// The `keygate.agent.v1.SecretAgent` service.
 #[derive(Debug)]
@@ -42,6 +46,7 @@ pub struct AgentService {
     get_timeout: Duration,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    streams: Arc<Mutex<HashMap<u32, usize>>>,
 }
 
 impl AgentService {
@@ -63,7 +68,29 @@ impl AgentService {
             get_timeout,
             metrics,
             shutdown,
+            streams: Arc::default(),
         }
+    }
+
+    /// Reserves one of `uid`'s Watch streams, released when the guard drops.
+    fn reserve_stream(&self, uid: u32) -> Result<StreamSlot, Status> {
+        let mut streams = self
+            .streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let open = streams.entry(uid).or_default();
+        if *open >= MAX_STREAMS_PER_UID {
+            Metrics::inc(&self.metrics.denied_requests);
+            warn!(peer.uid = uid, "too many Watch streams from one uid");
+            return Err(Status::resource_exhausted(format!(
+                "at most {MAX_STREAMS_PER_UID} Watch streams per uid"
+            )));
+        }
+        *open += 1;
+        Ok(StreamSlot {
+            uid,
+            streams: self.streams.clone(),
+        })
     }
 
     /// Checks the header and the peer, then the names against the peer's policy.
@@ -153,9 +180,11 @@ impl SecretAgent for AgentService {
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (peer, names) = self.authorize(&request, &request.get_ref().names)?;
+        let slot = self.reserve_stream(peer.uid)?;
         self.store.register(&names);
         let (tx, rx) = mpsc::channel(4);
         let stream = WatchStream {
+            _slot: slot,
             store: self.store.clone(),
             names,
             peer,
@@ -192,8 +221,30 @@ impl SecretAgent for AgentService {
     }
 }
 
+/// A uid's claim on one Watch stream.
+struct StreamSlot {
+    uid: u32,
+    streams: Arc<Mutex<HashMap<u32, usize>>>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut streams = self
+            .streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(open) = streams.get_mut(&self.uid) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                streams.remove(&self.uid);
+            }
+        }
+    }
+}
+
 /// One open Watch call.
 struct WatchStream {
+    _slot: StreamSlot,
     store: Arc<Store>,
     names: Vec<SecretName>,
     peer: Peer,
