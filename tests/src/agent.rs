@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::logs::assert_no_secret_in;
 use crate::ports::free_port;
-use crate::process::{log_tail, signal_child, wait_for_exit};
+use crate::process::{log_tail, report_on_drop, signal_child, wait_for_exit};
 
 /// Environment variable naming the agent binary to test.
 pub const AGENT_BIN_ENV: &str = "KEYGATE_AGENT_BIN";
@@ -618,6 +618,8 @@ impl Drop for AgentProcess {
             let _ = signal_child(&child, Signal::SIGKILL);
             let _ = child.wait();
         }
+        let log = self.log_path();
+        report_on_drop("keygate-agent", &mut self.dir, &log, 60);
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod client;
 pub mod files;
+pub mod gateway;
 pub mod logs;
 pub mod openbao;
 pub mod ports;

@@ -17,7 +17,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::ports::free_port;
-use crate::process::{find_on_path, log_tail, signal_child, wait_for_exit};
+use crate::process::{find_on_path, log_tail, report_on_drop, signal_child, wait_for_exit};
 
 /// Environment variable naming the `bao` binary to use instead of the one on `PATH`.
 pub const BAO_ENV: &str = "KEYGATE_BAO";
@@ -702,6 +702,8 @@ impl Drop for OpenBao {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = child.wait();
         }
+        let log = self.log_path();
+        report_on_drop("OpenBao", &mut self.dir, &log, 30);
     }
 }
 

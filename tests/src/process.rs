@@ -48,3 +48,35 @@ pub fn log_tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// Environment variable: when set, the harness keeps every temporary directory (configs,
+/// logs, OpenBao's data) and prints where it is.
+pub const KEEP_DIRS_ENV: &str = "KEYGATE_TEST_KEEP";
+
+/// Whether [`KEEP_DIRS_ENV`] is set.
+pub fn keep_dirs() -> bool {
+    std::env::var_os(KEEP_DIRS_ENV).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// On drop of a process handle: print the end of its log to stderr if the test is
+/// failing (the test runner shows it with the failure), and keep its directory if
+/// [`KEEP_DIRS_ENV`] is set.
+pub fn report_on_drop(
+    what: &str,
+    dir: &mut tempfile::TempDir,
+    log: &std::path::Path,
+    lines: usize,
+) {
+    if std::thread::panicking() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        eprintln!(
+            "---- {what}: last {lines} lines of {} ----\n{}\n---- end of {what} log ----",
+            log.display(),
+            log_tail(&text, lines)
+        );
+    }
+    if keep_dirs() {
+        dir.disable_cleanup(true);
+        eprintln!("{what}: kept {}", dir.path().display());
+    }
+}
