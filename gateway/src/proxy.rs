@@ -130,6 +130,7 @@ pub async fn forward(
         .map_or("/", |pq| pq.as_str())
         .to_owned();
     let replayable = body.is_end_stream();
+    let client_version = parts.version;
     let idempotent = matches!(
         parts.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
@@ -186,6 +187,9 @@ pub async fn forward(
                     upstream.report_success(index);
                 }
                 strip_hop_by_hop(response.headers_mut());
+                // Answer in the client's protocol version, not the upstream's (an
+                // HTTP/1.0 upstream must not downgrade an HTTP/1.1 client).
+                *response.version_mut() = client_version;
                 let read = upstream.read_timeout;
                 return Ok(response.map(|b| body::boxed(IdleTimeout::new(b, read))));
             }
