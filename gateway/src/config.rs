@@ -205,13 +205,53 @@ fn default_status() -> u8 {
     1
 }
 
-/// `routes[].plugins`.
+/// `routes[].plugins` (at most one authentication plugin per route).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutePlugins {
     /// `jwt-auth`.
     #[serde(default, rename = "jwt-auth")]
     pub jwt_auth: Option<JwtAuthRouteConfig>,
+    /// `key-auth`.
+    #[serde(default, rename = "key-auth")]
+    pub key_auth: Option<KeyAuthRouteConfig>,
+    /// `basic-auth`.
+    #[serde(default, rename = "basic-auth")]
+    pub basic_auth: Option<BasicAuthRouteConfig>,
+}
+
+/// `routes[].plugins.key-auth`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyAuthRouteConfig {
+    /// Request header carrying the key.
+    #[serde(default = "default_apikey")]
+    pub header: String,
+    /// Query parameter carrying the key.
+    #[serde(default = "default_apikey")]
+    pub query: String,
+    /// Remove the key from the request before proxying it.
+    #[serde(default)]
+    pub hide_credentials: bool,
+    /// A consumer to proceed as when authentication fails.
+    #[serde(default)]
+    pub anonymous_consumer: Option<String>,
+}
+
+fn default_apikey() -> String {
+    "apikey".to_owned()
+}
+
+/// `routes[].plugins.basic-auth`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthRouteConfig {
+    /// Remove the Authorization header before proxying.
+    #[serde(default)]
+    pub hide_credentials: bool,
+    /// A consumer to proceed as when authentication fails.
+    #[serde(default)]
+    pub anonymous_consumer: Option<String>,
 }
 
 /// `routes[].plugins.jwt-auth` (APISIX 3.x attributes, plus Kong's
@@ -457,6 +497,59 @@ pub struct ConsumerPlugins {
     /// `jwt-auth`.
     #[serde(default, rename = "jwt-auth")]
     pub jwt_auth: Option<JwtAuthConsumerConfig>,
+    /// `key-auth`.
+    #[serde(default, rename = "key-auth")]
+    pub key_auth: Option<KeyAuthConsumerConfig>,
+    /// `basic-auth`.
+    #[serde(default, rename = "basic-auth")]
+    pub basic_auth: Option<BasicAuthConsumerConfig>,
+}
+
+/// `consumers[].plugins.key-auth`: the API key (literal, `$env://`, `$secret://`), or
+/// `vault: {}` for field `key` of `consumer/<username>/key-auth`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyAuthConsumerConfig {
+    /// The API key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Take the key from the agent.
+    #[serde(default)]
+    pub vault: Option<VaultRef>,
+}
+
+impl std::fmt::Debug for KeyAuthConsumerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyAuthConsumerConfig")
+            .field("key", &self.key.as_ref().map(|_| "[REDACTED]"))
+            .field("vault", &self.vault)
+            .finish()
+    }
+}
+
+/// `consumers[].plugins.basic-auth`: the password (literal, `$env://`, `$secret://`), or
+/// `vault: {}` for field `password` of `consumer/<username>/basic-auth`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConsumerConfig {
+    /// The user name clients send (not a secret).
+    pub username: String,
+    /// The password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Take the password from the agent.
+    #[serde(default)]
+    pub vault: Option<VaultRef>,
+}
+
+impl std::fmt::Debug for BasicAuthConsumerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuthConsumerConfig")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "[REDACTED]"))
+            .field("vault", &self.vault)
+            .finish()
+    }
 }
 
 /// `consumers[].plugins.jwt-auth`.

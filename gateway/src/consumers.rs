@@ -9,7 +9,10 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::config::{ConfigError, ConsumerConfig, JwtAuthConsumerConfig, invalid};
+use crate::config::{
+    BasicAuthConsumerConfig, ConfigError, ConsumerConfig, JwtAuthConsumerConfig,
+    KeyAuthConsumerConfig, invalid,
+};
 use crate::jwt::{Algorithm, KeyError, SignKey, VerifyKey};
 use crate::secrets::{Missing, SecretSnapshot};
 
@@ -72,10 +75,46 @@ struct JwtSpec {
     sign: KeySource<SignKey>,
 }
 
+/// SHA-256 of an API key or password. The request path compares digests, so the
+/// plain credential is not kept in the auth state (and not used as a map key).
+pub type Digest = [u8; 32];
+
+/// The digest of a credential.
+pub fn digest(bytes: &[u8]) -> Digest {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
+}
+
+fn credential_digest(bytes: &[u8]) -> Result<Digest, KeyError> {
+    if bytes.is_empty() {
+        Err(KeyError::EmptySecret)
+    } else {
+        Ok(digest(bytes))
+    }
+}
+
+/// The configuration's key-auth credential of one consumer.
+#[derive(Debug)]
+struct KeySpec {
+    username: Arc<str>,
+    key: KeySource<Digest>,
+}
+
+/// The configuration's basic-auth credential of one consumer.
+#[derive(Debug)]
+struct BasicSpec {
+    username: Arc<str>,
+    login: String,
+    password: KeySource<Digest>,
+}
+
 /// All consumers of one configuration, with their key sources.
 #[derive(Debug, Default)]
 pub struct ConsumerSet {
     jwt: Vec<JwtSpec>,
+    key: Vec<KeySpec>,
+    basic: Vec<BasicSpec>,
     usernames: HashSet<String>,
     agent_names: BTreeSet<String>,
 }
@@ -88,6 +127,8 @@ impl ConsumerSet {
     pub fn build(consumers: &[ConsumerConfig], env: EnvLookup<'_>) -> Result<Self, ConfigError> {
         let mut set = Self::default();
         let mut keys = HashSet::new();
+        let mut api_keys = HashSet::new();
+        let mut logins = HashSet::new();
         for (i, consumer) in consumers.iter().enumerate() {
             let at = format!("consumers[{i}]");
             check_username(&consumer.username).map_err(|r| invalid(format!("{at}.username"), r))?;
@@ -116,6 +157,26 @@ impl ConsumerSet {
                     set.agent_names.insert(source.to_owned());
                 }
                 set.jwt.push(spec);
+            }
+            let username: Arc<str> = Arc::from(consumer.username.as_str());
+            if let Some(conf) = &consumer.plugins.key_auth {
+                let at = format!("{at}.plugins.key-auth");
+                let key = key_spec(&consumer.username, conf, &at, env, &mut api_keys)?;
+                if let KeySource::Agent { name, .. } = &key {
+                    set.agent_names.insert(name.clone());
+                }
+                set.key.push(KeySpec {
+                    username: username.clone(),
+                    key,
+                });
+            }
+            if let Some(conf) = &consumer.plugins.basic_auth {
+                let at = format!("{at}.plugins.basic-auth");
+                let spec = basic_spec(&username, conf, &at, env, &mut logins)?;
+                if let KeySource::Agent { name, .. } = &spec.password {
+                    set.agent_names.insert(name.clone());
+                }
+                set.basic.push(spec);
             }
         }
         Ok(set)
@@ -177,8 +238,150 @@ impl ConsumerSet {
                 (spec.key.clone(), Arc::new(consumer))
             })
             .collect();
-        AuthState { by_key }
+
+        let mut api_keys: HashMap<Digest, Arc<str>> = HashMap::new();
+        let mut clashing: HashSet<Digest> = HashSet::new();
+        for spec in &self.key {
+            match resolve(&spec.key, snapshot, credential_digest) {
+                Ok(d) => {
+                    if api_keys.insert(*d, spec.username.clone()).is_some() {
+                        clashing.insert(*d);
+                    }
+                }
+                Err(err) => log_unavailable(&spec.username, &err, snapshot.is_some()),
+            }
+        }
+        for d in clashing {
+            // Two consumers with one key (possible with keys from the agent): the key
+            // identifies nobody, so nobody gets in with it.
+            if let Some(user) = api_keys.remove(&d) {
+                tracing::warn!(consumer = %user, "key-auth key shared by several consumers; refusing it");
+            }
+        }
+
+        let basic = self
+            .basic
+            .iter()
+            .map(|spec| {
+                let password = resolve(&spec.password, snapshot, credential_digest).map(|d| *d);
+                if let Err(err) = &password {
+                    log_unavailable(&spec.username, err, snapshot.is_some());
+                }
+                (
+                    spec.login.clone(),
+                    BasicUser {
+                        consumer: spec.username.clone(),
+                        password,
+                    },
+                )
+            })
+            .collect();
+        AuthState {
+            by_key,
+            api_keys,
+            basic,
+        }
     }
+}
+
+fn log_unavailable(username: &str, err: &Unavailable, have_snapshot: bool) {
+    match err {
+        Unavailable::Invalid { .. } => tracing::warn!(
+            consumer = %username, error = %err,
+            "credential from the agent is not usable; requests for this consumer fail closed"
+        ),
+        Unavailable::Missing { .. } if have_snapshot => tracing::warn!(
+            consumer = %username, error = %err,
+            "credential not available from the agent; requests for this consumer fail closed"
+        ),
+        _ => {}
+    }
+}
+
+/// A credential given either inline (literal or reference) or by `vault: {}`.
+fn credential_source(
+    raw: Option<&str>,
+    vault: bool,
+    username: &str,
+    plugin: &str,
+    field: &str,
+    at: &str,
+    env: EnvLookup<'_>,
+) -> Result<KeySource<Digest>, ConfigError> {
+    match (value(raw, at, field, env)?, vault) {
+        (Value::Absent, true) => Ok(from_vault(&Some(vault_name(username, plugin)), field)),
+        (Value::Absent, false) => Err(invalid(format!("{at}.{field}"), "required (or vault: {})")),
+        (_, true) => Err(invalid(
+            format!("{at}.{field}"),
+            format!("give either {field} or vault: {{}}, not both"),
+        )),
+        (Value::Literal(bytes), false) => credential_digest(&bytes)
+            .map(|d| KeySource::Ready(Arc::new(d)))
+            .map_err(|e| invalid(format!("{at}.{field}"), e.to_string())),
+        (Value::Agent { name, field }, false) => Ok(KeySource::Agent { name, field }),
+    }
+}
+
+fn key_spec(
+    username: &str,
+    conf: &KeyAuthConsumerConfig,
+    at: &str,
+    env: EnvLookup<'_>,
+    seen: &mut HashSet<Digest>,
+) -> Result<KeySource<Digest>, ConfigError> {
+    let source = credential_source(
+        conf.key.as_deref(),
+        conf.vault.is_some(),
+        username,
+        "key-auth",
+        "key",
+        at,
+        env,
+    )?;
+    if let KeySource::Ready(d) = &source
+        && !seen.insert(**d)
+    {
+        return Err(invalid(
+            format!("{at}.key"),
+            "the same key is used by another consumer",
+        ));
+    }
+    Ok(source)
+}
+
+fn basic_spec(
+    username: &Arc<str>,
+    conf: &BasicAuthConsumerConfig,
+    at: &str,
+    env: EnvLookup<'_>,
+    seen: &mut HashSet<String>,
+) -> Result<BasicSpec, ConfigError> {
+    if conf.username.is_empty() || conf.username.contains(':') {
+        return Err(invalid(
+            format!("{at}.username"),
+            "must be non-empty and without ':'",
+        ));
+    }
+    if !seen.insert(conf.username.clone()) {
+        return Err(invalid(
+            format!("{at}.username"),
+            format!("{:?} is used by another consumer", conf.username),
+        ));
+    }
+    let password = credential_source(
+        conf.password.as_deref(),
+        conf.vault.is_some(),
+        username,
+        "basic-auth",
+        "password",
+        at,
+        env,
+    )?;
+    Ok(BasicSpec {
+        username: username.clone(),
+        login: conf.username.clone(),
+        password,
+    })
 }
 
 impl JwtSpec {
@@ -455,13 +658,35 @@ pub struct JwtConsumer {
     pub sign: Result<Arc<SignKey>, Unavailable>,
 }
 
-/// What the request path reads: consumers by their key claim.
+/// A basic-auth user.
+#[derive(Debug)]
+pub struct BasicUser {
+    /// The consumer (`X-Consumer-Username`).
+    pub consumer: Arc<str>,
+    /// Digest of the password, or why it is not available.
+    pub password: Result<Digest, Unavailable>,
+}
+
+/// What the request path reads: consumers by their key claim, API key digest or
+/// basic-auth user name.
 #[derive(Debug, Default)]
 pub struct AuthState {
     by_key: HashMap<String, Arc<JwtConsumer>>,
+    api_keys: HashMap<Digest, Arc<str>>,
+    basic: HashMap<String, BasicUser>,
 }
 
 impl AuthState {
+    /// The consumer owning this API key.
+    pub fn key_consumer(&self, key: &[u8]) -> Option<&Arc<str>> {
+        self.api_keys.get(&digest(key))
+    }
+
+    /// The basic-auth user with this login.
+    pub fn basic_user(&self, login: &str) -> Option<&BasicUser> {
+        self.basic.get(login)
+    }
+
     /// The consumer whose `key` is `key`.
     pub fn jwt_consumer(&self, key: &str) -> Option<&Arc<JwtConsumer>> {
         self.by_key.get(key)

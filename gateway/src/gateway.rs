@@ -22,7 +22,6 @@ use crate::agent_client::{self, AgentStatus, Backoff};
 use crate::body::{self, ProxyBody};
 use crate::config::{Config, ConfigError};
 use crate::consumers::AuthState;
-use crate::jwt_auth::{self, Failure};
 use crate::metrics::Metrics;
 use crate::proxy::{self, ClientInfo, ProxyError};
 use crate::router::request_host;
@@ -297,21 +296,21 @@ async fn handle(
     };
 
     proxy::strip_identity(&mut parts.headers);
-    if let Some(jwt) = &route.jwt_auth {
+    if let Some(plugin) = &route.auth {
         let auth = shared.auth.load();
-        let consumer = match jwt_auth::authenticate(jwt, &auth, &mut parts, unix_now()) {
+        let consumer = match plugin.authenticate(&auth, &mut parts, unix_now()) {
             Ok(user) => user,
             Err(failure) => {
                 if let Some(c) = shared.metrics.auth_failures.get(failure.index()) {
                     c.fetch_add(1, Ordering::Relaxed);
                 }
-                match jwt.anonymous() {
-                    Some(anon) if failure != Failure::Unavailable => {
+                match plugin.anonymous() {
+                    Some(anon) if !failure.unavailable() => {
                         shared.metrics.anonymous.fetch_add(1, Ordering::Relaxed);
                         anon.clone()
                     }
                     _ => {
-                        tracing::debug!(route = %route.id, ?failure, "jwt-auth rejected a request");
+                        tracing::debug!(route = %route.id, ?failure, "authentication refused a request");
                         let response = failure.response();
                         route.count(response.status().as_u16());
                         access_log(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Response, StatusCode, Uri};
+use http::{Response, StatusCode};
 
 use crate::body::{self, ProxyBody};
 use crate::config::{ConfigError, JwtAuthRouteConfig, invalid};
@@ -43,16 +43,7 @@ impl JwtAuthRoute {
                 return Err(invalid(format!("{at}.{field}"), "must not be empty"));
             }
         }
-        let anonymous = match &conf.anonymous_consumer {
-            Some(name) if !consumers.has_username(name) => {
-                return Err(invalid(
-                    format!("{at}.anonymous_consumer"),
-                    format!("no consumer named {name:?}"),
-                ));
-            }
-            Some(name) => Some(Arc::from(name.as_str())),
-            None => None,
-        };
+        let anonymous = anonymous(conf.anonymous_consumer.as_deref(), consumers, at)?;
         Ok(Self {
             header,
             query: conf.query.clone(),
@@ -71,6 +62,22 @@ impl JwtAuthRoute {
     /// The consumer to continue as when authentication fails with 401.
     pub fn anonymous(&self) -> Option<&Arc<str>> {
         self.anonymous.as_ref()
+    }
+}
+
+/// Checks a route's `anonymous_consumer` (reported under `at`).
+pub(crate) fn anonymous(
+    name: Option<&str>,
+    consumers: &ConsumerSet,
+    at: &str,
+) -> Result<Option<Arc<str>>, ConfigError> {
+    match name {
+        Some(name) if !consumers.has_username(name) => Err(invalid(
+            format!("{at}.anonymous_consumer"),
+            format!("no consumer named {name:?}"),
+        )),
+        Some(name) => Ok(Some(Arc::from(name))),
+        None => Ok(None),
     }
 }
 
@@ -240,28 +247,7 @@ fn strip_bearer(value: &str) -> &str {
 /// Removes the token's header, query parameter and cookie.
 fn hide(conf: &JwtAuthRoute, parts: &mut Parts) {
     parts.headers.remove(&conf.header);
-    if let Some(query) = parts.uri.query() {
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|pair| {
-                let name = pair.split_once('=').map_or(*pair, |(n, _)| n);
-                query::decode(name).as_deref() != Some(conf.query.as_str())
-            })
-            .collect();
-        let path = parts.uri.path();
-        let pq = if kept.is_empty() {
-            path.to_owned()
-        } else {
-            format!("{path}?{}", kept.join("&"))
-        };
-        let mut uri = parts.uri.clone().into_parts();
-        if let Ok(pq) = pq.parse() {
-            uri.path_and_query = Some(pq);
-            if let Ok(new) = Uri::from_parts(uri) {
-                parts.uri = new;
-            }
-        }
-    }
+    query::remove_param(&mut parts.uri, &conf.query);
     let cookies: Vec<String> = parts
         .headers
         .get_all(header::COOKIE)

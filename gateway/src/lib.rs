@@ -5,12 +5,15 @@
 //! addresses first (tests bind port 0) and to get a [`Handle`] for reloads.
 
 pub mod agent_client;
+pub mod auth;
+pub mod basic_auth;
 pub mod body;
 pub mod config;
 pub mod consumers;
 mod gateway;
 pub mod jwt;
 pub mod jwt_auth;
+pub mod key_auth;
 pub mod metrics;
 pub mod proxy;
 pub mod query;

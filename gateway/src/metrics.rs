@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::jwt_auth::FAILURE_REASONS;
+use crate::auth::{FAILURE_COUNT, failure_labels};
 
 /// Upper bounds of the upstream latency histogram, seconds.
 const BUCKETS: [f64; 12] = [
@@ -17,8 +17,8 @@ const BUCKETS: [f64; 12] = [
 pub struct Metrics {
     /// Requests that matched no route.
     pub no_route: AtomicU64,
-    /// jwt-auth failures by reason ([`FAILURE_REASONS`] order).
-    pub auth_failures: [AtomicU64; FAILURE_REASONS.len()],
+    /// Authentication failures by plugin and reason ([`failure_labels`] order).
+    pub auth_failures: [AtomicU64; FAILURE_COUNT],
     /// Requests let through as the anonymous consumer.
     pub anonymous: AtomicU64,
     /// Upstream attempts that ended in 502.
@@ -64,12 +64,12 @@ impl Metrics {
         counter(
             out,
             "keygate_gateway_auth_failures_total",
-            "jwt-auth failures by reason.",
+            "Authentication failures by plugin and reason.",
         );
-        for (reason, c) in FAILURE_REASONS.iter().zip(&self.auth_failures) {
+        for ((plugin, reason), c) in failure_labels().zip(&self.auth_failures) {
             let _ = writeln!(
                 out,
-                "keygate_gateway_auth_failures_total{{plugin=\"jwt-auth\",reason=\"{reason}\"}} {}",
+                "keygate_gateway_auth_failures_total{{plugin=\"{plugin}\",reason=\"{reason}\"}} {}",
                 get(c)
             );
         }

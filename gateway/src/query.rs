@@ -38,6 +38,33 @@ pub fn decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Removes every occurrence of parameter `name` from the URI's query.
+pub fn remove_param(uri: &mut http::Uri, name: &str) {
+    let Some(query) = uri.query() else {
+        return;
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            decode(key).as_deref() != Some(name)
+        })
+        .collect();
+    let path = uri.path();
+    let pq = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let mut parts = uri.clone().into_parts();
+    if let Ok(pq) = pq.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(new) = http::Uri::from_parts(parts) {
+            *uri = new;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +83,15 @@ mod tests {
         assert_eq!(param("a=1", "key"), None);
         assert_eq!(decode("100%").as_deref(), Some("100%"));
         assert_eq!(decode("%ff"), None);
+    }
+
+    #[test]
+    fn removes_parameters() {
+        let mut uri: http::Uri = "/p?a=1&jwt=x&b=2&jwt=y".parse().unwrap();
+        remove_param(&mut uri, "jwt");
+        assert_eq!(uri, "/p?a=1&b=2");
+        remove_param(&mut uri, "a");
+        remove_param(&mut uri, "b");
+        assert_eq!(uri, "/p");
     }
 }

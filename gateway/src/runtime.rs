@@ -6,9 +6,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::auth::RouteAuth;
+use crate::basic_auth::BasicAuthRoute;
 use crate::config::{Config, ConfigError, invalid};
 use crate::consumers::{ConsumerSet, EnvLookup};
 use crate::jwt_auth::JwtAuthRoute;
+use crate::key_auth::KeyAuthRoute;
 use crate::router::{MatchSpec, Router};
 use crate::upstream::Upstream;
 
@@ -17,8 +20,8 @@ use crate::upstream::Upstream;
 pub struct Route {
     /// `id` from the configuration (or the position in the list).
     pub id: Arc<str>,
-    /// jwt-auth, if enabled on the route.
-    pub jwt_auth: Option<JwtAuthRoute>,
+    /// The authentication plugin, if any.
+    pub auth: Option<RouteAuth>,
     /// Where requests go.
     pub upstream: Arc<Upstream>,
     /// Responses by status class (1xx..5xx), for metrics.
@@ -120,12 +123,31 @@ impl Runtime {
                     ));
                 }
             };
-            let jwt_auth = conf
-                .plugins
-                .jwt_auth
-                .as_ref()
-                .map(|j| JwtAuthRoute::build(j, &consumers, &format!("{at}.plugins.jwt-auth")))
-                .transpose()?;
+            let plugins = &conf.plugins;
+            let auth = match (&plugins.jwt_auth, &plugins.key_auth, &plugins.basic_auth) {
+                (None, None, None) => None,
+                (Some(j), None, None) => Some(RouteAuth::Jwt(JwtAuthRoute::build(
+                    j,
+                    &consumers,
+                    &format!("{at}.plugins.jwt-auth"),
+                )?)),
+                (None, Some(k), None) => Some(RouteAuth::Key(KeyAuthRoute::build(
+                    k,
+                    &consumers,
+                    &format!("{at}.plugins.key-auth"),
+                )?)),
+                (None, None, Some(b)) => Some(RouteAuth::Basic(BasicAuthRoute::build(
+                    b,
+                    &consumers,
+                    &format!("{at}.plugins.basic-auth"),
+                )?)),
+                _ => {
+                    return Err(invalid(
+                        format!("{at}.plugins"),
+                        "at most one authentication plugin per route",
+                    ));
+                }
+            };
             let (paths, paths_field) = match (&conf.uri, conf.uris.is_empty()) {
                 (Some(_), false) => {
                     return Err(invalid(
@@ -154,7 +176,7 @@ impl Runtime {
             };
             let route = Arc::new(Route {
                 id,
-                jwt_auth,
+                auth,
                 upstream,
                 responses: Default::default(),
             });

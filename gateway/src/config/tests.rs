@@ -97,8 +97,8 @@ fn parse_errors_name_the_field() {
             "plugin",
         ),
         (
-            "routes: [{uri: /a, plugins: {key-auth: {}}, upstream: {nodes: {\"a:1\": 1}}}]",
-            "key-auth",
+            "routes: [{uri: /a, plugins: {limit-count: {}}, upstream: {nodes: {\"a:1\": 1}}}]",
+            "limit-count",
         ),
         (
             "consumers: [{username: a, plugins: {jwt-auth: {secret: x}}}]",
@@ -202,6 +202,30 @@ fn semantic_errors_name_the_field() {
         (
             "consumers: [{username: a, plugins: {jwt-auth: {key: k, secret: s, exp: 0}}}]".into(),
             "consumers[0].plugins.jwt-auth.exp",
+        ),
+        (
+            format!("routes: [{{uri: /a, plugins: {{jwt-auth: {{}}, key-auth: {{}}}}, {up}}}]"),
+            "routes[0].plugins",
+        ),
+        (
+            "consumers: [{username: a, plugins: {key-auth: {}}}]".into(),
+            "consumers[0].plugins.key-auth.key",
+        ),
+        (
+            "consumers: [{username: a, plugins: {key-auth: {key: k}}}, {username: b, plugins: {key-auth: {key: k}}}]".into(),
+            "consumers[1].plugins.key-auth.key",
+        ),
+        (
+            "agent: {socket: /s}\nconsumers: [{username: a, plugins: {key-auth: {key: k, vault: {}}}}]".into(),
+            "consumers[0].plugins.key-auth.key",
+        ),
+        (
+            "consumers: [{username: a, plugins: {basic-auth: {username: 'x:y', password: p}}}]".into(),
+            "consumers[0].plugins.basic-auth.username",
+        ),
+        (
+            "consumers: [{username: a, plugins: {basic-auth: {username: x}}}]".into(),
+            "consumers[0].plugins.basic-auth.password",
         ),
     ];
     for (yaml, field) in cases {
