@@ -2,6 +2,7 @@
 //! NOT_FOUND and DENIED, pause and resume, kill -9 and restart with a stale socket,
 //! graceful SIGTERM, and the command line's exit codes.
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use keygate_proto::REQUEST_HEADER;
@@ -10,7 +11,9 @@ use keygate_tests::agent::run_agent_cli;
 use keygate_tests::client::{get, get_within, watch};
 use keygate_tests::secrets::{expect_loaded, expect_state};
 use keygate_tests::seed::{AGENT_POLICY, JACK, JILL, KV1_PREFIX, MISSING, PRIVATE};
-use keygate_tests::{AgentConfig, AgentProcess, OpenBao, eventually, seed_apisix};
+use keygate_tests::{
+    AgentConfig, AgentProcess, OpenBao, eventually, seed_apisix, write_private_file,
+};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -51,6 +54,17 @@ async fn lifecycle_health_metrics_signals_and_restart() {
     .await
     .unwrap();
     agent.wait_ready(Duration::from_secs(30)).await.unwrap();
+
+    // The socket (default mode 0660) in a directory the agent created (0750).
+    let socket_mode = std::fs::metadata(agent.socket_path())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(socket_mode, 0o660, "socket mode {socket_mode:o}");
+    let dir = agent.socket_path().parent().unwrap();
+    let dir_mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o750, "socket directory mode {dir_mode:o}");
 
     // Ready means authenticated and preloaded.
     let (status, _) = agent.ops_get("/healthz").await.unwrap();
@@ -153,6 +167,67 @@ async fn lifecycle_health_metrics_signals_and_restart() {
 
     let mut secrets = seeded.all();
     secrets.push(&token);
+    agent.assert_no_secret_in_log(&secrets);
+}
+
+/// `revoke_on_shutdown: true`: a graceful stop revokes the AppRole token it logged in
+/// with (seen in OpenBao's audit log and by looking the token's accessor up).
+#[tokio::test(flavor = "multi_thread")]
+async fn revoke_on_shutdown_revokes_the_token() {
+    let mut bao = OpenBao::start().await.unwrap();
+    let seeded = seed_apisix(&bao).await.unwrap();
+    bao.enable_approle().await.unwrap();
+    let role = bao
+        .approle_role(
+            "keygate",
+            serde_json::json!({ "token_policies": [AGENT_POLICY], "token_ttl": "1h" }),
+        )
+        .await
+        .unwrap();
+    let creds = tempfile::tempdir().unwrap();
+    let role_id_file = creds.path().join("role-id");
+    let secret_id_file = creds.path().join("secret-id");
+    write_private_file(&role_id_file, &role.role_id).unwrap();
+    write_private_file(&secret_id_file, &role.secret_id).unwrap();
+    let mut agent = AgentProcess::start_ready(
+        AgentConfig::new(&bao.addr(), KV1_PREFIX)
+            .approle(&role_id_file, &secret_id_file)
+            .revoke_on_shutdown(true)
+            .preload(&[JACK]),
+    )
+    .await
+    .unwrap();
+    let accessors = bao.read("auth/token/accessors?list=true").await.unwrap();
+    let before = accessors
+        .as_ref()
+        .and_then(|a| a.pointer("/data/keys"))
+        .and_then(serde_json::Value::as_array)
+        .map_or(0, Vec::len);
+
+    bao.enable_audit_file().await.unwrap();
+    let status = agent.sigterm().await.unwrap();
+    assert!(status.success(), "keygate-agent exited {status} on SIGTERM");
+    let revokes = bao
+        .count_audit_requests_to(|path| path.starts_with("auth/token/revoke"))
+        .unwrap();
+    assert!(
+        revokes >= 1,
+        "no token revocation reached OpenBao on shutdown"
+    );
+    let accessors = bao.read("auth/token/accessors?list=true").await.unwrap();
+    let after = accessors
+        .as_ref()
+        .and_then(|a| a.pointer("/data/keys"))
+        .and_then(serde_json::Value::as_array)
+        .map_or(0, Vec::len);
+    assert_eq!(
+        after + 1,
+        before,
+        "the agent's token is gone ({before} tokens before, {after} after)"
+    );
+
+    let mut secrets = seeded.all();
+    secrets.push(&role.secret_id);
     agent.assert_no_secret_in_log(&secrets);
 }
 

@@ -23,9 +23,11 @@ const MARGIN: Duration = Duration::from_secs(3);
 /// the TTL) and log in again before the 12 s cap, and `Get` must never fail meanwhile.
 #[tokio::test(flavor = "multi_thread")]
 async fn short_lived_token_is_renewed_then_replaced_without_a_gap() {
-    let bao = OpenBao::start().await.unwrap();
+    let mut bao = OpenBao::start().await.unwrap();
     let seeded = seed_apisix(&bao).await.unwrap();
     bao.enable_approle().await.unwrap();
+    // OpenBao's own record of the agent's logins and refused requests.
+    bao.enable_audit_file().await.unwrap();
     let role = bao
         .approle_role(
             "short",
@@ -109,6 +111,47 @@ async fn short_lived_token_is_renewed_then_replaced_without_a_gap() {
         .await
         .unwrap();
     println!("keygate_agent_token_renewal_failures_total = {failures_total}");
+
+    // OpenBao's view: each login came before the previous token hit its 12 s cap, and no
+    // request of the agent was refused (an expired token would be).
+    let audit: Vec<_> = bao
+        .audit_requests()
+        .unwrap()
+        .into_iter()
+        .filter(|r| !r.by_root())
+        .collect();
+    let login_times: Vec<f64> = audit
+        .iter()
+        .filter(|r| r.is_login())
+        .map(|r| r.unix_time)
+        .collect();
+    let gaps: Vec<f64> = login_times.windows(2).map(|w| w[1] - w[0]).collect();
+    println!(
+        "logins seen by OpenBao: {}, gaps between them (s): {gaps:.2?}",
+        login_times.len()
+    );
+    assert!(
+        login_times.len() >= 2,
+        "OpenBao saw {} logins",
+        login_times.len()
+    );
+    for gap in &gaps {
+        assert!(
+            *gap < 12.0,
+            "the agent logged in again {gap:.2} s after the previous login: its token \
+             (max TTL 12 s) had expired"
+        );
+    }
+    let refused: Vec<String> = audit
+        .iter()
+        .filter(|r| r.error.is_some())
+        .map(|r| format!("{} {} {} -> {:?}", r.time, r.operation, r.path, r.error))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "OpenBao refused requests of the agent:\n{}",
+        refused.join("\n")
+    );
 
     let mut secrets = seeded.all();
     secrets.push(&role.secret_id);
