@@ -338,6 +338,13 @@ pub struct UpstreamConfig {
     /// Load balancing.
     #[serde(default, rename = "type")]
     pub lb: LbType,
+    /// With `type: chash`: what the hash key comes from.
+    #[serde(default)]
+    pub hash_on: HashOn,
+    /// With `type: chash`: the variable, header or cookie name (`remote_addr` by default
+    /// for `vars`).
+    #[serde(default)]
+    pub key: Option<String>,
     /// `{"host:port": weight}` or `[{host, port, weight}]`.
     pub nodes: Nodes,
     /// Only `http` (TLS to upstreams is not supported yet).
@@ -373,6 +380,23 @@ pub enum LbType {
     Roundrobin,
     /// Fewest in-flight requests, weighted.
     LeastConn,
+    /// Consistent hashing on a request property (`hash_on` and `key`).
+    Chash,
+}
+
+/// `upstream.hash_on`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOn {
+    /// A variable: `remote_addr`, `uri`, `host`, `arg_<name>`, `http_<name>`.
+    #[default]
+    Vars,
+    /// A request header named by `key`.
+    Header,
+    /// A cookie named by `key`.
+    Cookie,
+    /// The authenticated consumer's name.
+    Consumer,
 }
 
 /// `upstream.pass_host`.

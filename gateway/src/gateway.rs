@@ -296,6 +296,7 @@ async fn handle(
     };
 
     proxy::strip_identity(&mut parts.headers);
+    let mut consumer_name: Option<Arc<str>> = None;
     if let Some(plugin) = &route.auth {
         let auth = shared.auth.load();
         let consumer = match plugin.authenticate(&auth, &mut parts, unix_now()) {
@@ -328,13 +329,17 @@ async fn handle(
         if let Ok(v) = HeaderValue::from_str(&consumer) {
             parts.headers.insert(X_CONSUMER_USERNAME, v);
         }
+        consumer_name = Some(consumer);
     }
+    let hash = route
+        .upstream
+        .hash_of(&parts, consumer_name.as_deref(), remote.ip());
 
     proxy::prepare_head(&mut parts, ClientInfo { ip: remote.ip() });
     let method = parts.method.clone();
     let uri = parts.uri.clone();
     let upstream_started = Instant::now();
-    let response = match proxy::forward(&route.upstream, parts, incoming).await {
+    let response = match proxy::forward(&route.upstream, parts, incoming, hash).await {
         Ok(response) => {
             shared.metrics.observe_upstream(upstream_started.elapsed());
             response

@@ -123,6 +123,7 @@ pub async fn forward(
     upstream: &Upstream,
     parts: Parts,
     body: Incoming,
+    hash: Option<u64>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let path = parts
         .uri
@@ -140,7 +141,7 @@ pub async fn forward(
     let max_attempts = 1 + usize::try_from(upstream.retries).unwrap_or(usize::MAX);
     let mut last = ProxyError::Unreachable("no node".into());
     while tried.len() < max_attempts {
-        let Some(index) = upstream.pick(&tried) else {
+        let Some(index) = upstream.pick(&tried, hash) else {
             break;
         };
         tried.push(index);

@@ -11,7 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::ProxyBody;
 use crate::config::{
-    ConfigError, LbType, Nodes, PassHost, PassiveCheckConfig, UpstreamConfig, invalid,
+    ConfigError, HashOn, LbType, Nodes, PassHost, PassiveCheckConfig, UpstreamConfig, invalid,
 };
 
 /// One upstream server.
@@ -36,6 +36,10 @@ pub struct Upstream {
     schedule: Vec<usize>,
     next: AtomicUsize,
     lb: LbType,
+    /// Consistent-hash ring (chash): points sorted by hash, each naming a node.
+    ring: Vec<(u64, usize)>,
+    hash_on: HashOn,
+    hash_key: String,
     /// TCP connect timeout (enforced by the connector).
     pub connect_timeout: Duration,
     /// Deadline for the response head: `send + read`.
@@ -145,6 +149,39 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .build(connector);
         let schedule = smooth_wrr(&nodes.iter().map(|n| n.weight).collect::<Vec<_>>());
+        let hash_key = match (conf.hash_on, &conf.key) {
+            (_, Some(k)) if k.is_empty() => {
+                return Err(invalid(format!("{at}.key"), "must not be empty"));
+            }
+            (HashOn::Header | HashOn::Cookie, None) if conf.lb == LbType::Chash => {
+                return Err(invalid(
+                    format!("{at}.key"),
+                    "required with hash_on: header or cookie",
+                ));
+            }
+            (HashOn::Vars, None) => "remote_addr".to_owned(),
+            (HashOn::Vars, Some(k)) => {
+                let known = ["remote_addr", "uri", "request_uri", "host"].contains(&k.as_str())
+                    || k.starts_with("arg_")
+                    || k.starts_with("http_")
+                    || k.starts_with("cookie_");
+                if !known {
+                    return Err(invalid(
+                        format!("{at}.key"),
+                        format!(
+                            "{k:?}: unsupported variable (remote_addr, uri, request_uri, host, arg_*, http_*, cookie_*)"
+                        ),
+                    ));
+                }
+                k.clone()
+            }
+            (_, key) => key.clone().unwrap_or_default(),
+        };
+        let ring = if conf.lb == LbType::Chash {
+            chash_ring(&nodes)
+        } else {
+            Vec::new()
+        };
         let retries = conf
             .retries
             .unwrap_or_else(|| u32::try_from(nodes.len().saturating_sub(1)).unwrap_or(u32::MAX));
@@ -153,6 +190,9 @@ impl Upstream {
             schedule,
             next: AtomicUsize::new(0),
             lb: conf.lb,
+            ring,
+            hash_on: conf.hash_on,
+            hash_key,
             connect_timeout,
             head_timeout: send + read_timeout,
             read_timeout,
@@ -180,13 +220,80 @@ impl Upstream {
             .is_some_and(|n| n.ejected_until.load(Ordering::Relaxed) <= now_ms)
     }
 
+    /// The chash key of a request (`None` for other balancers, or when the request
+    /// lacks the header/cookie/argument: such requests are balanced round robin).
+    pub fn hash_of(
+        &self,
+        parts: &http::request::Parts,
+        consumer: Option<&str>,
+        client: std::net::IpAddr,
+    ) -> Option<u64> {
+        if self.lb != LbType::Chash {
+            return None;
+        }
+        let header = |name: &str| parts.headers.get(name).map(|v| v.as_bytes().to_vec());
+        let cookie = |name: &str| {
+            parts
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|c| {
+                    let (k, v) = c.split_once('=')?;
+                    (k.trim() == name).then(|| v.trim().as_bytes().to_vec())
+                })
+        };
+        let key = self.hash_key.as_str();
+        let value: Option<Vec<u8>> = match self.hash_on {
+            HashOn::Consumer => consumer.map(|c| c.as_bytes().to_vec()),
+            HashOn::Header => header(key),
+            HashOn::Cookie => cookie(key),
+            HashOn::Vars => match key {
+                "remote_addr" => Some(client.to_string().into_bytes()),
+                "uri" => Some(parts.uri.path().as_bytes().to_vec()),
+                "request_uri" => parts
+                    .uri
+                    .path_and_query()
+                    .map(|pq| pq.as_str().as_bytes().to_vec()),
+                "host" => crate::router::request_host(parts).map(String::into_bytes),
+                _ => {
+                    if let Some(arg) = key.strip_prefix("arg_") {
+                        parts
+                            .uri
+                            .query()
+                            .and_then(|q| crate::query::param(q, arg))
+                            .map(String::into_bytes)
+                    } else if let Some(h) = key.strip_prefix("http_") {
+                        header(&h.replace('_', "-"))
+                    } else if let Some(c) = key.strip_prefix("cookie_") {
+                        cookie(c)
+                    } else {
+                        None
+                    }
+                }
+            },
+        };
+        value.map(|v| hash64(&v))
+    }
+
     /// Picks a node not in `tried`: a healthy one by the balancing rule if there is one,
     /// else any untried one (an ejected node beats no node). `None` once all were tried.
-    pub fn pick(&self, tried: &[usize]) -> Option<usize> {
+    /// `hash` is the request's chash key ([`Self::hash_of`]).
+    pub fn pick(&self, tried: &[usize], hash: Option<u64>) -> Option<usize> {
         let now = self.now_ms();
         let usable = |i: usize| !tried.contains(&i) && self.healthy(i, now);
-        let picked = match self.lb {
-            LbType::Roundrobin => {
+        let picked = match (self.lb, hash) {
+            (LbType::Chash, Some(h)) => {
+                // The first point at or after the hash, then onwards around the ring:
+                // a node going away only moves the keys it owned.
+                let start = self.ring.partition_point(|(p, _)| *p < h);
+                (0..self.ring.len()).find_map(|k| {
+                    let (_, i) = self.ring.get((start + k) % self.ring.len())?;
+                    usable(*i).then_some(*i)
+                })
+            }
+            (LbType::Roundrobin | LbType::Chash, _) => {
                 // At most one cycle: every healthy untried node appears in it.
                 (0..self.schedule.len()).find_map(|_| {
                     let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -194,22 +301,24 @@ impl Upstream {
                     usable(i).then_some(i)
                 })
             }
-            LbType::LeastConn => (0..self.nodes.len())
-                .filter(|&i| usable(i))
-                .min_by(|&a, &b| {
-                    // Compare inflight/weight without division: a.in * b.w vs b.in * a.w.
-                    let load = |i: usize| {
-                        self.nodes.get(i).map_or((u64::MAX, 1), |n| {
-                            (
-                                n.inflight.load(Ordering::Relaxed) as u64 + 1,
-                                u64::from(n.weight),
-                            )
-                        })
-                    };
-                    let (ia, wa) = load(a);
-                    let (ib, wb) = load(b);
-                    (u128::from(ia) * u128::from(wb)).cmp(&(u128::from(ib) * u128::from(wa)))
-                }),
+            (LbType::LeastConn, _) => {
+                (0..self.nodes.len())
+                    .filter(|&i| usable(i))
+                    .min_by(|&a, &b| {
+                        // Compare inflight/weight without division: a.in * b.w vs b.in * a.w.
+                        let load = |i: usize| {
+                            self.nodes.get(i).map_or((u64::MAX, 1), |n| {
+                                (
+                                    n.inflight.load(Ordering::Relaxed) as u64 + 1,
+                                    u64::from(n.weight),
+                                )
+                            })
+                        };
+                        let (ia, wa) = load(a);
+                        let (ib, wb) = load(b);
+                        (u128::from(ia) * u128::from(wb)).cmp(&(u128::from(ib) * u128::from(wa)))
+                    })
+            }
         };
         picked.or_else(|| (0..self.nodes.len()).find(|i| !tried.contains(i)))
     }
@@ -298,6 +407,37 @@ fn smooth_wrr(weights: &[u32]) -> Vec<usize> {
     out
 }
 
+/// Points per unit of weight on the chash ring.
+const POINTS_PER_WEIGHT: u32 = 40;
+
+/// The chash ring: each node gets points in proportion to its weight (capped), at the
+/// hashes of `"<host:port>#<n>"`, so every gateway builds the same ring.
+fn chash_ring(nodes: &[Node]) -> Vec<(u64, usize)> {
+    let mut ring = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let points = node.weight.min(100) * POINTS_PER_WEIGHT;
+        for n in 0..points {
+            ring.push((hash64(format!("{}#{n}", node.authority).as_bytes()), i));
+        }
+    }
+    ring.sort_unstable();
+    ring
+}
+
+/// FNV-1a, then a splitmix64 finalizer to spread similar keys.
+fn hash64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
 fn gcd(a: u32, b: u32) -> u32 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
@@ -323,7 +463,7 @@ mod tests {
         let up = upstream("nodes: {\"127.0.0.1:1\": 3, \"127.0.0.1:2\": 1}");
         let mut counts = [0; 2];
         for _ in 0..400 {
-            counts[up.pick(&[]).unwrap()] += 1;
+            counts[up.pick(&[], None).unwrap()] += 1;
         }
         let first = up.nodes()[0].authority.port_u16();
         let heavy = if first == Some(1) { 0 } else { 1 };
@@ -336,23 +476,54 @@ mod tests {
         let up = upstream(
             "nodes: [{host: 127.0.0.1, port: 1}, {host: 127.0.0.1, port: 2}]\nchecks: {passive: {failures: 2, eject: 1h}}",
         );
-        assert_eq!(up.pick(&[0]), Some(1));
-        assert_eq!(up.pick(&[0, 1]), None);
+        assert_eq!(up.pick(&[0], None), Some(1));
+        assert_eq!(up.pick(&[0, 1], None), None);
         up.report_failure(0);
         up.report_failure(0);
         for _ in 0..10 {
-            assert_eq!(up.pick(&[]), Some(1));
+            assert_eq!(up.pick(&[], None), Some(1));
         }
         // The only healthy node was tried: the ejected one is still better than none.
-        assert_eq!(up.pick(&[1]), Some(0));
+        assert_eq!(up.pick(&[1], None), Some(0));
     }
 
     #[tokio::test]
     async fn least_conn_prefers_idle_nodes() {
         let up = upstream("type: least_conn\nnodes: {\"127.0.0.1:1\": 1, \"127.0.0.1:2\": 1}");
-        let a = up.pick(&[]).unwrap();
+        let a = up.pick(&[], None).unwrap();
         let _busy = up.start(a);
-        assert_eq!(up.pick(&[]), Some(1 - a));
+        assert_eq!(up.pick(&[], None), Some(1 - a));
+    }
+
+    #[tokio::test]
+    async fn chash_is_sticky_and_spreads() {
+        let up = upstream(
+            "type: chash\nhash_on: header\nkey: x-user\nnodes: {\"127.0.0.1:1\": 1, \"127.0.0.1:2\": 1, \"127.0.0.1:3\": 1}",
+        );
+        let req = |user: &str| {
+            http::Request::builder()
+                .header("x-user", user)
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        let ip = "127.0.0.1".parse().unwrap();
+        let mut counts = [0; 3];
+        for u in 0..300 {
+            let h = up.hash_of(&req(&format!("user{u}")), None, ip);
+            let first = up.pick(&[], h).unwrap();
+            // Same key, same node.
+            assert_eq!(up.pick(&[], h), Some(first));
+            // Retries move on to another node.
+            assert_ne!(up.pick(&[first], h), Some(first));
+            counts[first] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 50), "{counts:?}");
+        // No header: round robin.
+        let none = http::Request::builder().body(()).unwrap().into_parts().0;
+        assert_eq!(up.hash_of(&none, None, ip), None);
+        assert!(up.pick(&[], None).is_some());
     }
 
     #[test]
@@ -366,5 +537,7 @@ mod tests {
         assert!(err("nodes: {\"a:1\": 1}\nscheme: https").contains("u.scheme"));
         assert!(err("nodes: {\"a:1\": 1}\ntimeout: {connect: 0}").contains("u.timeout.connect"));
         assert!(err("nodes: {\"a:1\": 1}\npass_host: rewrite").contains("u.upstream_host"));
+        assert!(err("nodes: {\"a:1\": 1}\ntype: chash\nhash_on: header").contains("u.key"));
+        assert!(err("nodes: {\"a:1\": 1}\ntype: chash\nkey: nope").contains("u.key"));
     }
 }

@@ -114,8 +114,8 @@ fn parse_errors_name_the_field() {
         ),
         ("agent: {}", "socket"),
         (
-            "routes: [{uri: /a, upstream: {type: chash, nodes: {\"a:1\": 1}}}]",
-            "chash",
+            "routes: [{uri: /a, upstream: {type: ewma, nodes: {\"a:1\": 1}}}]",
+            "ewma",
         ),
     ];
     for (yaml, needle) in cases {
