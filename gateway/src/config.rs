@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 
 use crate::jwt::Algorithm;
@@ -536,7 +537,7 @@ pub struct ConsumerPlugins {
 pub struct KeyAuthConsumerConfig {
     /// The API key.
     #[serde(default)]
-    pub key: Option<String>,
+    pub key: Option<SecretString>,
     /// Take the key from the agent.
     #[serde(default)]
     pub vault: Option<VaultRef>,
@@ -560,7 +561,7 @@ pub struct BasicAuthConsumerConfig {
     pub username: String,
     /// The password.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<SecretString>,
     /// Take the password from the agent.
     #[serde(default)]
     pub vault: Option<VaultRef>,
@@ -589,13 +590,13 @@ pub struct JwtAuthConsumerConfig {
     pub key: String,
     /// HMAC secret.
     #[serde(default)]
-    pub secret: Option<String>,
+    pub secret: Option<SecretString>,
     /// PEM public key (asymmetric algorithms).
     #[serde(default)]
     pub public_key: Option<String>,
     /// PEM private key (only for the sign endpoint).
     #[serde(default)]
-    pub private_key: Option<String>,
+    pub private_key: Option<SecretString>,
     /// Signature algorithm; a token's header `alg` must equal it.
     #[serde(default)]
     pub algorithm: Algorithm,

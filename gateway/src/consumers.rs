@@ -9,6 +9,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use secrecy::ExposeSecret;
+
 use crate::config::{
     BasicAuthConsumerConfig, ConfigError, ConsumerConfig, JwtAuthConsumerConfig,
     KeyAuthConsumerConfig, invalid,
@@ -330,7 +332,7 @@ fn key_spec(
     seen: &mut HashSet<Digest>,
 ) -> Result<KeySource<Digest>, ConfigError> {
     let source = credential_source(
-        conf.key.as_deref(),
+        conf.key.as_ref().map(ExposeSecret::expose_secret),
         conf.vault.is_some(),
         username,
         "key-auth",
@@ -369,7 +371,7 @@ fn basic_spec(
         ));
     }
     let password = credential_source(
-        conf.password.as_deref(),
+        conf.password.as_ref().map(ExposeSecret::expose_secret),
         conf.vault.is_some(),
         username,
         "basic-auth",
@@ -503,7 +505,12 @@ fn jwt_spec(
                 ));
             }
         }
-        let secret = value(conf.secret.as_deref(), at, "secret", env)?;
+        let secret = value(
+            conf.secret.as_ref().map(ExposeSecret::expose_secret),
+            at,
+            "secret",
+            env,
+        )?;
         if vault.is_some() && !matches!(secret, Value::Absent) {
             // Which one would win is a guess the operator should not have to make.
             return Err(invalid(
@@ -567,7 +574,12 @@ fn jwt_spec(
                 ));
             }
         };
-        let sign = match value(conf.private_key.as_deref(), at, "private_key", env)? {
+        let sign = match value(
+            conf.private_key.as_ref().map(ExposeSecret::expose_secret),
+            at,
+            "private_key",
+            env,
+        )? {
             Value::Literal(pem) => KeySource::Ready(Arc::new(
                 SignKey::private_pem(alg, &pem)
                     .map_err(|e| invalid(format!("{at}.private_key"), e.to_string()))?,
