@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::logs::assert_no_secret_in;
 use crate::ports::free_port;
-use crate::process::{log_tail, report_on_drop, signal_child, wait_for_exit};
+use crate::process::{log_tail, report_on_drop, signal_child, stop_child, wait_for_exit};
 
 /// Environment variable naming the agent binary to test.
 pub const AGENT_BIN_ENV: &str = "KEYGATE_AGENT_BIN";
@@ -477,13 +477,14 @@ impl AgentProcess {
         Ok(status)
     }
 
-    /// SIGSTOP: the process freezes (its socket accepts connections nobody serves).
-    pub fn sigstop(&mut self) -> Result<()> {
+    /// SIGSTOP, returning once every thread is stopped: the process freezes (its socket
+    /// accepts connections nobody serves).
+    pub async fn sigstop(&mut self) -> Result<()> {
         let child = self
             .child
             .as_ref()
             .ok_or_else(|| anyhow!("the agent is not running"))?;
-        signal_child(child, Signal::SIGSTOP)?;
+        stop_child(child).await?;
         self.paused = true;
         Ok(())
     }

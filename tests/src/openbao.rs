@@ -17,7 +17,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::ports::free_port;
-use crate::process::{find_on_path, log_tail, report_on_drop, signal_child, wait_for_exit};
+use crate::process::{
+    find_on_path, log_tail, report_on_drop, signal_child, stop_child, wait_for_exit,
+};
 
 /// Environment variable naming the `bao` binary to use instead of the one on `PATH`.
 pub const BAO_ENV: &str = "KEYGATE_BAO";
@@ -210,14 +212,14 @@ impl OpenBao {
         self.start_again().await
     }
 
-    /// Freezes the server (SIGSTOP): connections are accepted by the kernel but never
-    /// answered, like a hung server.
-    pub fn pause(&mut self) -> Result<()> {
+    /// Freezes the server (SIGSTOP), returning once every thread is stopped: connections
+    /// are accepted by the kernel but never answered, like a hung server.
+    pub async fn pause(&mut self) -> Result<()> {
         let child = self
             .child
             .as_ref()
             .ok_or_else(|| anyhow!("OpenBao is not running"))?;
-        signal_child(child, Signal::SIGSTOP)?;
+        stop_child(child).await?;
         self.paused = true;
         Ok(())
     }
@@ -324,15 +326,36 @@ impl OpenBao {
         self.call_ok(Method::DELETE, path, None).await.map(drop)
     }
 
-    /// Mounts a KV secrets engine of `version` (1 or 2) at `mount`.
+    /// Mounts a KV secrets engine of `version` (1 or 2) at `mount`. For version 2 it
+    /// waits until the mount has finished its initial "upgrade" (until then writes fail
+    /// with "Upgrading from non-versioned to versioned data").
     pub async fn enable_kv(&self, mount: &str, version: u8) -> Result<()> {
         ensure!(version == 1 || version == 2, "KV version must be 1 or 2");
         self.write(
             &format!("sys/mounts/{mount}"),
             json!({"type": "kv", "options": {"version": version.to_string()}}),
         )
-        .await
-        .map(drop)
+        .await?;
+        if version == 2 {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (status, body) = self
+                    .request(Method::GET, &format!("{mount}/metadata/?list=true"), None)
+                    .await?;
+                let upgrading = body
+                    .as_ref()
+                    .is_some_and(|b| b.to_string().contains("Upgrading"));
+                if !upgrading && (status.is_success() || status == StatusCode::NOT_FOUND) {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "KV v2 mount {mount} not usable after 30 s: {status} {body:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
     }
 
     /// Writes `data` at `path` of a KV v1 mount (`path` includes the mount).

@@ -14,6 +14,43 @@ pub fn signal_child(child: &Child, signal: Signal) -> Result<()> {
     kill(pid, signal).with_context(|| format!("sending {signal} to pid {pid}"))
 }
 
+/// Sends SIGSTOP and waits until every thread of the process is stopped: `kill` returns
+/// before the kernel has stopped threads running on other CPUs, which may still answer
+/// a request sent right after it.
+pub async fn stop_child(child: &Child) -> Result<()> {
+    signal_child(child, Signal::SIGSTOP)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !all_threads_stopped(child.id()) {
+        if Instant::now() >= deadline {
+            bail!("pid {} did not stop within 5 s of SIGSTOP", child.id());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// Whether every thread of `pid` is in state T (stopped) according to /proc.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // "tid (comm) S ...": the state follows the last ')'.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        if !matches!(state, Some("T" | "t")) {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
 /// Waits (without blocking the runtime) until `child` exits; fails after `timeout`.
 pub async fn wait_for_exit(child: &mut Child, timeout: Duration) -> Result<ExitStatus> {
     let deadline = Instant::now() + timeout;

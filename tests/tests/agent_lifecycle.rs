@@ -134,7 +134,7 @@ async fn lifecycle_health_metrics_signals_and_restart() {
     .unwrap();
 
     // SIGSTOP: calls hang; SIGCONT: they work again.
-    agent.sigstop().unwrap();
+    agent.sigstop().await.unwrap();
     let paused = get_within(&mut client, &[JACK], Duration::from_secs(1)).await;
     assert!(!matches!(paused, Ok(Ok(_))), "a stopped agent answered");
     agent.sigcont().unwrap();

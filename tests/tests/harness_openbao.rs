@@ -221,7 +221,7 @@ async fn openbao_keeps_data_and_tokens_across_restarts() {
     );
 
     // Pause and resume: a paused server does not answer within a short timeout.
-    bao.pause().unwrap();
+    bao.pause().await.unwrap();
     let paused = tokio::time::timeout(Duration::from_millis(800), bao.read("sys/mounts")).await;
     assert!(paused.is_err(), "a paused server must not answer");
     bao.resume().unwrap();
