@@ -37,12 +37,25 @@ pub struct GatewayProcess {
     status_port: u16,
     child: Option<Child>,
     http: reqwest::Client,
+    /// Run as this (uid, gid) instead of the test's own user.
+    run_as: Option<(u32, u32)>,
 }
 
 impl GatewayProcess {
     /// Writes `body` (the configuration without `listen`/`status_listen`, which this
     /// helper adds) and starts the gateway, without waiting for readiness.
     pub async fn start(body: &str) -> Result<Self> {
+        Self::start_with(body, None).await
+    }
+
+    /// [`Self::start`] as another user (the test must run as root): the deployment's
+    /// shape, where the gateway does not share the agent's uid. Its directory is made
+    /// world-readable so that user can read the config.
+    pub async fn start_as(body: &str, uid: u32, gid: u32) -> Result<Self> {
+        Self::start_with(body, Some((uid, gid))).await
+    }
+
+    async fn start_with(body: &str, run_as: Option<(u32, u32)>) -> Result<Self> {
         let bin = gateway_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("keygate-gateway-")
@@ -60,7 +73,13 @@ impl GatewayProcess {
             status_port: free_port()?,
             child: None,
             http,
+            run_as,
         };
+        if run_as.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(gateway.dir.path(), std::fs::Permissions::from_mode(0o755))
+                .context("opening the gateway directory to its user")?;
+        }
         gateway.write_config(body)?;
         gateway.spawn()?;
         Ok(gateway)
@@ -195,6 +214,11 @@ impl GatewayProcess {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGTERM, and waits up to 15 s for a graceful exit.
     pub async fn sigterm(&mut self) -> Result<ExitStatus> {
         let mut child = self
@@ -223,7 +247,13 @@ impl GatewayProcess {
         let log_err = log.try_clone().context("cloning the log file handle")?;
         let filter = std::env::var("KEYGATE_TEST_GATEWAY_LOG")
             .unwrap_or_else(|_| DEFAULT_GATEWAY_LOG.into());
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        if let Some((uid, gid)) = self.run_as {
+            use std::os::unix::process::CommandExt;
+            // std drops the supplementary groups too when root changes uid.
+            cmd.uid(uid).gid(gid);
+        }
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(self.config_path())
