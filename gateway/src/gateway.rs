@@ -276,7 +276,7 @@ async fn handle(
     if runtime.sign_endpoint && parts.method == Method::GET && parts.uri.path() == sign::PATH {
         let auth = shared.auth.load();
         let response = sign::handle(&auth, parts.uri.query(), unix_now(), &shared.metrics);
-        access_log(&runtime, &parts, None, response.status(), started);
+        access_log(&runtime, remote, &parts, None, response.status(), started);
         return response;
     }
 
@@ -291,7 +291,7 @@ async fn handle(
             StatusCode::NOT_FOUND,
             r#"{"error_msg":"404 Route Not Found"}"#,
         );
-        access_log(&runtime, &parts, None, response.status(), started);
+        access_log(&runtime, remote, &parts, None, response.status(), started);
         return response;
     };
 
@@ -316,6 +316,7 @@ async fn handle(
                         route.count(response.status().as_u16());
                         access_log(
                             &runtime,
+                            remote,
                             &parts,
                             Some(&route.id),
                             response.status(),
@@ -383,6 +384,7 @@ async fn handle(
 
 fn access_log(
     runtime: &Runtime,
+    remote: SocketAddr,
     parts: &http::request::Parts,
     route: Option<&Arc<str>>,
     status: StatusCode,
@@ -391,7 +393,8 @@ fn access_log(
     if runtime.access_log {
         tracing::info!(
             target: "keygate_gateway::access",
-            method = %parts.method, path = parts.uri.path(), route = route.map(|r| &**r),
+            client = %remote.ip(), method = %parts.method, path = parts.uri.path(),
+            route = route.map(|r| &**r),
             status = status.as_u16(), micros = started.elapsed().as_micros() as u64,
         );
     }
