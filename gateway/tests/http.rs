@@ -399,3 +399,37 @@ async fn reload_swaps_routes_and_rejects_bad_configs() -> Result<()> {
     task.await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn anonymous_consumer_and_hidden_credentials() -> Result<()> {
+    let (up, _) = upstream("a").await?;
+    let yaml = format!(
+        r#"
+listen: 127.0.0.1:0
+plugin_attr: {{ jwt-auth: {{ sign_endpoint: true }} }}
+routes:
+  - uri: /maybe/*
+    plugins: {{ jwt-auth: {{ anonymous_consumer: guest, hide_credentials: true }} }}
+    upstream: {{ nodes: {{ "{up}": 1 }} }}
+consumers:
+  - username: guest
+  - username: bob
+    plugins:
+      jwt-auth: {{ key: bob-key, secret: "inline-secret" }}
+"#
+    );
+    let gw = start(&yaml).await?;
+    let (status, _, body) = get(gw.addr, "/maybe/echo", &[]).await?;
+    assert_eq!(status, 200);
+    let echo: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(echo["headers"]["x-consumer-username"], "guest");
+
+    let (_, _, token) = get(gw.addr, "/apisix/plugin/jwt/sign?key=bob-key", &[]).await?;
+    let (status, _, body) = get(gw.addr, &format!("/maybe/echo?jwt={token}&x=1"), &[]).await?;
+    assert_eq!(status, 200);
+    let echo: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(echo["headers"]["x-consumer-username"], "bob");
+    assert_eq!(echo["uri"], "/maybe/echo?x=1");
+    gw.stop().await?;
+    Ok(())
+}
