@@ -2,9 +2,8 @@
 # Sets up Vault/OpenBao Kubernetes auth for the keygate pod (deploy/k8s): the policies
 # keygate-agent (keygate-agent-policy.hcl beside this script: the secrets) and
 # keygate-agent-token (keygate-agent-token-policy.hcl: its own token), and a role that
-# only the
-# ServiceAccount keygate in namespace keygate can log in with, using a token whose
-# audience is "vault" (the pod's projected token). Idempotent; run with a Vault token
+# only the ServiceAccount keygate in namespace keygate can log in with, using a token
+# whose audience is "vault" (the pod's projected token). Idempotent; run with a Vault token
 # allowed to manage auth methods and policies (VAULT_ADDR/VAULT_TOKEN, or BAO_*).
 #
 #   deploy/vault/setup-kubernetes-auth.sh
