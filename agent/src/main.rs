@@ -1,7 +1,7 @@
 //! `keygate-agent`: parse the command line, set up logging, run, map the result to an
 //! exit code (64 for bad configuration).
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -84,6 +84,7 @@ fn init_tracing(format: LogFormat) {
         .add_directive("h2=warn".parse().unwrap_or_default());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

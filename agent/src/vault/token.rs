@@ -346,14 +346,22 @@ impl TokenManager {
                         .token_ttl_seconds
                         .store(auth.lease_duration, Ordering::Relaxed);
                     let ttl = Duration::from_secs(auth.lease_duration);
-                    // Vault grants less than asked once the max TTL is near: this is the
-                    // last lease, so the next wake-up logs in instead of renewing.
+                    // Vault grants less than asked once the max TTL is near: the lease
+                    // can no longer grow. Log in now, while the old token still has its
+                    // whole remainder as a margin (a static token waits for its end).
                     last_lease = ttl < base_ttl;
                     debug!(
                         token.ttl_s = auth.lease_duration,
                         token.last_lease = last_lease,
                         "token renewed"
                     );
+                    if last_lease && self.auth.can_reauthenticate() {
+                        info!(
+                            token.ttl_s = auth.lease_duration,
+                            "token lease capped by its max TTL; authenticating again"
+                        );
+                        return Next::Reauthenticate;
+                    }
                     lease = Lease {
                         ttl,
                         renewable: auth.renewable,
