@@ -45,6 +45,13 @@ pub enum AgentAuth {
         /// `None`: the agent's default mount (`approle`).
         mount: Option<String>,
     },
+    /// `vault.kubernetes`: a service-account JWT read from `token_path`.
+    Kubernetes {
+        role: String,
+        token_path: PathBuf,
+        /// `None`: the agent's default mount (`kubernetes`).
+        mount: Option<String>,
+    },
     /// Nothing in the file (for tests of the `VAULT_TOKEN` fallback or of config errors).
     None,
 }
@@ -161,6 +168,15 @@ impl AgentConfig {
         self
     }
 
+    pub fn kubernetes(mut self, role: &str, token_path: impl Into<PathBuf>) -> Self {
+        self.auth = AgentAuth::Kubernetes {
+            role: role.to_owned(),
+            token_path: token_path.into(),
+            mount: None,
+        };
+        self
+    }
+
     pub fn timeout(mut self, timeout: &str) -> Self {
         self.timeout = Some(timeout.to_owned());
         self
@@ -230,6 +246,20 @@ impl AgentConfig {
                     approle["mount"] = json!(mount);
                 }
                 vault.insert("approle".into(), approle);
+            }
+            AgentAuth::Kubernetes {
+                role,
+                token_path,
+                mount,
+            } => {
+                let mut kubernetes = json!({
+                    "role": role,
+                    "token_path": token_path.display().to_string(),
+                });
+                if let Some(mount) = mount {
+                    kubernetes["mount"] = json!(mount);
+                }
+                vault.insert("kubernetes".into(), kubernetes);
             }
             AgentAuth::None => {}
         }
