@@ -244,6 +244,37 @@ cp deploy/container/Containerfile "$work/container/Dockerfile"
 if line="$(checkov_summary "$work/checkov-docker.json" "checkov dockerfile (Containerfile)")"; then ok "$line"; else bad "$line"; fi
 figures+=("$line")
 
+# The build stage, statically: its Rust version is the project's, and the build context
+# that Containerfile.dockerignore leaves is a complete workspace whose Cargo.lock is
+# current (what `cargo build --locked` in the image needs).
+toolchain="$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)"
+image_rust="$(sed -n 's/^ARG RUST_VERSION=\(.*\)/\1/p' deploy/container/Containerfile)"
+if [[ -n "$toolchain" && "$toolchain" == "$image_rust" ]]; then
+    ok "Containerfile RUST_VERSION $image_rust = rust-toolchain.toml"
+else
+    bad "Containerfile RUST_VERSION '$image_rust' differs from rust-toolchain.toml '$toolchain'"
+fi
+mkdir -p "$work/context"
+git ls-files -z --cached --others --exclude-standard | "$py" -c '
+import fnmatch, os, shutil, sys
+pats = [l.strip() for l in open(sys.argv[1]) if l.strip() and not l.startswith("#")]
+for path in sys.stdin.buffer.read().decode().split("\0"):
+    if not path or not os.path.isfile(path):
+        continue
+    parts = path.split("/")
+    if any(fnmatch.fnmatch(p, pat) for pat in pats for p in parts[:1]) or any(fnmatch.fnmatch(path, pat) for pat in pats):
+        continue
+    dst = os.path.join(sys.argv[2], path)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    shutil.copy2(path, dst)
+' deploy/container/Containerfile.dockerignore "$work/context"
+if (cd "$work/context" && CARGO_TARGET_DIR="$work/context-target" cargo metadata --locked --offline --format-version 1 >/dev/null 2>"$work/context.log"); then
+    ok "Containerfile build context ($(find "$work/context" -type f | wc -l) files): complete workspace, Cargo.lock current"
+else
+    cat "$work/context.log" >&2
+    bad "Containerfile build context: cargo metadata --locked failed"
+fi
+
 # ---------------------------------------------------------------------------------------
 step "systemd: verify, security (exposure <= $max_exposure)"
 units=(keygate-agent keygate-gateway)
