@@ -15,8 +15,10 @@
 #   6. every shipped agent/gateway config passes the binaries' own check-config;
 #   7. Vault: the role setup scripts against an OpenBao dev server;
 #   8. end to end: the shipped systemd and Kubernetes config pairs (paths, ports and the
-#      Vault address rewritten to a temp dir; Kubernetes auth swapped for AppRole, the one
-#      thing that needs a cluster) run as two different uids (when root) against OpenBao,
+#      Vault address rewritten to a temp dir) run as two different uids (when root)
+#      against OpenBao, logging in with AppRole (systemd) and Kubernetes auth (k8s; the
+#      cluster's TokenReview API is the one thing stood in for, by a loopback endpoint
+#      that approves only the service-account JWT issued here, for audience "vault"),
 #      and a signed request goes through the gateway to an upstream (200), an unsigned
 #      one is refused (401).
 # Prints the figures (exposure per unit, checkov counts) and "N passed, 0 failed".
@@ -387,10 +389,51 @@ else
     export VAULT_ADDR="http://127.0.0.1:$bao_port" VAULT_TOKEN=root VAULT_CLI=bao
     unset BAO_ADDR BAO_TOKEN
     wait_http "$VAULT_ADDR/v1/sys/health" "OpenBao"
+    # The Kubernetes API as far as Vault's Kubernetes auth uses it: TokenReview, approving
+    # exactly the service-account JWT issued here (namespace keygate, account keygate),
+    # and only when asked for audience "vault". Everything else about the login is real.
+    "$python" - "$work/sa-token" <<'PY'
+import base64, json, os, sys, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+now = int(time.time())
+claims = {
+    "iss": "https://kubernetes.default.svc.cluster.local", "aud": ["vault"],
+    "sub": "system:serviceaccount:keygate:keygate", "iat": now, "nbf": now, "exp": now + 3600,
+    "kubernetes.io": {"namespace": "keygate", "serviceaccount": {"name": "keygate", "uid": "4c6f0b64-0000-4000-8000-000000000001"}},
+}
+# Signed by "the cluster": nothing here checks the signature but TokenReview, and that
+# compares the whole token.
+jwt = b".".join([b64(json.dumps({"alg": "ES256", "typ": "JWT"}).encode()), b64(json.dumps(claims).encode()), b64(os.urandom(64))])
+open(sys.argv[1], "wb").write(jwt)
+PY
+    k8s_api_port="$(free_port)"
+    "$python" - "$k8s_api_port" "$work/sa-token" "$work/token-reviews" >"$work/k8s-api.log" 2>&1 <<'PY' &
+import http.server, json, sys
+port, token = int(sys.argv[1]), open(sys.argv[2]).read().strip()
+class Api(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        review = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        spec = review.get("spec", {})
+        ok = self.path == "/apis/authentication.k8s.io/v1/tokenreviews" and spec.get("token") == token and spec.get("audiences") == ["vault"]
+        with open(sys.argv[3], "a") as log:
+            log.write(f"{'approved' if ok else 'refused'} audiences={spec.get('audiences')}\n")
+        status = {"authenticated": True, "audiences": ["vault"], "user": {
+            "username": "system:serviceaccount:keygate:keygate", "uid": "4c6f0b64-0000-4000-8000-000000000001",
+            "groups": ["system:serviceaccounts", "system:serviceaccounts:keygate"]}} if ok else {"authenticated": False, "error": "token not recognised"}
+        body = json.dumps({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "status": status}).encode()
+        self.send_response(201)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Api).serve_forever()
+PY
+    pids+=($!)
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=test-cluster-ca \
         -keyout "$work/k8s-ca.key" -out "$work/k8s-ca.crt" >/dev/null 2>&1
-    if K8S_HOST=https://127.0.0.1:6443 K8S_CA_CERT_FILE="$work/k8s-ca.crt" deploy/vault/setup-kubernetes-auth.sh >"$work/vault.log" 2>&1 &&
-        K8S_HOST=https://127.0.0.1:6443 K8S_CA_CERT_FILE="$work/k8s-ca.crt" deploy/vault/setup-kubernetes-auth.sh >>"$work/vault.log" 2>&1 &&
+    if K8S_HOST="http://127.0.0.1:$k8s_api_port" K8S_CA_CERT_FILE="$work/k8s-ca.crt" deploy/vault/setup-kubernetes-auth.sh >"$work/vault.log" 2>&1 &&
+        K8S_HOST="http://127.0.0.1:$k8s_api_port" K8S_CA_CERT_FILE="$work/k8s-ca.crt" deploy/vault/setup-kubernetes-auth.sh >>"$work/vault.log" 2>&1 &&
         bao read -format=json auth/kubernetes/role/keygate >"$work/k8s-role.json" &&
         "$py" -c 'import json, sys; d = json.load(open(sys.argv[1]))["data"]; sys.exit(not (d["bound_service_account_names"] == ["keygate"] and d["bound_service_account_namespaces"] == ["keygate"] and d["audience"] == "vault" and sorted(d["token_policies"]) == ["keygate-agent", "keygate-agent-token"]))' "$work/k8s-role.json"; then
         ok "setup-kubernetes-auth.sh (twice): role keygate bound to keygate/keygate, audience vault"
@@ -476,6 +519,12 @@ PY
             install -d -m 2777 "$sock_root"
             [[ $(id -u) -ne 0 ]] || { chown "0:$gateway_uid" "$sock_root"; chmod 2777 "$sock_root"; }
             extra_groups="$gateway_uid"
+            # The projected token volume: root:fsGroup, defaultMode 0440.
+            mkdir -p "$dir/sa-token"
+            cp "$work/sa-token" "$dir/sa-token/token"
+            [[ $(id -u) -ne 0 ]] || chown -R "0:$gateway_uid" "$dir/sa-token"
+            chmod 0755 "$dir/sa-token"
+            chmod 0440 "$dir/sa-token/token"
         fi
         cp "$work/approle/role-id" "$work/approle/secret-id" "$dir/approle/"
         [[ $(id -u) -ne 0 ]] || chown -R "0:$agent_uid" "$dir/approle"
@@ -493,9 +542,11 @@ def note(what):
     rewrites.append(what)
 a["vault"]["host"] = vault; note(f"vault.host={vault}")
 if "kubernetes" in a["vault"]:
-    # Kubernetes auth needs a cluster's TokenReview; the same agent with AppRole does here.
-    del a["vault"]["kubernetes"]; note("vault.kubernetes -> approle")
-a["vault"]["approle"] = {"role_id_file": f"{d}/approle/role-id", "secret_id_file": f"{d}/approle/secret-id", "mount": "approle"}
+    old = a["vault"]["kubernetes"]["token_path"]
+    a["vault"]["kubernetes"]["token_path"] = f"{d}/sa-token/token"; note(f"vault.kubernetes.token_path {old} -> {d}/sa-token/token")
+if "approle" in a["vault"]:
+    a["vault"]["approle"] = {"role_id_file": f"{d}/approle/role-id", "secret_id_file": f"{d}/approle/secret-id", "mount": "approle"}
+    note("vault.approle files -> the ones setup-approle.sh wrote")
 a["vault"].pop("ca_file", None)
 old_sock = a["socket"]["path"]
 a["socket"]["path"] = old_sock.replace("/run/keygate", f"{d}/run/keygate", 1); note(f"socket {old_sock} -> {a['socket']['path']}")
@@ -560,7 +611,7 @@ PY
         else
             bad "$name: unsigned request got $(cat "$dir/no.code")"
         fi
-        if grep -qF -e "$jwt_secret" -e "$(cat "$dir/approle/secret-id")" "$dir/agent.log" "$dir/gateway.log"; then
+        if grep -qF -e "$jwt_secret" -e "$(cat "$dir/approle/secret-id")" -e "$(cat "$work/sa-token")" "$dir/agent.log" "$dir/gateway.log"; then
             bad "$name: a secret appears in a log"
         else
             ok "$name: no secret in the logs"
@@ -568,6 +619,12 @@ PY
     }
     run_pair systemd deploy/systemd/agent.yaml deploy/systemd/gateway.yaml systemd || true
     run_pair k8s deploy/k8s/overlays/example/agent.yaml deploy/k8s/overlays/example/gateway.yaml k8s || true
+    if grep -q "^approved audiences=\['vault'\]" "$work/token-reviews" 2>/dev/null; then
+        ok "k8s: the agent logged in with Kubernetes auth (role keygate; TokenReview for audience vault: $(grep -c . "$work/token-reviews") review(s))"
+    else
+        cat "$work/token-reviews" >&2 2>/dev/null || true
+        bad "k8s: no approved TokenReview: the agent did not log in with Kubernetes auth"
+    fi
 fi
 
 # ---------------------------------------------------------------------------------------
