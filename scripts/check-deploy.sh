@@ -257,6 +257,8 @@ else
     bad "Containerfile RUST_VERSION '$image_rust' differs from rust-toolchain.toml '$toolchain'"
 fi
 mkdir -p "$work/context"
+# The dependencies come from the local cargo cache (a no-op fetch when a build ran).
+cargo fetch --locked --quiet 2>"$work/fetch.log" || { cat "$work/fetch.log" >&2; bad "cargo fetch --locked"; }
 git ls-files -z --cached --others --exclude-standard | "$py" -c '
 import fnmatch, os, shutil, sys
 pats = [l.strip() for l in open(sys.argv[1]) if l.strip() and not l.startswith("#")]
