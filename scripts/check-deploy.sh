@@ -491,15 +491,17 @@ PY
         agent_uid="$(id -u)" gateway_uid="$(id -u)"
         say "not root: agent and gateway run as uid $agent_uid (the peer check still applies)"
     fi
+    # Runs in the background (`as_user ... &`): exec, so that $! is the process itself
+    # and the cleanup's kill reaches it.
     as_user() { # uid, gid, extra groups (comma list or ""), command...
         local uid="$1" gid="$2" groups="$3"
         shift 3
         if [[ $(id -u) -ne 0 ]]; then
-            "$@"
+            exec "$@"
         elif [[ -n "$groups" ]]; then
-            setpriv --reuid="$uid" --regid="$gid" --groups="$groups" --inh-caps=-all -- "$@"
+            exec setpriv --reuid="$uid" --regid="$gid" --groups="$groups" --inh-caps=-all -- "$@"
         else
-            setpriv --reuid="$uid" --regid="$gid" --clear-groups --inh-caps=-all -- "$@"
+            exec setpriv --reuid="$uid" --regid="$gid" --clear-groups --inh-caps=-all -- "$@"
         fi
     }
     # pair NAME AGENT_YAML GATEWAY_YAML SOCKET_LAYOUT(systemd|k8s)
