@@ -66,6 +66,49 @@ pub struct Config {
     /// Health, readiness and metrics.
     #[serde(default)]
     pub ops: OpsConfig,
+    /// Certificates issued by Vault's PKI engine and re-issued before they expire.
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
+}
+
+/// One certificate the agent requests from a PKI mount (`<mount>/issue/<role>`) and
+/// re-issues at `renew_at` of its lifetime; served under the name `@pki/<name>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// The certificate's name; clients ask for `@pki/<name>`.
+    pub name: String,
+    /// The PKI mount.
+    #[serde(default = "default_pki_mount")]
+    pub mount: String,
+    /// The PKI role to issue with.
+    pub role: String,
+    /// The subject's common name.
+    pub common_name: String,
+    /// DNS subject alternative names.
+    #[serde(default)]
+    pub alt_names: Vec<String>,
+    /// IP subject alternative names.
+    #[serde(default)]
+    pub ip_sans: Vec<String>,
+    /// Requested lifetime (the role's default when absent).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub ttl: Option<Duration>,
+    /// Fraction of the lifetime after which a new certificate is issued (with up to
+    /// 10 % jitter earlier).
+    #[serde(default = "default_renew_at")]
+    pub renew_at: f64,
+}
+
+/// The name prefix of certificates the agent issues (not a KV path: `@` marks names the
+/// agent manages itself).
+pub const PKI_NAME_PREFIX: &str = "@pki/";
+
+impl CertificateConfig {
+    /// The name clients ask for.
+    pub fn secret_name(&self) -> Result<SecretName, crate::name::NameError> {
+        SecretName::parse(&format!("{PKI_NAME_PREFIX}{}", self.name))
+    }
 }
 
 /// The `vault` block.
@@ -317,6 +360,8 @@ pub struct Settings {
     pub peers: Vec<PeerPolicy>,
     /// Ops listener.
     pub ops_listen: Option<SocketAddr>,
+    /// Certificates to issue, by their served name.
+    pub certificates: Vec<(SecretName, CertificateConfig)>,
 }
 
 impl Settings {
@@ -472,7 +517,41 @@ impl Settings {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        let mut certificates: Vec<(SecretName, CertificateConfig)> = Vec::new();
+        for cert in config.certificates {
+            let name = cert
+                .secret_name()
+                .ok()
+                .filter(|_| !cert.name.contains('/'))
+                .ok_or_else(|| {
+                    invalid(
+                        "certificates.name",
+                        format!("{:?} is not a single path segment", cert.name),
+                    )
+                })?;
+            if certificates.iter().any(|(n, _)| *n == name) {
+                return Err(invalid(
+                    "certificates.name",
+                    format!("{:?} is listed twice", cert.name),
+                ));
+            }
+            if cert.common_name.is_empty() || cert.role.is_empty() || cert.mount.is_empty() {
+                return Err(invalid(
+                    "certificates",
+                    format!("{:?}: mount, role and common_name are required", cert.name),
+                ));
+            }
+            if !(0.1..=0.95).contains(&cert.renew_at) {
+                return Err(invalid(
+                    "certificates.renew_at",
+                    "must be between 0.1 and 0.95",
+                ));
+            }
+            certificates.push((name, cert));
+        }
+
         Ok(Self {
+            certificates,
             vault_addr,
             timeout: vault.timeout,
             auth,
@@ -494,6 +573,12 @@ fn default_timeout() -> Duration {
 }
 fn default_refresh() -> Duration {
     Duration::from_secs(30)
+}
+fn default_pki_mount() -> String {
+    "pki".to_owned()
+}
+fn default_renew_at() -> f64 {
+    2.0 / 3.0
 }
 fn default_socket_mode() -> u32 {
     0o660
@@ -521,6 +606,10 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Raw::Text(t) => humantime::parse_duration(&t)
             .map_err(|e| serde::de::Error::custom(format!("{t:?} is not a duration: {e}"))),
     }
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 fn octal_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {

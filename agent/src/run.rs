@@ -87,8 +87,13 @@ pub async fn run(
 
     let manager = TokenManager::new(&settings, token.clone(), metrics.clone(), auth_tx)?;
     let Settings {
-        preload, timeout, ..
+        mut preload,
+        timeout,
+        certificates,
+        ..
     } = settings;
+    // Certificates are issued at start, and the agent is not ready before they are.
+    preload.extend(certificates.into_iter().map(|(name, _)| name));
     let manager_task = tokio::spawn(manager.run(stop_rx.clone()));
 
     let store = Arc::new(Store::new(metrics.clone()));

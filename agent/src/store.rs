@@ -225,8 +225,8 @@ impl Store {
             .store(i64::try_from(stale).unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 
-    /// Names to read now: all (on a full refresh) or only those never answered;
-    /// leased secrets only once 2/3 of their lease has passed.
+    /// Names to read now: those never answered; on a full refresh every name without
+    /// a lease; leased secrets (and issued certificates) once their refresh time came.
     fn due(&self, full: bool) -> Vec<(SecretName, Option<Lease>)> {
         let slots = self.slots();
         slots
@@ -234,19 +234,39 @@ impl Store {
             .filter_map(
                 |(name, SlotBox(slot))| match (&slot.lease, slot.entry.state) {
                     (_, State::Pending) => Some((name.clone(), None)),
-                    _ if !full => None,
                     (Some((lease, since)), State::Loaded) => (since.elapsed()
-                        >= lease.duration.mul_f64(2.0 / 3.0))
-                    .then(|| (name.clone(), Some(lease.clone()))),
-                    _ => Some((name.clone(), None)),
+                        >= lease.refresh_after)
+                        .then(|| (name.clone(), Some(lease.clone()))),
+                    _ => full.then(|| (name.clone(), None)),
                 },
             )
             .collect()
     }
 
+    /// The earliest moment a lease or certificate needs attention.
+    fn next_lease_deadline(&self) -> Option<Instant> {
+        self.slots()
+            .values()
+            .filter(|s| s.0.entry.state == State::Loaded)
+            .filter_map(|s| {
+                s.0.lease
+                    .as_ref()
+                    .map(|(lease, since)| *since + lease.refresh_after)
+            })
+            .min()
+    }
+
     fn renewed(&self, name: &SecretName, lease: Lease, duration: Duration) {
         if let Some(SlotBox(slot)) = self.slots().get_mut(name) {
-            slot.lease = Some((Lease { duration, ..lease }, Instant::now()));
+            let refresh_after = crate::backoff::jitter_down(duration.mul_f64(2.0 / 3.0), 0.1);
+            slot.lease = Some((
+                Lease {
+                    duration,
+                    refresh_after,
+                    ..lease
+                },
+                Instant::now(),
+            ));
         }
     }
 
@@ -261,9 +281,15 @@ impl Store {
     ) {
         let mut backoff = Backoff::standard();
         let mut next_full = Instant::now();
+        // After a failure nothing is retried before this, whatever is due.
+        let mut not_before = Instant::now();
         loop {
+            let wake = self
+                .next_lease_deadline()
+                .map_or(next_full, |d| d.min(next_full))
+                .max(not_before);
             let full = tokio::select! {
-                () = sleep_until(next_full) => true,
+                () = sleep_until(wake) => Instant::now() >= next_full,
                 () = self.wake.notified() => false,
                 Ok(()) = authenticated.changed() => *authenticated.borrow_and_update(),
                 _ = crate::run::stopped(&mut shutdown) => return,
@@ -311,6 +337,7 @@ impl Store {
             let period = *interval.borrow();
             if unavailable {
                 next_full = Instant::now() + backoff.next_delay().min(period);
+                not_before = next_full;
             } else {
                 backoff.reset();
                 if full {

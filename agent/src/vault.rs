@@ -19,10 +19,13 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::config::{KvVersion, Settings};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::backoff::jitter_down;
+use crate::config::{CertificateConfig, KvVersion, PKI_NAME_PREFIX, Settings};
 use crate::metrics::Metrics;
 use crate::name::SecretName;
-use crate::secret::SecretFields;
+use crate::secret::{FieldValue, SecretFields};
 
 /// Largest response body accepted from Vault.
 const MAX_BODY: usize = 4 << 20;
@@ -78,6 +81,9 @@ pub struct Lease {
     pub duration: Duration,
     /// Whether it can be extended.
     pub renewable: bool,
+    /// When (after it was granted) to renew it or, if it cannot be renewed, to replace
+    /// the secret.
+    pub refresh_after: Duration,
 }
 
 /// A read that got no authoritative answer.
@@ -127,6 +133,7 @@ pub struct VaultReader {
     token: Arc<TokenCell>,
     metrics: Arc<Metrics>,
     mounts: Mutex<HashMap<String, Mount>>,
+    certificates: HashMap<SecretName, CertificateConfig>,
 }
 
 impl VaultReader {
@@ -144,11 +151,19 @@ impl VaultReader {
             token,
             metrics,
             mounts: Mutex::new(HashMap::new()),
+            certificates: settings.certificates.iter().cloned().collect(),
         })
     }
 
-    /// Reads `name` (relative to the prefix).
+    /// Reads `name`: a path relative to the prefix, or an `@pki/` certificate, which
+    /// is issued anew.
     pub async fn read(&self, name: &SecretName) -> Result<ReadOutcome, VaultError> {
+        if name.as_str().starts_with(PKI_NAME_PREFIX) {
+            return match self.certificates.get(name) {
+                Some(cert) => self.issue(cert).await,
+                None => Ok(ReadOutcome::NotFound),
+            };
+        }
         let full = format!("{}/{}", self.prefix, name);
         let mount = self.mount_for(&full).await?;
         let url = match mount.kind {
@@ -170,10 +185,14 @@ impl VaultReader {
             serde_json::from_slice::<Kv2Response>(&body).map(|r| r.data.data.map(|d| (d, None)))
         } else {
             serde_json::from_slice::<LogicalResponse>(&body).map(|r| {
-                let lease = (!r.lease_id.is_empty()).then(|| Lease {
-                    id: r.lease_id,
-                    duration: Duration::from_secs(r.lease_duration),
-                    renewable: r.renewable,
+                let lease = (!r.lease_id.is_empty()).then(|| {
+                    let duration = Duration::from_secs(r.lease_duration);
+                    Lease {
+                        id: r.lease_id,
+                        duration,
+                        renewable: r.renewable,
+                        refresh_after: jitter_down(duration.mul_f64(2.0 / 3.0), 0.1),
+                    }
                 });
                 r.data.map(|d| (d, lease))
             })
@@ -190,6 +209,74 @@ impl VaultReader {
                 e.column()
             ))),
         }
+    }
+
+    /// Issues a certificate from the PKI engine. Its "lease" is its lifetime: it is
+    /// replaced at `renew_at` of it.
+    async fn issue(&self, cert: &CertificateConfig) -> Result<ReadOutcome, VaultError> {
+        let url = format!("{}/v1/{}/issue/{}", self.addr, cert.mount, cert.role);
+        let mut body = serde_json::json!({
+            "common_name": cert.common_name,
+            "alt_names": cert.alt_names.join(","),
+            "ip_sans": cert.ip_sans.join(","),
+        });
+        if let Some(ttl) = cert.ttl {
+            body["ttl"] = serde_json::json!(format!("{}s", ttl.as_secs().max(1)));
+        }
+        let bytes = match self.send(self.http.post(&url).json(&body)).await? {
+            Reply::Body(bytes) => bytes,
+            Reply::NotFound => return Ok(ReadOutcome::NotFound),
+            Reply::Denied => {
+                self.token.report_denied();
+                return Ok(ReadOutcome::Denied);
+            }
+        };
+        let issued = serde_json::from_slice::<IssueResponse>(&bytes)
+            .map_err(|e| VaultError::Decode(format!("{url}: {:?} error", e.classify())))?
+            .data;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let lifetime = Duration::from_secs(issued.expiration).saturating_sub(now);
+        let chain = if issued.ca_chain.is_empty() {
+            issued.issuing_ca.clone()
+        } else {
+            issued.ca_chain.join("\n")
+        };
+        let fields: SecretFields = [
+            (
+                "certificate",
+                FieldValue::new(issued.certificate.into_bytes()),
+            ),
+            ("private_key", issued.private_key),
+            (
+                "private_key_type",
+                FieldValue::new(issued.private_key_type.into_bytes()),
+            ),
+            (
+                "issuing_ca",
+                FieldValue::new(issued.issuing_ca.into_bytes()),
+            ),
+            ("ca_chain", FieldValue::new(chain.into_bytes())),
+            (
+                "serial_number",
+                FieldValue::new(issued.serial_number.into_bytes()),
+            ),
+            (
+                "expiration",
+                FieldValue::new(issued.expiration.to_string().into_bytes()),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let lease = Lease {
+            id: String::new(),
+            duration: lifetime,
+            renewable: false,
+            refresh_after: jitter_down(lifetime.mul_f64(cert.renew_at), 0.1),
+        };
+        Ok(ReadOutcome::Found(fields, Some(lease)))
     }
 
     /// Extends a dynamic secret's lease; returns the new duration.
@@ -341,6 +428,23 @@ struct LogicalResponse {
     #[serde(default)]
     renewable: bool,
     data: Option<SecretFields>,
+}
+
+#[derive(Deserialize)]
+struct IssueResponse {
+    data: IssuedCertificate,
+}
+
+#[derive(Deserialize)]
+struct IssuedCertificate {
+    certificate: String,
+    issuing_ca: String,
+    #[serde(default)]
+    ca_chain: Vec<String>,
+    private_key: FieldValue,
+    private_key_type: String,
+    serial_number: String,
+    expiration: u64,
 }
 
 #[derive(Deserialize)]

@@ -119,6 +119,8 @@ pub struct AgentConfig {
     pub log_filter: String,
     /// Extra environment variables for the agent process.
     pub env: Vec<(String, String)>,
+    /// `certificates`: PKI certificates the agent issues, as JSON objects.
+    pub certificates: Vec<Value>,
 }
 
 impl AgentConfig {
@@ -142,7 +144,14 @@ impl AgentConfig {
             log_filter: std::env::var(AGENT_LOG_ENV)
                 .unwrap_or_else(|_| DEFAULT_LOG_FILTER.to_owned()),
             env: Vec::new(),
+            certificates: Vec::new(),
         }
+    }
+
+    /// Adds an entry to `certificates` (fields as in docs/agent.md).
+    pub fn certificate(mut self, certificate: Value) -> Self {
+        self.certificates.push(certificate);
+        self
     }
 
     pub fn token(mut self, token: &str) -> Self {
@@ -300,6 +309,9 @@ impl AgentConfig {
         });
         if let Some(peers) = &self.peers {
             doc["peers"] = serde_json::to_value(peers).context("serialising peers")?;
+        }
+        if !self.certificates.is_empty() {
+            doc["certificates"] = json!(self.certificates);
         }
         serde_yaml_ng::to_string(&doc).context("rendering the agent config as YAML")
     }
