@@ -86,6 +86,82 @@ pub struct Config {
     /// Consumers and their credentials.
     #[serde(default)]
     pub consumers: Vec<ConsumerConfig>,
+    /// The APISIX-compatible Admin API; off when absent.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// `routes`, `upstreams` and `consumers` as JSON values, as written (what the Admin
+    /// API shows for resources that come from this file).
+    #[serde(skip)]
+    pub raw: RawResources,
+}
+
+/// The resource lists of a configuration file as JSON values, in file order. They may
+/// hold literal secrets: `Debug` prints only how many there are.
+#[derive(Clone, Default)]
+pub struct RawResources {
+    /// `routes`.
+    pub routes: Vec<serde_json::Value>,
+    /// `upstreams`.
+    pub upstreams: Vec<serde_json::Value>,
+    /// `consumers`.
+    pub consumers: Vec<serde_json::Value>,
+}
+
+impl std::fmt::Debug for RawResources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawResources")
+            .field("routes", &self.routes.len())
+            .field("upstreams", &self.upstreams.len())
+            .field("consumers", &self.consumers.len())
+            .finish()
+    }
+}
+
+/// The resource lists only, for [`RawResources`].
+#[derive(Deserialize)]
+struct RawLists {
+    #[serde(default)]
+    routes: Vec<serde_json::Value>,
+    #[serde(default)]
+    upstreams: Vec<serde_json::Value>,
+    #[serde(default)]
+    consumers: Vec<serde_json::Value>,
+}
+
+/// The `admin` block: the APISIX-compatible Admin API (`/apisix/admin/...`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Its own listener (APISIX's default port 9180, loopback only by default).
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// The `X-API-KEY`: a literal, `$env://NAME` or `$secret://vault/<path>/<field>`
+    /// (served by the agent, so no admin credential has to sit in this file).
+    pub key: SecretString,
+    /// Where changes made through the Admin API are persisted (created 0700).
+    pub state_dir: PathBuf,
+    /// Largest accepted request body, bytes (APISIX: 1.5 MiB).
+    #[serde(default = "default_admin_max_body")]
+    pub max_body: usize,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("key", &"[REDACTED]")
+            .field("state_dir", &self.state_dir)
+            .field("max_body", &self.max_body)
+            .finish()
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9180))
+}
+
+fn default_admin_max_body() -> usize {
+    1536 * 1024
 }
 
 fn default_listen() -> SocketAddr {
@@ -111,7 +187,18 @@ impl Config {
 
     /// Parses YAML text.
     pub fn parse(text: &str) -> Result<Self, serde_yaml_ng::Error> {
-        serde_yaml_ng::from_str(text)
+        let mut config: Self = serde_yaml_ng::from_str(text)?;
+        // The same text as JSON values, for the Admin API's view of file resources. A
+        // file that parsed above but not as plain JSON-like data (non-string keys) gets
+        // no raw view; the Admin API then shows those resources by id only.
+        if let Ok(raw) = serde_yaml_ng::from_str::<RawLists>(text) {
+            config.raw = RawResources {
+                routes: raw.routes,
+                upstreams: raw.upstreams,
+                consumers: raw.consumers,
+            };
+        }
+        Ok(config)
     }
 }
 
@@ -170,6 +257,9 @@ pub struct RouteConfig {
     /// Free text.
     #[serde(default)]
     pub desc: Option<String>,
+    /// APISIX labels (kept, not used for routing).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// A path: exact, or a prefix when it ends with `*`.
     #[serde(default)]
     pub uri: Option<String>,
@@ -336,6 +426,9 @@ pub struct UpstreamConfig {
     /// Free text.
     #[serde(default)]
     pub desc: Option<String>,
+    /// APISIX labels (kept, not used).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// Load balancing.
     #[serde(default, rename = "type")]
     pub lb: LbType,
@@ -510,6 +603,9 @@ pub struct ConsumerConfig {
     /// Free text.
     #[serde(default)]
     pub desc: Option<String>,
+    /// APISIX labels (kept, not used).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// Credentials per plugin.
     #[serde(default)]
     pub plugins: ConsumerPlugins,

@@ -119,7 +119,12 @@ pub struct ConsumerSet {
     basic: Vec<BasicSpec>,
     usernames: HashSet<String>,
     agent_names: BTreeSet<String>,
+    admin_key: Option<KeySource<Digest>>,
 }
+
+/// The example `X-API-KEY` of APISIX's documentation (and of the seed tutorial): fine
+/// for a loopback listener in a demo, refused anywhere else.
+pub const APISIX_EXAMPLE_ADMIN_KEY: &str = "edd1c9f034335f136f87ad84b625c8f1";
 
 /// Looks up an environment variable (injectable for tests).
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -182,6 +187,36 @@ impl ConsumerSet {
             }
         }
         Ok(set)
+    }
+
+    /// Sets the Admin API key (`admin.key`): a literal, `$env://NAME` or
+    /// `$secret://vault/<path>/<field>`. `loopback`: whether the admin listener is.
+    pub fn set_admin_key(
+        &mut self,
+        raw: &str,
+        loopback: bool,
+        env: EnvLookup<'_>,
+    ) -> Result<(), ConfigError> {
+        let source = match value(Some(raw), "admin", "key", env)? {
+            Value::Literal(bytes) => {
+                if !loopback && bytes.as_slice() == APISIX_EXAMPLE_ADMIN_KEY.as_bytes() {
+                    return Err(invalid(
+                        "admin.key",
+                        "the example key of APISIX's documentation is only accepted on a loopback listener",
+                    ));
+                }
+                credential_digest(&bytes)
+                    .map(|d| KeySource::Ready(Arc::new(d)))
+                    .map_err(|e| invalid("admin.key", e.to_string()))?
+            }
+            Value::Agent { name, field } => {
+                self.agent_names.insert(name.clone());
+                KeySource::Agent { name, field }
+            }
+            Value::Absent => return Err(invalid("admin.key", "required")),
+        };
+        self.admin_key = Some(source);
+        Ok(())
     }
 
     /// The agent names these consumers need (sorted, unique).
@@ -278,10 +313,18 @@ impl ConsumerSet {
                 )
             })
             .collect();
+        let admin_key = self.admin_key.as_ref().map(|source| {
+            let key = resolve(source, snapshot, credential_digest).map(|d| *d);
+            if let Err(err) = &key {
+                log_unavailable("(admin key)", err, snapshot.is_some());
+            }
+            key
+        });
         AuthState {
             by_key,
             api_keys,
             basic,
+            admin_key,
         }
     }
 }
@@ -686,9 +729,16 @@ pub struct AuthState {
     by_key: HashMap<String, Arc<JwtConsumer>>,
     api_keys: HashMap<Digest, Arc<str>>,
     basic: HashMap<String, BasicUser>,
+    admin_key: Option<Result<Digest, Unavailable>>,
 }
 
 impl AuthState {
+    /// The Admin API key's digest: `None` when no key is configured, `Some(Err)` when
+    /// it comes from the agent and is not available.
+    pub fn admin_key(&self) -> Option<&Result<Digest, Unavailable>> {
+        self.admin_key.as_ref()
+    }
+
     /// The consumer owning this API key.
     pub fn key_consumer(&self, key: &[u8]) -> Option<&Arc<str>> {
         self.api_keys.get(&digest(key))

@@ -15,19 +15,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use secrecy::ExposeSecret as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::agent_client::{self, AgentStatus, Backoff};
 use crate::body::{self, ProxyBody};
 use crate::config::{Config, ConfigError};
+use crate::consumers::APISIX_EXAMPLE_ADMIN_KEY;
 use crate::consumers::AuthState;
+use crate::control::Control;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ClientInfo, ProxyError};
 use crate::router::request_host;
 use crate::runtime::Runtime;
 use crate::secrets::SecretSnapshot;
-use crate::{server, sign, status};
+use crate::store::Store;
+use crate::{admin, server, sign, status};
 
 /// The gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +40,9 @@ pub enum Error {
     /// Bad configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The Admin API's state directory cannot be used.
+    #[error("admin.state_dir: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -59,10 +66,37 @@ pub struct Shared {
     rebuild: Mutex<()>,
     /// `agent.socket` at start: changing it needs a restart.
     agent_socket: Option<std::path::PathBuf>,
+    /// The file, the Admin API's store and their merge. Taken by reloads and admin
+    /// writes (which persist while holding it), never per request.
+    pub(crate) control: Mutex<Control>,
+    /// `admin.max_body` at start.
+    pub(crate) admin_max_body: usize,
     started: Instant,
 }
 
 impl Shared {
+    /// Swaps `runtime` in: new requests use it at once, requests in flight finish with
+    /// the old one, no connection is dropped. The watched names follow.
+    pub(crate) fn install(&self, runtime: Runtime) {
+        let names = runtime.consumers.agent_names();
+        self.runtime.store(Arc::new(runtime));
+        self.rebuild_auth();
+        self.names.send_if_modified(|current| {
+            if *current == names {
+                false
+            } else {
+                *current = names;
+                true
+            }
+        });
+    }
+
+    /// The control state (a poisoned lock is taken over: its holder panicked before
+    /// changing anything, or after changing everything).
+    pub(crate) fn control(&self) -> std::sync::MutexGuard<'_, Control> {
+        self.control.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn rebuild_auth(&self) {
         let _guard = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
         let runtime = self.runtime.load();
@@ -116,23 +150,21 @@ impl Handle {
     /// once, requests in flight finish with the old one, no connection is dropped.
     /// An invalid config changes nothing. Listen addresses and the agent socket are
     /// fixed at start (a change is reported and ignored).
+    /// With the Admin API enabled, its stored changes stay laid over the new file.
     pub fn reload(&self, config: &Config) -> Result<(), ConfigError> {
-        let runtime = Runtime::build(config, &|k| std::env::var(k).ok())?;
         let socket = config.agent.as_ref().map(|a| a.socket.clone());
+        let mut control = self.shared.control();
+        let admin_before = control.store().is_some();
+        let runtime = control.reload(config.clone(), &|k| std::env::var(k).ok())?;
         if socket != self.shared.agent_socket {
             tracing::warn!("agent.socket changed; it takes effect only after a restart");
         }
-        let names = runtime.consumers.agent_names();
-        self.shared.runtime.store(Arc::new(runtime));
-        self.shared.rebuild_auth();
-        self.shared.names.send_if_modified(|current| {
-            if *current == names {
-                false
-            } else {
-                *current = names;
-                true
-            }
-        });
+        if config.admin.is_some() != admin_before {
+            tracing::warn!(
+                "the admin block was added or removed; that takes effect only after a restart"
+            );
+        }
+        self.shared.install(runtime);
         Ok(())
     }
 }
@@ -143,6 +175,7 @@ pub struct Gateway {
     shared: Arc<Shared>,
     listener: TcpListener,
     status_listener: Option<TcpListener>,
+    admin_listener: Option<TcpListener>,
     agent: Option<(std::path::PathBuf, Backoff)>,
     grace: Duration,
 }
@@ -150,7 +183,12 @@ pub struct Gateway {
 impl Gateway {
     /// Validates `config` and binds its listeners (port 0 picks a free port).
     pub async fn bind(config: Config) -> Result<Self, Error> {
-        let runtime = Runtime::build(&config, &|k| std::env::var(k).ok())?;
+        let store = match &config.admin {
+            Some(admin) => Some(Store::open(&admin.state_dir)?),
+            None => None,
+        };
+        let control = Control::new(config.clone(), store);
+        let runtime = control.runtime(&|k| std::env::var(k).ok())?;
         let names = runtime.consumers.agent_names();
         let auth = runtime.consumers.resolve(None);
         let listener = TcpListener::bind(config.listen)
@@ -167,6 +205,26 @@ impl Gateway {
             ),
             None => None,
         };
+        let admin_listener = match &config.admin {
+            Some(admin) => {
+                Some(
+                    TcpListener::bind(admin.listen)
+                        .await
+                        .map_err(|source| Error::Bind {
+                            addr: admin.listen,
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        if let Some(admin) = &config.admin
+            && admin.key.expose_secret() == APISIX_EXAMPLE_ADMIN_KEY
+        {
+            tracing::warn!(
+                "admin.key is the example key of APISIX's documentation; set your own (a $secret:// or $env:// reference keeps it out of this file)"
+            );
+        }
         let (names_tx, _) = watch::channel(names);
         let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
@@ -177,12 +235,15 @@ impl Gateway {
             names: names_tx,
             rebuild: Mutex::new(()),
             agent_socket: config.agent.as_ref().map(|a| a.socket.clone()),
+            admin_max_body: config.admin.as_ref().map_or(0, |a| a.max_body),
+            control: Mutex::new(control),
             started: Instant::now(),
         });
         Ok(Self {
             shared,
             listener,
             status_listener,
+            admin_listener,
             agent: config
                 .agent
                 .map(|a| (a.socket, Backoff::new(a.backoff_min, a.backoff_max))),
@@ -198,6 +259,13 @@ impl Gateway {
     /// The status listener's address, if configured.
     pub fn status_addr(&self) -> Option<SocketAddr> {
         self.status_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The Admin API listener's address, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())
     }
@@ -236,6 +304,18 @@ impl Gateway {
                 Duration::from_secs(1),
             ))
         });
+        let admin_task = self.admin_listener.map(|listener| {
+            let shared = shared.clone();
+            let mut stopped = status_stopped.clone();
+            tokio::spawn(server::serve(
+                listener,
+                move |req, remote| admin::handle(shared.clone(), req, remote),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+                Duration::from_secs(5),
+            ))
+        });
         let handler_shared = shared.clone();
         server::serve(
             self.listener,
@@ -245,7 +325,7 @@ impl Gateway {
         )
         .await;
         let _ = stop_status.send(true);
-        if let Some(task) = status_task {
+        for task in [status_task, admin_task].into_iter().flatten() {
             let _ = task.await;
         }
         if let Some(task) = agent_task {

@@ -4,16 +4,20 @@
 //! Start with [`run`], or [`Gateway::bind`] then [`Gateway::serve`] to learn the bound
 //! addresses first (tests bind port 0) and to get a [`Handle`] for reloads.
 
+pub mod admin;
 pub mod agent_client;
 pub mod auth;
 pub mod basic_auth;
 pub mod body;
+pub mod catalog;
 pub mod config;
 pub mod consumers;
+pub mod control;
 mod gateway;
 pub mod jwt;
 pub mod jwt_auth;
 pub mod key_auth;
+pub mod kind;
 pub mod metrics;
 pub mod proxy;
 pub mod query;
@@ -23,6 +27,7 @@ pub mod secrets;
 mod server;
 pub mod sign;
 mod status;
+pub mod store;
 pub mod upstream;
 
 use std::future::Future;

@@ -112,7 +112,7 @@ fn run(path: PathBuf, config: Config) -> ExitCode {
             }
         };
         if let Ok(addr) = gateway.local_addr() {
-            tracing::info!(%addr, status = ?gateway.status_addr(), "gateway listening");
+            tracing::info!(%addr, status = ?gateway.status_addr(), admin = ?gateway.admin_addr(), "gateway listening");
         }
         tokio::spawn(reload_on_change(path, gateway.handle()));
         gateway.serve(shutdown_signal()).await;

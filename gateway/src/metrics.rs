@@ -27,6 +27,14 @@ pub struct Metrics {
     pub upstream_timeouts: AtomicU64,
     /// Sign endpoint calls by outcome: ok, bad request, unknown key, unavailable.
     pub sign: [AtomicU64; 4],
+    /// Admin API answers by status class (1xx..5xx).
+    pub admin_responses: [AtomicU64; 5],
+    /// Admin API requests refused for a bad or missing key.
+    pub admin_auth_failures: AtomicU64,
+    /// Admin API writes applied.
+    pub admin_writes: AtomicU64,
+    /// Time spent in applied admin writes (validate, persist, swap), microseconds.
+    pub admin_write_micros: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -43,6 +51,23 @@ impl Metrics {
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us.fetch_add(
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Counts an Admin API answer.
+    pub fn count_admin(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        if let Some(c) = self.admin_responses.get(class) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records an applied admin write.
+    pub fn observe_admin_write(&self, elapsed: Duration) {
+        self.admin_writes.fetch_add(1, Ordering::Relaxed);
+        self.admin_write_micros.fetch_add(
             u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
@@ -113,6 +138,49 @@ impl Metrics {
                 get(c)
             );
         }
+        counter(
+            out,
+            "keygate_gateway_admin_responses_total",
+            "Admin API answers by status class.",
+        );
+        for (i, c) in self.admin_responses.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "keygate_gateway_admin_responses_total{{code=\"{}xx\"}} {}",
+                i + 1,
+                get(c)
+            );
+        }
+        counter(
+            out,
+            "keygate_gateway_admin_auth_failures_total",
+            "Admin API requests refused for a bad or missing key.",
+        );
+        let _ = writeln!(
+            out,
+            "keygate_gateway_admin_auth_failures_total {}",
+            get(&self.admin_auth_failures)
+        );
+        counter(
+            out,
+            "keygate_gateway_admin_writes_total",
+            "Admin API changes applied (validated, persisted, swapped in).",
+        );
+        let _ = writeln!(
+            out,
+            "keygate_gateway_admin_writes_total {}",
+            get(&self.admin_writes)
+        );
+        counter(
+            out,
+            "keygate_gateway_admin_write_seconds_total",
+            "Time spent applying admin changes.",
+        );
+        let _ = writeln!(
+            out,
+            "keygate_gateway_admin_write_seconds_total {}",
+            get(&self.admin_write_micros) as f64 / 1e6
+        );
         let name = "keygate_gateway_upstream_latency_seconds";
         let _ = writeln!(out, "# HELP {name} Time to the upstream's response head.");
         let _ = writeln!(out, "# TYPE {name} histogram");

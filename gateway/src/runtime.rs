@@ -6,6 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use secrecy::ExposeSecret as _;
+
 use crate::auth::RouteAuth;
 use crate::basic_auth::BasicAuthRoute;
 use crate::config::{Config, ConfigError, invalid};
@@ -56,11 +58,22 @@ pub struct Runtime {
 impl Runtime {
     /// Validates `config` and builds the runtime. `env` resolves `$env://` references.
     pub fn build(config: &Config, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
-        let consumers = Arc::new(ConsumerSet::build(&config.consumers, env)?);
+        let mut consumers = ConsumerSet::build(&config.consumers, env)?;
+        if let Some(admin) = &config.admin {
+            consumers.set_admin_key(
+                admin.key.expose_secret(),
+                admin.listen.ip().is_loopback(),
+                env,
+            )?;
+            if admin.max_body == 0 {
+                return Err(invalid("admin.max_body", "must be above 0"));
+            }
+        }
+        let consumers = Arc::new(consumers);
         if config.agent.is_none() && !consumers.agent_names().is_empty() {
             return Err(invalid(
                 "agent",
-                "required: consumers take secrets from the agent (vault: {} or $secret://)",
+                "required: credentials come from the agent (vault: {} or $secret://)",
             ));
         }
         if let Some(agent) = &config.agent

@@ -1,0 +1,267 @@
+//! The effective resources: the configuration file's `routes`, `upstreams` and
+//! `consumers`, with the Admin API's records laid over them by id. A record replaces the
+//! file's resource of the same id in place, a tombstone hides it, and the other records
+//! come after the file's, oldest first. The file seeds; the Admin API overrides.
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::config::{Config, ConfigError, invalid};
+use crate::kind::Kind;
+use crate::store::Store;
+
+/// Where an entry comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Position in the file's list.
+    File(usize),
+    /// The Admin API's store.
+    Admin,
+}
+
+/// One effective resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Its id (or username).
+    pub id: String,
+    /// Where it comes from.
+    pub origin: Origin,
+    /// Revision of the first admin write (0 for the file's).
+    pub created: u64,
+    /// Revision of the last admin write (0 for the file's).
+    pub modified: u64,
+    /// The JSON the Admin API shows (and merges `PATCH` bodies into).
+    pub value: Value,
+}
+
+/// The effective resources of each kind, in order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Catalog {
+    lists: [Vec<Entry>; 3],
+}
+
+/// Fields the Admin API keeps in a resource's JSON that the configuration has no use for.
+const BOOKKEEPING: [&str; 2] = ["create_time", "update_time"];
+
+impl Catalog {
+    /// The file's resources with `store`'s records over them.
+    pub fn build(file: &Config, store: Option<&Store>) -> Self {
+        let mut catalog = Self::default();
+        for kind in Kind::ALL {
+            let list = file_entries(file, kind);
+            if let Some(slot) = catalog.lists.get_mut(kind.index()) {
+                *slot = list;
+            }
+            let Some(store) = store else { continue };
+            let mut records: Vec<_> = store.records(kind).collect();
+            records.sort_by_key(|r| (r.created, r.modified));
+            for record in records {
+                match &record.value {
+                    Some(value) => catalog.set(
+                        kind,
+                        Entry {
+                            id: record.id.clone(),
+                            origin: Origin::Admin,
+                            created: record.created,
+                            modified: record.modified,
+                            value: value.clone(),
+                        },
+                    ),
+                    None => {
+                        catalog.remove(kind, &record.id);
+                    }
+                }
+            }
+        }
+        catalog
+    }
+
+    /// The entries of `kind`, in order.
+    pub fn entries(&self, kind: Kind) -> &[Entry] {
+        self.lists.get(kind.index()).map_or(&[], Vec::as_slice)
+    }
+
+    /// The entry of `kind` with this id.
+    pub fn get(&self, kind: Kind, id: &str) -> Option<&Entry> {
+        self.entries(kind).iter().find(|e| e.id == id)
+    }
+
+    /// Replaces the entry with the same id in place, or appends.
+    pub fn set(&mut self, kind: Kind, entry: Entry) {
+        let Some(list) = self.lists.get_mut(kind.index()) else {
+            return;
+        };
+        match list.iter_mut().find(|e| e.id == entry.id) {
+            Some(slot) => *slot = entry,
+            None => list.push(entry),
+        }
+    }
+
+    /// Removes the entry with this id; returns it.
+    pub fn remove(&mut self, kind: Kind, id: &str) -> Option<Entry> {
+        let list = self.lists.get_mut(kind.index())?;
+        let pos = list.iter().position(|e| e.id == id)?;
+        Some(list.remove(pos))
+    }
+
+    /// The configuration to run: `file`'s settings with these resources. A resource the
+    /// Admin API stored that no longer parses is reported under its kind and id.
+    pub fn to_config(&self, file: &Config) -> Result<Config, ConfigError> {
+        let mut config = file.clone();
+        config.routes = self.resources(Kind::Route, &file.routes)?;
+        for (route, entry) in config.routes.iter_mut().zip(self.entries(Kind::Route)) {
+            // Ids by position would shift when an entry before is hidden.
+            route.id = Some(entry.id.clone());
+        }
+        config.upstreams = self.resources(Kind::Upstream, &file.upstreams)?;
+        config.consumers = self.resources(Kind::Consumer, &file.consumers)?;
+        Ok(config)
+    }
+
+    fn resources<T: DeserializeOwned + Clone>(
+        &self,
+        kind: Kind,
+        from_file: &[T],
+    ) -> Result<Vec<T>, ConfigError> {
+        self.entries(kind)
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| match entry.origin {
+                Origin::File(j) => from_file.get(j).cloned().ok_or_else(|| {
+                    invalid(
+                        format!("{}[{i}]", kind.plural()),
+                        "not in the file any more",
+                    )
+                }),
+                Origin::Admin => parse(&entry.value).map_err(|(path, reason)| {
+                    let field = if path.is_empty() || path == "." {
+                        format!("{}[{i}]", kind.plural())
+                    } else {
+                        format!("{}[{i}].{path}", kind.plural())
+                    };
+                    invalid(field, reason)
+                }),
+            })
+            .collect()
+    }
+
+    /// Rewrites a field path of the merged configuration (`routes[3].plugins...`) in
+    /// terms a reader can find: relative to `focus` (the resource being written) when it
+    /// is that one, else `route "7".plugins...` for a resource of the Admin API, or the
+    /// position in the file for one of the file's.
+    pub fn describe_field(&self, field: &str, focus: Option<(Kind, &str)>) -> String {
+        let Some((kind, index, rest)) = split_field(field) else {
+            return field.to_owned();
+        };
+        let Some(entry) = self.entries(kind).get(index) else {
+            return field.to_owned();
+        };
+        if focus == Some((kind, entry.id.as_str())) {
+            return rest.trim_start_matches('.').to_owned();
+        }
+        match entry.origin {
+            Origin::File(j) => format!("{}[{j}]{rest}", kind.plural()),
+            Origin::Admin => format!("{} {:?}{rest}", kind.singular(), entry.id),
+        }
+    }
+
+    /// Routes that use upstream `id` through `upstream_id`.
+    pub fn routes_using_upstream(&self, id: &str) -> Vec<&str> {
+        self.entries(Kind::Route)
+            .iter()
+            .filter(|e| upstream_ref(&e.value).as_deref() == Some(id))
+            .map(|e| e.id.as_str())
+            .collect()
+    }
+
+    /// The highest revision of any entry.
+    pub fn max_revision(&self) -> u64 {
+        self.lists
+            .iter()
+            .flatten()
+            .map(|e| e.modified)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// `upstream_id` of a route's JSON, as a string (APISIX accepts numbers).
+fn upstream_ref(value: &Value) -> Option<String> {
+    match value.get("upstream_id")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `routes[12].rest` -> (Route, 12, ".rest").
+fn split_field(field: &str) -> Option<(Kind, usize, &str)> {
+    let (plural, tail) = field.split_once('[')?;
+    let kind = Kind::from_plural(plural)?;
+    let (index, rest) = tail.split_once(']')?;
+    Some((kind, index.parse().ok()?, rest))
+}
+
+/// Deserializes a resource's JSON (without the Admin API's bookkeeping fields); an error
+/// comes with the path of the offending field.
+pub fn parse<T: DeserializeOwned>(value: &Value) -> Result<T, (String, String)> {
+    let mut value = value.clone();
+    if let Value::Object(map) = &mut value {
+        for field in BOOKKEEPING {
+            map.remove(field);
+        }
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        (path, e.into_inner().to_string())
+    })
+}
+
+/// The file's resources of `kind` as entries.
+fn file_entries(file: &Config, kind: Kind) -> Vec<Entry> {
+    let (ids, raw): (Vec<String>, &[Value]) = match kind {
+        Kind::Route => (
+            file.routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| r.id.clone().unwrap_or_else(|| i.to_string()))
+                .collect(),
+            &file.raw.routes,
+        ),
+        Kind::Upstream => (
+            file.upstreams
+                .iter()
+                .enumerate()
+                .map(|(i, u)| u.id.clone().unwrap_or_else(|| i.to_string()))
+                .collect(),
+            &file.raw.upstreams,
+        ),
+        Kind::Consumer => (
+            file.consumers.iter().map(|c| c.username.clone()).collect(),
+            &file.raw.consumers,
+        ),
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        let mut value = raw
+            .get(i)
+            .filter(|v| v.is_object())
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        if let Value::Object(map) = &mut value {
+            map.insert(kind.id_field().to_owned(), Value::String(id.clone()));
+        }
+        // Duplicate ids are kept: the runtime build reports them.
+        out.push(Entry {
+            id: id.clone(),
+            origin: Origin::File(i),
+            created: 0,
+            modified: 0,
+            value,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,241 @@
+//! The control plane: the configuration file, the Admin API's [`Store`] and the
+//! [`Catalog`] merged from the two. Every change (a reload of the file, a write through
+//! the Admin API) builds a complete new [`Runtime`] from the merge first; only a change
+//! that builds is persisted and handed back to be swapped in. Anything else changes
+//! nothing, on disk or in memory.
+
+use serde_json::Value;
+
+use crate::catalog::{Catalog, Entry, Origin};
+use crate::config::{Config, ConfigError};
+use crate::consumers::EnvLookup;
+use crate::kind::Kind;
+use crate::runtime::Runtime;
+use crate::store::{Record, Store, StoreError};
+
+/// Why an admin write was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The change does not validate (400); the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such resource (404).
+    #[error("Key not found")]
+    NotFound,
+    /// The change is valid but would break another resource (400).
+    #[error("{0}")]
+    Conflict(String),
+    /// The change could not be persisted (503); nothing changed.
+    #[error("cannot persist the change: {0}")]
+    Persist(#[from] StoreError),
+    /// The Admin API is not enabled (no store).
+    #[error("the Admin API has no state directory")]
+    NoStore,
+}
+
+/// The result of a successful write: the runtime to swap in, and what the Admin API
+/// answers.
+#[derive(Debug)]
+pub struct Written {
+    /// The new runtime.
+    pub runtime: Runtime,
+    /// The entry as stored (`None` after a delete).
+    pub entry: Option<Entry>,
+    /// The resource did not exist before.
+    pub created: bool,
+}
+
+/// The file, the store and their merge.
+#[derive(Debug)]
+pub struct Control {
+    file: Config,
+    store: Option<Store>,
+    catalog: Catalog,
+}
+
+impl Control {
+    /// Starts from `file` and, with the Admin API enabled, its loaded `store`.
+    pub fn new(file: Config, store: Option<Store>) -> Self {
+        let catalog = Catalog::build(&file, store.as_ref());
+        Self {
+            file,
+            store,
+            catalog,
+        }
+    }
+
+    /// The effective resources.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The store, if the Admin API is enabled.
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    /// The runtime of the current state (start-up).
+    pub fn runtime(&self, env: EnvLookup<'_>) -> Result<Runtime, ConfigError> {
+        build(&self.catalog, &self.file, env, None)
+            .map_err(|(field, reason)| ConfigError::Invalid { field, reason })
+    }
+
+    /// Takes a new configuration file. On success the state is updated and the runtime
+    /// is returned to be swapped in; on error nothing changes.
+    pub fn reload(&mut self, file: Config, env: EnvLookup<'_>) -> Result<Runtime, ConfigError> {
+        let catalog = Catalog::build(&file, self.store.as_ref());
+        let runtime = build(&catalog, &file, env, None)
+            .map_err(|(field, reason)| ConfigError::Invalid { field, reason })?;
+        self.file = file;
+        self.catalog = catalog;
+        Ok(runtime)
+    }
+
+    /// The id a `POST` gets: the next revision, zero-padded to 20 digits as APISIX does.
+    pub fn generated_id(&self) -> String {
+        let next = self.store.as_ref().map_or(1, Store::next_revision);
+        format!("{next:020}")
+    }
+
+    /// Creates or replaces resource `id` of `kind` with `value` (a JSON object whose id
+    /// field is already `id`). `now` is Unix seconds, for `create_time`/`update_time`.
+    pub fn put(
+        &mut self,
+        kind: Kind,
+        id: &str,
+        mut value: Value,
+        now: u64,
+        env: EnvLookup<'_>,
+    ) -> Result<Written, WriteError> {
+        let store = self.store.as_ref().ok_or(WriteError::NoStore)?;
+        let revision = store.next_revision();
+        let previous = self.catalog.get(kind, id);
+        let created = match previous {
+            Some(Entry {
+                origin: Origin::Admin,
+                created,
+                ..
+            }) => *created,
+            _ => revision,
+        };
+        if let Value::Object(map) = &mut value {
+            let create_time = previous
+                .and_then(|p| p.value.get("create_time"))
+                .cloned()
+                .unwrap_or_else(|| Value::from(now));
+            map.entry("create_time").or_insert(create_time);
+            map.entry("update_time").or_insert_with(|| Value::from(now));
+        }
+        let entry = Entry {
+            id: id.to_owned(),
+            origin: Origin::Admin,
+            created,
+            modified: revision,
+            value: value.clone(),
+        };
+        let existed = previous.is_some();
+        let mut candidate = self.catalog.clone();
+        candidate.set(kind, entry.clone());
+        let runtime = build(&candidate, &self.file, env, Some((kind, id)))
+            .map_err(|(field, reason)| WriteError::Invalid(message(&field, &reason)))?;
+        let store = self.store.as_mut().ok_or(WriteError::NoStore)?;
+        store.put(
+            kind,
+            Record {
+                id: id.to_owned(),
+                created,
+                modified: revision,
+                value: Some(value),
+            },
+        )?;
+        self.catalog = candidate;
+        Ok(Written {
+            runtime,
+            entry: Some(entry),
+            created: !existed,
+        })
+    }
+
+    /// Deletes resource `id` of `kind`. A resource of the file (or one the Admin API
+    /// replaced) is hidden by a tombstone, so the file's version does not come back.
+    pub fn delete(
+        &mut self,
+        kind: Kind,
+        id: &str,
+        env: EnvLookup<'_>,
+    ) -> Result<Written, WriteError> {
+        let store = self.store.as_ref().ok_or(WriteError::NoStore)?;
+        let previous = self.catalog.get(kind, id).ok_or(WriteError::NotFound)?;
+        if kind == Kind::Upstream {
+            let users = self.catalog.routes_using_upstream(id);
+            if let Some(route) = users.first() {
+                return Err(WriteError::Conflict(format!(
+                    "can not delete this upstream, route [{route}] is still using it now"
+                )));
+            }
+        }
+        let created = previous.created;
+        let revision = store.next_revision();
+        let mut candidate = self.catalog.clone();
+        candidate.remove(kind, id);
+        let runtime = build(&candidate, &self.file, env, None).map_err(|(field, reason)| {
+            WriteError::Conflict(format!(
+                "can not delete this {}: {}",
+                kind.singular(),
+                message(&field, &reason)
+            ))
+        })?;
+        let in_file = Catalog::build(&self.file, None).get(kind, id).is_some();
+        let store = self.store.as_mut().ok_or(WriteError::NoStore)?;
+        if in_file {
+            store.put(
+                kind,
+                Record {
+                    id: id.to_owned(),
+                    created,
+                    modified: revision,
+                    value: None,
+                },
+            )?;
+        } else {
+            store.remove(kind, id)?;
+        }
+        self.catalog = candidate;
+        Ok(Written {
+            runtime,
+            entry: None,
+            created: false,
+        })
+    }
+}
+
+/// `invalid configuration: <field>: <reason>` (without the field when it is the whole
+/// resource).
+fn message(field: &str, reason: &str) -> String {
+    if field.is_empty() {
+        format!("invalid configuration: {reason}")
+    } else {
+        format!("invalid configuration: {field}: {reason}")
+    }
+}
+
+/// Builds the runtime of `catalog` over `file`; an error comes as (field, reason) with
+/// the field described relative to `focus`.
+fn build(
+    catalog: &Catalog,
+    file: &Config,
+    env: EnvLookup<'_>,
+    focus: Option<(Kind, &str)>,
+) -> Result<Runtime, (String, String)> {
+    let result = catalog
+        .to_config(file)
+        .and_then(|config| Runtime::build(&config, env));
+    result.map_err(|e| match e {
+        ConfigError::Invalid { field, reason } => (catalog.describe_field(&field, focus), reason),
+        other => (String::new(), other.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,117 @@
+use serde_json::json;
+
+use super::*;
+
+const FILE: &str = r#"
+agent: { socket: /nonexistent/agent.sock }
+routes:
+  - id: "1"
+    uri: /a
+    upstream_id: up
+upstreams:
+  - id: up
+    nodes: { "127.0.0.1:2": 1 }
+consumers:
+  - username: jack
+    plugins: { jwt-auth: { key: test-key, secret: file-secret } }
+"#;
+
+fn env(_: &str) -> Option<String> {
+    None
+}
+
+fn control(dir: &std::path::Path) -> Control {
+    Control::new(
+        Config::parse(FILE).unwrap(),
+        Some(Store::open(dir).unwrap()),
+    )
+}
+
+#[test]
+fn a_write_that_does_not_build_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut control = control(dir.path());
+    let before = control.catalog().clone();
+    let body =
+        json!({"username": "jim", "plugins": {"jwt-auth": {"key": "test-key", "secret": "x"}}});
+    let Err(WriteError::Invalid(msg)) = control.put(Kind::Consumer, "jim", body, 1, &env) else {
+        panic!("accepted a duplicate key");
+    };
+    assert_eq!(
+        msg,
+        "invalid configuration: plugins.jwt-auth.key: key \"test-key\" is used by another consumer"
+    );
+    let body = json!({"username": "jim", "plugins": {"jwt-auth": {"key": "k2"}}});
+    let Err(WriteError::Invalid(msg)) = control.put(Kind::Consumer, "jim", body, 1, &env) else {
+        panic!("accepted a consumer without a secret");
+    };
+    assert!(
+        msg.starts_with("invalid configuration: plugins.jwt-auth.secret: "),
+        "{msg}"
+    );
+    assert_eq!(control.catalog(), &before);
+    assert_eq!(control.store().map(Store::revision), Some(0));
+}
+
+#[test]
+fn writes_persist_and_override_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut control = control(dir.path());
+        let body =
+            json!({"username": "jack", "plugins": {"jwt-auth": {"key": "test-key", "vault": {}}}});
+        let written = control
+            .put(Kind::Consumer, "jack", body, 100, &env)
+            .unwrap();
+        assert!(!written.created, "jack existed in the file");
+        let value = written.entry.map(|e| e.value).unwrap();
+        assert_eq!(value["create_time"], 100);
+        assert_eq!(
+            written.runtime.consumers.agent_names(),
+            ["consumer/jack/jwt-auth"]
+        );
+        let written = control.delete(Kind::Route, "1", &env).unwrap();
+        assert!(written.runtime.routes.is_empty());
+    }
+    // After a restart: jack from the store, route 1 still deleted (a tombstone).
+    let control = control(dir.path());
+    let runtime = control.runtime(&env).unwrap();
+    assert!(runtime.routes.is_empty());
+    assert_eq!(runtime.consumers.agent_names(), ["consumer/jack/jwt-auth"]);
+    assert_eq!(control.generated_id(), "00000000000000000003");
+}
+
+#[test]
+fn an_upstream_in_use_cannot_be_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut control = control(dir.path());
+    let Err(WriteError::Conflict(msg)) = control.delete(Kind::Upstream, "up", &env) else {
+        panic!("deleted an upstream in use");
+    };
+    assert_eq!(
+        msg,
+        "can not delete this upstream, route [1] is still using it now"
+    );
+    assert!(matches!(
+        control.delete(Kind::Upstream, "nope", &env),
+        Err(WriteError::NotFound)
+    ));
+}
+
+#[test]
+fn a_reload_keeps_the_admin_changes_on_top() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut control = control(dir.path());
+    let body = json!({"id": "1", "uri": "/from-admin", "upstream_id": "up"});
+    control.put(Kind::Route, "1", body, 1, &env).unwrap();
+    let new_file = Config::parse(&FILE.replace("/a", "/changed")).unwrap();
+    let runtime = control.reload(new_file, &env).unwrap();
+    assert_eq!(runtime.routes.len(), 1);
+    let route = control.catalog().get(Kind::Route, "1").unwrap();
+    assert_eq!(route.value["uri"], "/from-admin");
+    // A file that clashes with the store is refused, naming the resource.
+    let clash = Config::parse(&FILE.replace("username: jack", "username: jill")
+        .replace("consumers:", "consumers:\n  - username: jo\n    plugins: { jwt-auth: { key: dup, secret: a } }\n  - username: jo2\n    plugins: { jwt-auth: { key: dup, secret: b } }")).unwrap();
+    let err = control.reload(clash, &env).unwrap_err().to_string();
+    assert!(err.contains("consumers[1].plugins.jwt-auth.key"), "{err}");
+}
