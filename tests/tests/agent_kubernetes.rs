@@ -22,7 +22,7 @@ const NAMESPACE: &str = "keygate";
 const ACCOUNT: &str = "keygate-agent";
 const ACCOUNT_UID: &str = "6f1c1a2e-0000-4000-8000-000000000001";
 
-fn service_account_jwt(key: &EncodingKey, account: &str) -> String {
+fn service_account_jwt(key: &EncodingKey, account: &str) -> anyhow::Result<String> {
     let claims = json!({
         "iss": "kubernetes/serviceaccount",
         "sub": format!("system:serviceaccount:{NAMESPACE}:{account}"),
@@ -31,13 +31,17 @@ fn service_account_jwt(key: &EncodingKey, account: &str) -> String {
         "kubernetes.io/serviceaccount/service-account.uid": ACCOUNT_UID,
         "kubernetes.io/serviceaccount/secret.name": format!("{account}-token"),
     });
-    jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, key).unwrap()
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::ES256),
+        &claims,
+        key,
+    )?)
 }
 
 /// `POST /apis/authentication.k8s.io/v1/tokenreviews`: approves `valid` only.
-async fn token_review_api(valid: String, reviews: Arc<AtomicUsize>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+async fn token_review_api(valid: String, reviews: Arc<AtomicUsize>) -> anyhow::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
             let Ok((mut conn, _)) = listener.accept().await else {
@@ -101,7 +105,7 @@ async fn token_review_api(valid: String, reviews: Arc<AtomicUsize>) -> String {
             });
         }
     });
-    format!("http://{addr}")
+    Ok(format!("http://{addr}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -113,9 +117,11 @@ async fn kubernetes_auth_logs_in_with_the_service_account_jwt() {
         EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
             .unwrap();
     let key = EncodingKey::from_ec_der(pkcs8.as_ref());
-    let jwt = service_account_jwt(&key, ACCOUNT);
+    let jwt = service_account_jwt(&key, ACCOUNT).unwrap();
     let reviews = Arc::new(AtomicUsize::new(0));
-    let api = token_review_api(jwt.clone(), reviews.clone()).await;
+    let api = token_review_api(jwt.clone(), reviews.clone())
+        .await
+        .unwrap();
 
     bao.write("sys/auth/kubernetes", json!({ "type": "kubernetes" }))
         .await
@@ -171,7 +177,7 @@ async fn kubernetes_auth_logs_in_with_the_service_account_jwt() {
     // Another service account's JWT: the review refuses it and the agent never gets a
     // token; it keeps retrying on its backoff instead of serving anything.
     let stranger_path = dir.path().join("stranger-token");
-    let stranger_jwt = service_account_jwt(&key, "someone-else");
+    let stranger_jwt = service_account_jwt(&key, "someone-else").unwrap();
     write_private_file(&stranger_path, &stranger_jwt).unwrap();
     let refused = AgentProcess::start(
         AgentConfig::new(&bao.addr(), KV1_PREFIX)

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use keygate_proto::agent::v1::{SecretState, Snapshot};
 use keygate_tests::client::{expect_snapshot, watch};
 use keygate_tests::seed::KV1_PREFIX;
@@ -19,36 +20,32 @@ struct Issued {
     private_key: String,
 }
 
-fn issued(snapshot: &Snapshot) -> Issued {
+fn issued(snapshot: &Snapshot) -> anyhow::Result<Issued> {
     let secret = snapshot
         .secrets
         .iter()
         .find(|s| s.name == NAME)
-        .expect("certificate in snapshot");
-    assert_eq!(secret.state, SecretState::Loaded as i32);
-    let field = |k: &str| {
-        String::from_utf8(
-            secret
-                .fields
-                .get(k)
-                .unwrap_or_else(|| panic!("field {k}"))
-                .clone(),
-        )
-        .unwrap()
+        .context("certificate in snapshot")?;
+    anyhow::ensure!(
+        secret.state == SecretState::Loaded as i32,
+        "certificate not loaded"
+    );
+    let field = |k: &str| -> anyhow::Result<String> {
+        let bytes = secret.fields.get(k).with_context(|| format!("field {k}"))?;
+        Ok(String::from_utf8(bytes.clone())?)
     };
-    Issued {
-        serial: field("serial_number"),
-        expiration: field("expiration").parse().unwrap(),
-        certificate: field("certificate"),
-        private_key: field("private_key"),
-    }
+    Ok(Issued {
+        serial: field("serial_number")?,
+        expiration: field("expiration")?.parse()?,
+        certificate: field("certificate")?,
+        private_key: field("private_key")?,
+    })
 }
 
 fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+        .map_or(0, |d| d.as_secs())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -107,7 +104,8 @@ async fn certificates_are_reissued_before_they_expire() {
         &expect_snapshot(&mut stream, Duration::from_secs(5))
             .await
             .unwrap(),
-    );
+    )
+    .unwrap();
     assert!(first.certificate.starts_with("-----BEGIN CERTIFICATE-----"));
     assert!(
         first.private_key.starts_with("-----BEGIN"),
@@ -129,7 +127,8 @@ async fn certificates_are_reissued_before_they_expire() {
             &expect_snapshot(&mut stream, Duration::from_secs(6))
                 .await
                 .unwrap(),
-        );
+        )
+        .unwrap();
         let at = started.elapsed().as_secs_f64();
         println!(
             "re-issue #{round} at {at:.2} s: serial {} -> {}, previous had {} s left",
