@@ -6,8 +6,10 @@
 
 pub mod agent;
 pub mod client;
+pub mod fault;
 pub mod files;
 pub mod gateway;
+pub mod load;
 pub mod logs;
 pub mod openbao;
 pub mod ports;
