@@ -4,9 +4,10 @@ use nix::sys::mman::{MlockAllFlags, mlockall};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use tracing::{info, warn};
 
-/// Locking all memory is only attempted when the memlock limit is at least this
-/// large: with a small limit a later allocation could fail and abort the agent.
-const MIN_MEMLOCK: u64 = 512 << 20;
+/// `mlockall(MCL_FUTURE)` makes every later allocation count against the memlock
+/// limit, and one that would exceed it fails (aborting the agent). So memory is locked
+/// only when the limit is unlimited (`LimitMEMLOCK=infinity`, or CAP_IPC_LOCK).
+const UNLIMITED: u64 = nix::libc::RLIM_INFINITY;
 
 /// Makes the process non-dumpable (no core files, no ptrace by same-uid processes)
 /// and locks its memory where the limit allows. Failures are logged, never fatal.
@@ -18,7 +19,7 @@ pub fn harden() {
         warn!(error = %e, "RLIMIT_CORE=0 failed");
     }
     match getrlimit(Resource::RLIMIT_MEMLOCK) {
-        Ok((soft, _)) if soft >= MIN_MEMLOCK => {
+        Ok((soft, _)) if soft == UNLIMITED => {
             match mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
                 Ok(()) => info!("memory locked (mlockall): secrets will not be swapped out"),
                 Err(e) => warn!(error = %e, "mlockall failed; secrets may be swapped out"),
@@ -26,7 +27,7 @@ pub fn harden() {
         }
         Ok((soft, _)) => warn!(
             memlock.limit_bytes = soft,
-            "memory not locked: RLIMIT_MEMLOCK is too small (raise LimitMEMLOCK or grant CAP_IPC_LOCK)"
+            "memory not locked: RLIMIT_MEMLOCK is limited (set LimitMEMLOCK=infinity to lock it)"
         ),
         Err(e) => warn!(error = %e, "cannot read RLIMIT_MEMLOCK; memory not locked"),
     }
