@@ -15,6 +15,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 
 use crate::jwt::Algorithm;
+use crate::limits::Limits;
 
 /// A configuration that could not be loaded or is not usable.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,9 @@ pub struct Config {
     /// One info-level log line per request (target `keygate_gateway::access`).
     #[serde(default)]
     pub access_log: bool,
+    /// Limits on request heads, targets, slow and idle connections and their number.
+    #[serde(default)]
+    pub limits: Limits,
     /// Routes.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,

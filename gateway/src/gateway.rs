@@ -25,6 +25,7 @@ use crate::config::{Config, ConfigError};
 use crate::consumers::APISIX_EXAMPLE_ADMIN_KEY;
 use crate::consumers::AuthState;
 use crate::control::Control;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ClientInfo, ProxyError};
 use crate::router::request_host;
@@ -178,6 +179,7 @@ pub struct Gateway {
     admin_listener: Option<TcpListener>,
     agent: Option<(std::path::PathBuf, Backoff)>,
     grace: Duration,
+    limits: Limits,
 }
 
 impl Gateway {
@@ -248,6 +250,7 @@ impl Gateway {
                 .agent
                 .map(|a| (a.socket, Backoff::new(a.backoff_min, a.backoff_max))),
             grace: config.shutdown_grace,
+            limits: config.limits.clone(),
         })
     }
 
@@ -307,21 +310,23 @@ impl Gateway {
         let admin_task = self.admin_listener.map(|listener| {
             let shared = shared.clone();
             let mut stopped = status_stopped.clone();
-            tokio::spawn(server::serve(
+            tokio::spawn(server::serve_with(
                 listener,
                 move |req, remote| admin::handle(shared.clone(), req, remote),
                 async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 },
                 Duration::from_secs(5),
+                self.limits.clone(),
             ))
         });
         let handler_shared = shared.clone();
-        server::serve(
+        server::serve_with(
             self.listener,
             move |req, remote| handle(handler_shared.clone(), req, remote),
             shutdown,
             self.grace,
+            self.limits,
         )
         .await;
         let _ = stop_status.send(true);

@@ -13,16 +13,25 @@ use jsonwebtoken::{DecodingKey, EncodingKey};
 use secrecy::{ExposeSecret as _, SecretBox};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use tracing::warn;
 
 use crate::config::TimeClaim;
 
-/// base64url as JWTs use it: no padding written, padding tolerated when read.
+mod object;
+
+/// base64url as JWS compact serialization defines it (RFC 7515 section 2): no padding,
+/// neither written nor accepted, and no non-canonical trailing bits, so that one token
+/// has exactly one spelling.
 const B64URL: GeneralPurpose = GeneralPurpose::new(
     &alphabet::URL_SAFE,
     GeneralPurposeConfig::new()
         .with_encode_padding(false)
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone),
 );
+
+/// Longest token accepted, in bytes. Longer ones are refused before any decoding: a
+/// real token (a few claims, at most an RSA-4096 signature) is well under 2 KiB.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// A signature algorithm a consumer can use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
@@ -151,9 +160,22 @@ impl std::fmt::Debug for VerifyKey {
 }
 
 impl VerifyKey {
-    /// An HMAC key from a secret (base64-decoded first if `base64_secret`).
+    /// An HMAC key from a secret (base64-decoded first if `base64_secret`). A secret
+    /// shorter than the hash output is accepted for APISIX compatibility but warned
+    /// about (RFC 8725 section 3.5: such a key can be brute-forced from one token).
     pub fn hmac(alg: Algorithm, secret: &[u8], base64_secret: bool) -> Result<Self, KeyError> {
-        hmac_key(alg, secret, base64_secret).map(Self::Hmac)
+        let (key, len) = hmac_key(alg, secret, base64_secret)?;
+        if let Some(minimum) = alg.hmac().map(|h| h.digest_algorithm().output_len())
+            && len < minimum
+        {
+            warn!(
+                alg = alg.as_str(),
+                secret.bytes = len,
+                secret.minimum_bytes = minimum,
+                "HMAC secret shorter than the hash output (RFC 8725 section 3.5): tokens signed with it can be brute-forced offline; use at least {minimum} random bytes"
+            );
+        }
+        Ok(Self::Hmac(key))
     }
 
     /// A public key from PEM text.
@@ -178,11 +200,12 @@ impl VerifyKey {
     }
 }
 
+/// The HMAC key and the length of the secret it was made from.
 fn hmac_key(
     alg: Algorithm,
     secret: &[u8],
     base64_secret: bool,
-) -> Result<ring::hmac::Key, KeyError> {
+) -> Result<(ring::hmac::Key, usize), KeyError> {
     let Some(hmac) = alg.hmac() else {
         return Err(KeyError::WrongKind { alg: alg.as_str() });
     };
@@ -195,12 +218,12 @@ fn hmac_key(
         if decoded.is_empty() {
             return Err(KeyError::EmptySecret);
         }
-        Ok(ring::hmac::Key::new(hmac, &decoded))
+        Ok((ring::hmac::Key::new(hmac, &decoded), decoded.len()))
     } else {
         if secret.is_empty() {
             return Err(KeyError::EmptySecret);
         }
-        Ok(ring::hmac::Key::new(hmac, secret))
+        Ok((ring::hmac::Key::new(hmac, secret), secret.len()))
     }
 }
 
@@ -225,7 +248,7 @@ impl std::fmt::Debug for SignKey {
 impl SignKey {
     /// An HMAC key from a secret.
     pub fn hmac(alg: Algorithm, secret: &[u8], base64_secret: bool) -> Result<Self, KeyError> {
-        hmac_key(alg, secret, base64_secret).map(Self::Hmac)
+        hmac_key(alg, secret, base64_secret).map(|(key, _)| Self::Hmac(key))
     }
 
     /// A private key from PEM text; checked now so a bad key is reported early.
@@ -271,37 +294,43 @@ pub struct Token<'a> {
 #[error("malformed token")]
 pub struct Malformed;
 
-#[derive(Deserialize)]
-struct Header {
-    alg: String,
-}
-
 /// Parses the compact serialization; does not verify anything.
+///
+/// Refused as malformed: more than [`MAX_TOKEN_BYTES`]; anything but three non-empty
+/// base64url parts without padding; a header or claims set that is not a JSON object
+/// or names a member twice (RFC 7515 section 5.2 and RFC 7519 section 4: a parser that
+/// keeps the first and one that keeps the last would disagree on the token); a header
+/// without a string `alg`; a header with `crit` (RFC 7515 section 4.1.11: no extension
+/// is understood here, so none may be required).
 pub fn parse(token: &str) -> Result<Token<'_>, Malformed> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(Malformed);
+    }
     let (signing_input, signature) = token.rsplit_once('.').ok_or(Malformed)?;
     let (header, payload) = signing_input.split_once('.').ok_or(Malformed)?;
-    if header.is_empty() || payload.is_empty() || signature.contains('.') {
+    for part in [header, payload, signature] {
+        if part.is_empty() || !part.bytes().all(is_b64url) {
+            return Err(Malformed);
+        }
+    }
+    let header = object::parse(&B64URL.decode(header).map_err(|_| Malformed)?)?;
+    if header.contains_key("crit") {
         return Err(Malformed);
     }
-    // The signature must at least be base64url; it is decoded again when verified.
-    if signature.is_empty() || !signature.bytes().all(is_b64url) {
+    let Some(Value::String(alg)) = header.get("alg") else {
         return Err(Malformed);
-    }
-    let header: Header = serde_json::from_slice(&B64URL.decode(header).map_err(|_| Malformed)?)
-        .map_err(|_| Malformed)?;
-    let claims: Map<String, Value> =
-        serde_json::from_slice(&B64URL.decode(payload).map_err(|_| Malformed)?)
-            .map_err(|_| Malformed)?;
+    };
+    let claims = object::parse(&B64URL.decode(payload).map_err(|_| Malformed)?)?;
     Ok(Token {
         signing_input,
         signature,
-        alg: header.alg,
+        alg: alg.clone(),
         claims,
     })
 }
 
 fn is_b64url(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'='
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
 
 impl Token<'_> {
@@ -402,9 +431,11 @@ pub fn check_times(
     }
 }
 
+/// A time claim's value: absent is `None`; present, it must be a JSON number (`null`,
+/// strings and the like are refused, not read as absent).
 fn numeric(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, ClaimError> {
     match claims.get(name) {
-        None | Some(Value::Null) => Ok(None),
+        None => Ok(None),
         Some(Value::Number(n)) => n.as_f64().map(Some).ok_or(ClaimError::NotANumber),
         Some(_) => Err(ClaimError::NotANumber),
     }

@@ -202,31 +202,49 @@ pub fn authenticate(
 }
 
 /// The token from the header (with or without `Bearer `), the query or the cookie.
-/// Several different tokens are refused rather than guessing which one counts.
+/// Several different tokens are refused rather than guessing which one counts, within
+/// one place as well as across places: two `Authorization` lines, two `jwt` query
+/// parameters or two `jwt` cookies that differ would let the gateway check one token
+/// while the upstream reads the other. A value longer than [`jwt::MAX_TOKEN_BYTES`] is
+/// refused before it is decoded or copied.
 fn find_token(conf: &JwtAuthRoute, parts: &Parts) -> Result<Option<String>, Failure> {
-    let from_header = parts
-        .headers
-        .get(&conf.header)
-        .map(|v| v.to_str().map_err(|_| Failure::Malformed))
-        .transpose()?
-        .map(strip_bearer)
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned);
-    let from_query = parts
-        .uri
-        .query()
-        .and_then(|q| query::param(q, &conf.query))
-        .filter(|v| !v.is_empty());
-    let from_cookie = cookie(&parts.headers, &conf.cookie)
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned);
     let mut found: Option<String> = None;
-    for token in [from_header, from_query, from_cookie].into_iter().flatten() {
-        match &found {
-            Some(first) if *first != token => return Err(Failure::Multiple),
-            Some(_) => {}
-            None => found = Some(token),
+    let mut offer = |raw: &str| -> Result<(), Failure> {
+        if raw.len() > jwt::MAX_TOKEN_BYTES {
+            return Err(Failure::Malformed);
         }
+        match &found {
+            _ if raw.is_empty() => Ok(()),
+            Some(first) if first != raw => Err(Failure::Multiple),
+            Some(_) => Ok(()),
+            None => {
+                found = Some(raw.to_owned());
+                Ok(())
+            }
+        }
+    };
+    for value in parts.headers.get_all(&conf.header) {
+        if value.len() > jwt::MAX_TOKEN_BYTES + 16 {
+            return Err(Failure::Malformed);
+        }
+        offer(strip_bearer(
+            value.to_str().map_err(|_| Failure::Malformed)?,
+        ))?;
+    }
+    if let Some(query) = parts.uri.query() {
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if query::decode(k).as_deref() != Some(conf.query.as_str()) {
+                continue;
+            }
+            if v.len() > 3 * jwt::MAX_TOKEN_BYTES {
+                return Err(Failure::Malformed);
+            }
+            offer(&query::decode(v).ok_or(Failure::Malformed)?)?;
+        }
+    }
+    for value in cookies(&parts.headers, &conf.cookie) {
+        offer(value)?;
     }
     Ok(found)
 }
@@ -266,13 +284,14 @@ fn hide(conf: &JwtAuthRoute, parts: &mut Parts) {
     }
 }
 
-fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+/// Every value of cookie `name`, in order.
+fn cookies<'a>(headers: &'a http::HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| {
+        .filter_map(move |c| {
             let (k, v) = c.split_once('=')?;
             (k.trim() == name).then(|| v.trim().trim_matches('"'))
         })

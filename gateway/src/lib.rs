@@ -18,6 +18,7 @@ pub mod jwt;
 pub mod jwt_auth;
 pub mod key_auth;
 pub mod kind;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod query;

@@ -1,25 +1,36 @@
-//! The accept loop: HTTP/1.1 and HTTP/2 (prior knowledge, "h2c") on one port, and
+//! The accept loop: HTTP/1.1 and HTTP/2 (prior knowledge, "h2c") on one port, the
+//! [`Limits`] on heads, targets, slow and idle connections and their number, and
 //! graceful shutdown: stop accepting, let every connection finish its in-flight
 //! requests (idle keep-alive connections close at once), abort what remains after
 //! the grace period.
 
+mod activity;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::body::ProxyBody;
+use self::activity::{Activity, Tracked};
+use crate::body::{self, ProxyBody};
+use crate::limits::Limits;
 
-/// Serves `listener` with `handler` until `shutdown` completes, then drains.
+/// What a connection beyond `max_connections` is told before it is closed.
+const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+content-length: 39\r\nconnection: close\r\n\r\n{\"error_msg\":\"503 Service Unavailable\"}";
+
+/// Serves `listener` with `handler` and the default [`Limits`] until `shutdown`
+/// completes, then drains.
 pub async fn serve<H, F>(
     listener: TcpListener,
     handler: H,
@@ -29,13 +40,25 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // A timer enables hyper's header read timeout (slow-loris clients) on HTTP/1.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    builder.http2().timer(TokioTimer::new());
+    serve_with(listener, handler, shutdown, grace, Limits::default()).await;
+}
+
+/// Serves `listener` with `handler` under `limits` until `shutdown` completes, then
+/// drains.
+pub async fn serve_with<H, F>(
+    listener: TcpListener,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    limits: Limits,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let builder = builder(&limits);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let max_uri = limits.max_uri_bytes;
+    let idle = limits.idle_timeout;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -44,28 +67,30 @@ pub async fn serve<H, F>(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        refuse(&stream, remote);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let builder = builder.clone();
                     let handler = handler.clone();
-                    let mut stop = stop_rx.clone();
+                    let stop = stop_rx.clone();
                     connections.spawn(async move {
-                        let service = service_fn(move |req| {
-                            let fut = handler(req, remote);
-                            async move { Ok::<_, Infallible>(fut.await) }
+                        let service = service_fn(move |req: Request<Incoming>| {
+                            let too_long = req
+                                .uri()
+                                .path_and_query()
+                                .is_some_and(|pq| pq.as_str().len() > max_uri);
+                            let fut = (!too_long).then(|| handler(req, remote));
+                            async move {
+                                Ok::<_, Infallible>(match fut {
+                                    Some(fut) => fut.await,
+                                    None => uri_too_long(),
+                                })
+                            }
                         });
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
-                        tokio::pin!(conn);
-                        tokio::select! {
-                            res = conn.as_mut() => {
-                                if let Err(e) = res {
-                                    tracing::debug!(%remote, error = %e, "connection ended with an error");
-                                }
-                            }
-                            () = async { let _ = stop.wait_for(|stopping| *stopping).await; } => {
-                                conn.as_mut().graceful_shutdown();
-                                let _ = conn.await;
-                            }
-                        }
+                        serve_connection(&builder, stream, service, idle, stop, remote).await;
+                        drop(slot);
                     });
                 }
                 Err(e) => {
@@ -94,4 +119,80 @@ pub async fn serve<H, F>(
         );
         connections.shutdown().await;
     }
+}
+
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A timer enables hyper's header read timeout (slow-loris clients) on HTTP/1.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // The read buffer caps the head: hyper answers 431 when it fills up before the
+        // head is complete (hyper-util's builder has no separate head limit).
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// One connection until it ends, the gateway stops (graceful) or it has been idle too
+/// long (graceful as well: requests in flight finish).
+async fn serve_connection<S>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    service: S,
+    idle: Duration,
+    mut stop: watch::Receiver<bool>,
+    remote: SocketAddr,
+) where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<ProxyBody>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let activity = Activity::new();
+    let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut check =
+        tokio::time::interval((idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)));
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.wait_for(|stopping| *stopping) => break,
+            _ = check.tick() => {
+                if activity.idle_for() >= idle {
+                    tracing::debug!(%remote, "closing an idle connection");
+                    break;
+                }
+            }
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// Tells a connection beyond the limit so, without waiting for it, and closes it.
+fn refuse(stream: &TcpStream, remote: SocketAddr) {
+    tracing::debug!(%remote, "connection limit reached; refusing a connection");
+    let _ = stream.try_write(OVERLOADED);
+}
+
+fn uri_too_long() -> Response<ProxyBody> {
+    body::json(
+        StatusCode::URI_TOO_LONG,
+        r#"{"error_msg":"414 Request-URI Too Large"}"#,
+    )
 }
