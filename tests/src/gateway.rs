@@ -39,6 +39,10 @@ pub struct GatewayProcess {
     http: reqwest::Client,
     /// Run as this (uid, gid) instead of the test's own user.
     run_as: Option<(u32, u32)>,
+    /// The Admin API: its port and the value of `admin.key` in the config.
+    admin: Option<(u16, String)>,
+    /// Extra environment variables for the gateway process.
+    env: Vec<(String, String)>,
 }
 
 impl GatewayProcess {
@@ -55,7 +59,38 @@ impl GatewayProcess {
         Self::start_with(body, Some((uid, gid))).await
     }
 
+    /// [`Self::start`] with the Admin API on a free port: `admin.key` is `key` (a
+    /// literal, `$env://NAME` or `$secret://vault/<path>/<field>`) and `admin.state_dir`
+    /// is [`Self::state_dir`]. `env` is added to the process's environment.
+    pub async fn start_with_admin(body: &str, key: &str, env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_full(
+            body,
+            None,
+            Some(key.to_owned()),
+            env.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+        .await
+    }
+
+    /// [`Self::start_with_admin`], then [`Self::wait_ready`].
+    pub async fn start_ready_with_admin(body: &str, key: &str) -> Result<Self> {
+        let mut gateway = Self::start_with_admin(body, key, &[]).await?;
+        gateway.wait_ready(GATEWAY_READY_TIMEOUT).await?;
+        Ok(gateway)
+    }
+
     async fn start_with(body: &str, run_as: Option<(u32, u32)>) -> Result<Self> {
+        Self::start_full(body, run_as, None, Vec::new()).await
+    }
+
+    async fn start_full(
+        body: &str,
+        run_as: Option<(u32, u32)>,
+        admin_key: Option<String>,
+        env: Vec<(String, String)>,
+    ) -> Result<Self> {
         let bin = gateway_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("keygate-gateway-")
@@ -74,6 +109,11 @@ impl GatewayProcess {
             child: None,
             http,
             run_as,
+            admin: match admin_key {
+                Some(key) => Some((free_port()?, key)),
+                None => None,
+            },
+            env,
         };
         if run_as.is_some() {
             use std::os::unix::fs::PermissionsExt;
@@ -117,10 +157,83 @@ impl GatewayProcess {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// `<dir>/state`, the Admin API's `admin.state_dir`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The gateway's temporary directory (config, log, state).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `http://127.0.0.1:<admin port>`, if the Admin API is on.
+    pub fn admin_base_url(&self) -> Option<String> {
+        self.admin
+            .as_ref()
+            .map(|(port, _)| format!("http://127.0.0.1:{port}"))
+    }
+
+    /// The Admin API's port (fails if it is off).
+    pub fn admin_port(&self) -> Result<u16> {
+        self.admin
+            .as_ref()
+            .map(|(port, _)| *port)
+            .ok_or_else(|| anyhow!("this gateway has no Admin API"))
+    }
+
+    /// The proxy listener's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A request to the Admin API: `method path` with `key` as `X-API-KEY` (none when
+    /// `None`) and a body. Returns status and body.
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> Result<(u16, String)> {
+        let base = self
+            .admin_base_url()
+            .ok_or_else(|| anyhow!("this gateway has no Admin API"))?;
+        let url = format!("{base}{path}");
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .with_context(|| format!("bad method {method}"))?;
+        let mut req = self.http.request(method.clone(), &url);
+        if let Some(key) = key {
+            req = req.header("X-API-KEY", key);
+        }
+        if let Some(body) = body {
+            req = req.body(body.to_owned());
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {url}"))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .text()
+            .await
+            .with_context(|| format!("reading {method} {url}"))?;
+        Ok((status, text))
+    }
+
     /// Rewrites the config file (same ports); the gateway reloads it on change/SIGHUP.
     pub fn write_config(&self, body: &str) -> Result<()> {
+        let admin = match &self.admin {
+            Some((port, key)) => format!(
+                "admin: {{ listen: \"127.0.0.1:{port}\", key: {}, state_dir: {} }}\n",
+                serde_json::to_string(key).context("quoting the admin key")?,
+                serde_json::to_string(&self.state_dir().display().to_string())
+                    .context("quoting the state dir")?,
+            ),
+            None => String::new(),
+        };
         let yaml = format!(
-            "listen: 127.0.0.1:{}\nstatus_listen: 127.0.0.1:{}\n{body}",
+            "listen: 127.0.0.1:{}\nstatus_listen: 127.0.0.1:{}\n{admin}{body}",
             self.port, self.status_port
         );
         // Write then rename, as config tools do, so the gateway never reads half a file.
@@ -229,6 +342,23 @@ impl GatewayProcess {
         wait_for_exit(&mut child, Duration::from_secs(15)).await
     }
 
+    /// SIGKILL, and waits for the process to be gone.
+    pub async fn kill9(&mut self) -> Result<ExitStatus> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("the gateway is not running"))?;
+        signal_child(&child, Signal::SIGKILL)?;
+        wait_for_exit(&mut child, Duration::from_secs(10)).await
+    }
+
+    /// Starts the process again with the same directory, config and ports (after
+    /// [`Self::kill9`] or [`Self::sigterm`]).
+    pub fn start_again(&mut self) -> Result<()> {
+        ensure!(self.child.is_none(), "the gateway is still running");
+        self.spawn()
+    }
+
     /// SIGHUP (reload the config file).
     pub fn sighup(&self) -> Result<()> {
         let child = self
@@ -261,6 +391,7 @@ impl GatewayProcess {
             .env_remove("KEYGATE_GATEWAY_CONFIG")
             .env("KEYGATE_LOG", filter)
             .env("RUST_BACKTRACE", "1")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
