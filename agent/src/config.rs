@@ -253,6 +253,9 @@ pub struct PeerConfig {
     pub gids: Vec<u32>,
     /// Names this peer may read: exact, or a prefix ending in `*`.
     pub paths: Vec<String>,
+    /// Names this peer may write with `Put` (none by default).
+    #[serde(default)]
+    pub write_paths: Vec<String>,
 }
 
 /// The `ops` block.
@@ -319,6 +322,8 @@ pub struct PeerPolicy {
     pub gids: Vec<u32>,
     /// Allowed names.
     pub paths: Vec<NamePattern>,
+    /// Names the peer may write.
+    pub write_paths: Vec<NamePattern>,
 }
 
 impl PeerPolicy {
@@ -508,11 +513,27 @@ impl Settings {
                             .map_err(|e| invalid("peers.paths", format!("{s:?}: {e}")))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
+                let write_paths = p
+                    .write_paths
+                    .iter()
+                    .map(|s| {
+                        NamePattern::parse(s)
+                            .ok()
+                            .filter(|_| !s.starts_with('@'))
+                            .ok_or_else(|| {
+                                invalid(
+                                    "peers.write_paths",
+                                    format!("{s:?}: not a KV name pattern"),
+                                )
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
                 Ok(PeerPolicy {
                     name: p.name,
                     uids: p.uids,
                     gids: p.gids,
                     paths,
+                    write_paths,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;

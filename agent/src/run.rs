@@ -117,6 +117,7 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     let service = AgentService::new(
         store.clone(),
+        reader.clone(),
         policies.clone(),
         boot_id.clone(),
         timeout,

@@ -14,19 +14,22 @@ use futures::Stream;
 use keygate_proto::REQUEST_HEADER;
 use keygate_proto::agent::v1::secret_agent_server::SecretAgent;
 use keygate_proto::agent::v1::{
-    GetRequest, GetResponse, Secret, SecretState, Snapshot, WatchRequest,
+    GetRequest, GetResponse, PutRequest, PutResponse, Secret, SecretState, Snapshot, WatchRequest,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
+use zeroize::Zeroize;
 
 use self::peer::Peer;
 use crate::config::PeerPolicy;
 use crate::metrics::Metrics;
 use crate::name::{NamePattern, SecretName};
+use crate::secret::{FieldValue, SecretFields};
 use crate::store::{Entry, State, Store};
+use crate::vault::{VaultReader, WriteError};
 
 /// Most names one call may ask for.
 const MAX_NAMES: usize = 1024;
@@ -40,6 +43,7 @@ pub const MAX_STREAMS_PER_UID: usize = 64;
 #[derive(Debug)]
 pub struct AgentService {
     store: Arc<Store>,
+    reader: Arc<VaultReader>,
     policies: Arc<ArcSwap<Vec<PeerPolicy>>>,
     own_uid: u32,
     boot_id: String,
@@ -54,6 +58,7 @@ impl AgentService {
     /// the agent's own uid).
     pub fn new(
         store: Arc<Store>,
+        reader: Arc<VaultReader>,
         policies: Arc<ArcSwap<Vec<PeerPolicy>>>,
         boot_id: String,
         get_timeout: Duration,
@@ -62,6 +67,7 @@ impl AgentService {
     ) -> Self {
         Self {
             store,
+            reader,
             policies,
             own_uid: nix::unistd::geteuid().as_raw(),
             boot_id,
@@ -98,6 +104,7 @@ impl AgentService {
         &self,
         request: &Request<T>,
         names: &[String],
+        access: Access,
     ) -> Result<(Peer, Vec<SecretName>), Status> {
         if request
             .metadata()
@@ -124,10 +131,15 @@ impl AgentService {
             if peer.uid != self.own_uid {
                 return Err(self.deny_peer(&peer));
             }
-            vec![NamePattern::Prefix(String::new())]
+            // Without a peers section the agent's own uid reads everything, writes nothing.
+            match access {
+                Access::Read => vec![NamePattern::Prefix(String::new())],
+                Access::Write => Vec::new(),
+            }
         } else {
             match policies.iter().find(|p| p.matches(peer.uid, peer.gid)) {
-                Some(policy) => policy.paths.clone(),
+                Some(policy) if access == Access::Read => policy.paths.clone(),
+                Some(policy) => policy.write_paths.clone(),
                 None => return Err(self.deny_peer(&peer)),
             }
         };
@@ -169,6 +181,16 @@ impl AgentService {
     }
 }
 
+/// What a call wants to do with its names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+/// Largest secret a peer may write.
+const MAX_PUT_BYTES: usize = 1 << 20;
+
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -179,7 +201,7 @@ impl SecretAgent for AgentService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let (peer, names) = self.authorize(&request, &request.get_ref().names)?;
+        let (peer, names) = self.authorize(&request, &request.get_ref().names, Access::Read)?;
         let slot = self.reserve_stream(peer.uid)?;
         self.store.register(&names);
         let (tx, rx) = mpsc::channel(4);
@@ -197,7 +219,7 @@ impl SecretAgent for AgentService {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let (_, names) = self.authorize(&request, &request.get_ref().names)?;
+        let (_, names) = self.authorize(&request, &request.get_ref().names, Access::Read)?;
         self.store.register(&names);
         let mut generation = self.store.subscribe();
         let answer = tokio::time::timeout(self.get_timeout, async {
@@ -218,6 +240,48 @@ impl SecretAgent for AgentService {
                 "secrets not loaded yet: Vault has not answered",
             )),
         }
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let names = [request.get_ref().name.clone()];
+        let (peer, names) = self.authorize(&request, &names, Access::Write)?;
+        let [name] = <[SecretName; 1]>::try_from(names)
+            .map_err(|_| Status::invalid_argument("exactly one name"))?;
+        let mut fields = request.into_inner().fields;
+        let size: usize = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if fields.is_empty() || size > MAX_PUT_BYTES {
+            zeroize_all(&mut fields);
+            return Err(Status::invalid_argument(format!(
+                "a secret needs 1 field or more and at most {MAX_PUT_BYTES} bytes"
+            )));
+        }
+        if let Some(key) = fields
+            .iter()
+            .find(|(_, v)| std::str::from_utf8(v).is_err())
+            .map(|(k, _)| k.clone())
+        {
+            zeroize_all(&mut fields);
+            return Err(Status::invalid_argument(format!(
+                "field {key:?} is not UTF-8"
+            )));
+        }
+        let values: SecretFields = fields
+            .drain()
+            .map(|(key, value)| (key, FieldValue::new(value)))
+            .collect();
+        self.reader
+            .write(&name, &values)
+            .await
+            .map_err(|e| match e {
+                WriteError::Denied => Status::permission_denied(format!(
+                    "Vault refuses the agent's token to write {name}"
+                )),
+                WriteError::Vault(e) => Status::unavailable(format!("writing {name}: {e}")),
+            })?;
+        info!(peer.uid = peer.uid, secret.name = %name, "secret written to Vault");
+        self.store.register(std::slice::from_ref(&name));
+        let version = self.store.reload(&self.reader, &name).await;
+        Ok(Response::new(PutResponse { version }))
     }
 }
 
@@ -297,6 +361,12 @@ impl WatchStream {
             }
         }
         self.metrics.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn zeroize_all(fields: &mut HashMap<String, Vec<u8>>) {
+    for value in fields.values_mut() {
+        value.zeroize();
     }
 }
 

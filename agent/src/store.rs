@@ -270,6 +270,16 @@ impl Store {
         }
     }
 
+    /// Reads `name` now (after a write) and publishes the result; returns its version.
+    pub async fn reload(&self, reader: &VaultReader, name: &SecretName) -> u64 {
+        let result = reader.read(name).await;
+        if self.apply(name, result) {
+            self.generation.send_modify(|g| *g += 1);
+        }
+        self.update_gauges();
+        self.slots().get(name).map_or(0, |s| s.0.entry.version)
+    }
+
     /// Keeps every tracked name fresh until `shutdown`: a full pass every `interval`,
     /// new names at once, and on Vault failures a backoff no longer than `interval`.
     pub async fn refresh(

@@ -107,6 +107,18 @@ pub enum VaultError {
     Setup(String),
 }
 
+/// A write Vault did not accept.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The token's policy does not allow writing the path.
+    #[error("Vault denied the write")]
+    Denied,
+    /// Vault failed or could not be reached.
+    #[error(transparent)]
+    Vault(VaultError),
+}
+
 /// The mount a path lives on, as `sys/internal/ui/mounts` reports it.
 #[derive(Debug, Clone)]
 struct Mount {
@@ -208,6 +220,41 @@ impl VaultReader {
                 e.line(),
                 e.column()
             ))),
+        }
+    }
+
+    /// Writes `fields` as the secret `name` (KV v1 or v2, as its mount says).
+    pub async fn write(&self, name: &SecretName, fields: &SecretFields) -> Result<(), WriteError> {
+        let full = format!("{}/{}", self.prefix, name);
+        let mount = self.mount_for(&full).await.map_err(WriteError::Vault)?;
+        let mut data = serde_json::Map::new();
+        for (key, value) in fields.iter() {
+            let text = std::str::from_utf8(value.expose()).map_err(|_| {
+                WriteError::Vault(VaultError::Decode(format!("field {key:?} is not UTF-8")))
+            })?;
+            data.insert(key.clone(), serde_json::Value::String(text.to_owned()));
+        }
+        let (url, body) = match mount.kind {
+            MountKind::Kv2 => {
+                let rest = full.strip_prefix(&mount.path).unwrap_or(&full);
+                let url = format!("{}/v1/{}data/{}", self.addr, mount.path, rest);
+                (url, serde_json::json!({ "data": data }))
+            }
+            MountKind::Kv1 | MountKind::Other => (
+                format!("{}/v1/{}", self.addr, full),
+                serde_json::Value::Object(data),
+            ),
+        };
+        // The JSON body is handed to the HTTP client, which drops it without zeroizing.
+        let result = self.send(self.http.post(&url).json(&body)).await;
+        drop(body);
+        match result {
+            Ok(Reply::Body(_)) => Ok(()),
+            Ok(Reply::NotFound) => {
+                Err(WriteError::Vault(VaultError::Status(StatusCode::NOT_FOUND)))
+            }
+            Ok(Reply::Denied) => Err(WriteError::Denied),
+            Err(e) => Err(WriteError::Vault(e)),
         }
     }
 
