@@ -67,6 +67,23 @@ pub enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Write a secret to Vault through a running agent (needs write_paths).
+    Put {
+        /// The agent's socket.
+        #[arg(
+            long,
+            short,
+            env = "KEYGATE_AGENT_SOCKET",
+            default_value = "/run/keygate/agent.sock"
+        )]
+        socket: PathBuf,
+        /// Secret name, relative to the agent's prefix.
+        name: String,
+        /// Fields as `key=@file` (the file's contents) or `key=-` (standard input); a
+        /// literal `key=value` would show in the process list, so it is refused.
+        #[arg(required = true)]
+        fields: Vec<String>,
+    },
 }
 
 /// A failed `get`, with its exit code.
@@ -152,6 +169,58 @@ pub async fn get(
         out.push('\n');
     }
     Ok(out)
+}
+
+/// Runs `keygate-agent put`, returning the line to print.
+pub async fn put(socket: PathBuf, name: String, specs: Vec<String>) -> Result<String, GetError> {
+    let usage = |message: String| GetError {
+        code: EXIT_CONFIG,
+        message,
+    };
+    let mut fields = std::collections::HashMap::new();
+    for spec in specs {
+        let Some((key, source)) = spec.split_once('=') else {
+            return Err(usage(format!("{spec:?}: expected key=@file or key=-")));
+        };
+        let value = if source == "-" {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                .map_err(|e| usage(format!("reading standard input: {e}")))?;
+            buf
+        } else if let Some(path) = source.strip_prefix('@') {
+            std::fs::read(path).map_err(|e| usage(format!("{path}: {e}")))?
+        } else {
+            return Err(usage(format!(
+                "{key}: pass the value as key=@file or key=- (not on the command line)"
+            )));
+        };
+        fields.insert(key.to_owned(), value);
+    }
+    let mut client = keygate_proto::connect(&socket)
+        .await
+        .map_err(|e| GetError {
+            code: EXIT_UNAVAILABLE,
+            message: format!("cannot connect to {}: {e}", socket.display()),
+        })?;
+    let response = client
+        .put(keygate_proto::agent::v1::PutRequest {
+            name: name.clone(),
+            fields,
+        })
+        .await
+        .map_err(|status| GetError {
+            code: match status.code() {
+                Code::PermissionDenied => EXIT_NOPERM,
+                Code::InvalidArgument => EXIT_CONFIG,
+                Code::Unavailable => EXIT_UNAVAILABLE,
+                _ => 1,
+            },
+            message: format!("agent refused: {:?}: {}", status.code(), status.message()),
+        })?;
+    Ok(format!(
+        "{name} written; version {}\n",
+        response.into_inner().version
+    ))
 }
 
 fn fingerprint(value: &[u8]) -> String {

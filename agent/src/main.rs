@@ -41,6 +41,20 @@ fn main() -> ExitCode {
                 ExitCode::from(e.code)
             }
         },
+        Command::Put {
+            socket,
+            name,
+            fields,
+        } => match runtime.block_on(cli::put(socket, name, fields)) {
+            Ok(out) => {
+                let _ = std::io::stdout().write_all(out.as_bytes());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "keygate-agent put: {e}");
+                ExitCode::from(e.code)
+            }
+        },
         Command::CheckConfig => match load(cli.config.as_deref()) {
             Some(_) => ExitCode::SUCCESS,
             None => ExitCode::from(cli::EXIT_CONFIG),

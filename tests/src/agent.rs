@@ -63,6 +63,9 @@ pub struct Peer {
     pub uids: Vec<u32>,
     pub gids: Vec<u32>,
     pub paths: Vec<String>,
+    /// `write_paths`: names the peer may `Put`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub write_paths: Vec<String>,
 }
 
 impl Peer {
@@ -73,6 +76,7 @@ impl Peer {
             uids: vec![uid],
             gids: Vec::new(),
             paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            write_paths: Vec::new(),
         }
     }
 
@@ -83,11 +87,18 @@ impl Peer {
             uids: Vec::new(),
             gids: vec![gid],
             paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            write_paths: Vec::new(),
         }
+    }
+
+    /// Lets the peer write `write_paths` too.
+    pub fn writing(mut self, write_paths: &[&str]) -> Self {
+        self.write_paths = write_paths.iter().map(|p| (*p).to_owned()).collect();
+        self
     }
 }
 
-/// The agent's configuration file (see CONTRACT-agent.md), built field by field.
+/// The agent's configuration file (see docs/agent.md), built field by field.
 ///
 /// The socket path and the ops listen address are chosen by [`AgentProcess`].
 #[derive(Debug, Clone)]

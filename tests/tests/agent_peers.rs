@@ -54,6 +54,7 @@ async fn peers_headers_paths_and_names_are_enforced() {
             uids: vec![65534],
             gids: vec![gid],
             paths: vec!["consumer/*".to_owned()],
+            write_paths: Vec::new(),
         }])),
     );
     let (stranger, jack_only, default_peers, by_gid) = (
