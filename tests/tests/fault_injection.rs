@@ -254,6 +254,10 @@ async fn s02_repeated_agent_restarts() {
         ),
     );
     report.figure(
+        "gateway RSS trend over the restarts (least squares)",
+        format!("{:+.1} KiB per restart", slope(&rss_series)),
+    );
+    report.figure(
         "gateway fds during the restarts (min / max)",
         format!(
             "{} / {}",
@@ -290,6 +294,23 @@ async fn s02_repeated_agent_restarts() {
     });
     check_zero_failures(&mut report, &result);
     report.finish().unwrap();
+}
+
+/// The least-squares slope of `ys` against their index.
+fn slope(ys: &[u64]) -> f64 {
+    let n = ys.len() as f64;
+    if ys.len() < 2 {
+        return 0.0;
+    }
+    let mean_x = (n - 1.0) / 2.0;
+    let mean_y = ys.iter().map(|&y| y as f64).sum::<f64>() / n;
+    let (mut num, mut den) = (0.0, 0.0);
+    for (i, &y) in ys.iter().enumerate() {
+        let dx = i as f64 - mean_x;
+        num += dx * (y as f64 - mean_y);
+        den += dx * dx;
+    }
+    num / den
 }
 
 // ---------------------------------------------------------------------------------------
@@ -373,7 +394,12 @@ async fn s04_agent_restarted_while_openbao_is_down() {
         "04-agent-restart-bao-down",
         "agent restarted while OpenBao is down: no empty or partial snapshot, the gateway keeps the last one",
     );
-    let mut stack = Stack::start(StackOptions::default()).await.unwrap();
+    let mut stack = Stack::start(StackOptions {
+        via_proxy: true,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
     let load = start_load(&stack).unwrap();
     tokio::time::sleep(WARMUP).await;
 
@@ -442,6 +468,15 @@ async fn s04_agent_restarted_while_openbao_is_down() {
         .unwrap()
         - snapshots_before;
     let early = rx.try_recv().ok();
+    let retries = stack
+        .proxy
+        .as_ref()
+        .unwrap()
+        .requests_between(restarted, Instant::now());
+    let mut retry_lines: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in &retries {
+        *retry_lines.entry(r.line.clone()).or_insert(0) += 1;
+    }
 
     stack.bao.start_again().await.unwrap();
     load.mark("OpenBao back");
@@ -473,6 +508,20 @@ async fn s04_agent_restarted_while_openbao_is_down() {
         "snapshots the gateway received during the outage",
         snapshots_during,
     );
+    report.figure(
+        "the restarted agent's requests to OpenBao during the outage (proxy)",
+        format!("{} {retry_lines:?}", retries.len()),
+    );
+    // Start-up retries back off from 1 s (less 20 % jitter): at most one attempt per
+    // 0.8 s per loop (auth, and one read per name once authenticated).
+    let retry_bound = 4.0 * (outage.as_secs_f64() / 0.8).ceil();
+    report.check(retries.len() as f64 <= retry_bound, || {
+        format!(
+            "the restarted agent sent {} requests in a {} outage (bound {retry_bound})",
+            retries.len(),
+            secs(outage)
+        )
+    });
     report.figure(
         "gateway /readyz not 200 during the outage (samples)",
         format!("{gateway_not_ready} of {samples}"),
@@ -658,6 +707,94 @@ async fn s05_openbao_outage_under_load() {
         report.recovery("stale flags cleared after OpenBao was back", d);
     }
     if let Some(d) = report.check_result("probe rotation after the outage", probe) {
+        report.figure("probe rotation picked up in", secs(d));
+    }
+    check_zero_failures(&mut report, &result);
+    report.finish().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// 5b. OpenBao hung (SIGSTOP) rather than gone: requests hang until vault.timeout
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s05b_openbao_hung_under_load() {
+    let hang = pick(Duration::from_secs(10), Duration::from_secs(60));
+    let mut report = FaultReport::new(
+        "05b-bao-hung",
+        "OpenBao frozen (SIGSTOP: connections accepted, never answered) under load, then resumed",
+    );
+    let mut stack = Stack::start(StackOptions {
+        via_proxy: true,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    stack.bao.enable_audit_file().await.unwrap();
+    let load = start_load(&stack).unwrap();
+    tokio::time::sleep(WARMUP).await;
+
+    let frozen = Instant::now();
+    stack.bao.pause().await.unwrap();
+    load.mark("OpenBao frozen");
+    let stale = eventually(REFRESH + MARGIN + Duration::from_secs(2), || async {
+        let stale = gateway_metric(&stack.gateway, "keygate_gateway_agent_stale_secrets").await?;
+        anyhow::ensure!(stale > 0.0, "no stale secret yet");
+        Ok(frozen.elapsed())
+    })
+    .await;
+    tokio::time::sleep(hang.saturating_sub(frozen.elapsed())).await;
+    let resumed = Instant::now();
+    let mark = stack.bao.audit_mark().unwrap();
+    stack.bao.resume().unwrap();
+    load.mark("OpenBao resumed");
+    let recovered = eventually(Duration::from_secs(60), || async {
+        let stale = gateway_metric(&stack.gateway, "keygate_gateway_agent_stale_secrets").await?;
+        anyhow::ensure!(stale == 0.0, "the gateway still has {stale} stale secrets");
+        Ok(resumed.elapsed())
+    })
+    .await;
+    load.mark("fresh again");
+    let probe = stack.probe_pickup(REFRESH + MARGIN).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let result = load.stop().await;
+    let during = stack
+        .proxy
+        .as_ref()
+        .unwrap()
+        .requests_between(frozen, resumed);
+    let window = resumed.duration_since(frozen).as_secs_f64();
+    let audit = stack.bao.audit_requests_since(mark).unwrap();
+    let logins_after = audit
+        .iter()
+        .filter(|r| !r.by_root() && r.is_login())
+        .count();
+    let bound = 4.0 * (window / 0.8).ceil();
+
+    report.load("load", &result);
+    report.figure("OpenBao frozen for", secs(Duration::from_secs_f64(window)));
+    report.figure(
+        "agent requests sent to the frozen OpenBao (proxy)",
+        format!(
+            "{} ({:.2}/s; bound {bound:.0})",
+            during.len(),
+            during.len() as f64 / window
+        ),
+    );
+    report.figure("agent logins after the resume (audit log)", logins_after);
+    if let Some(d) = report.check_result("the gateway saw the stale flag", stale) {
+        report.figure("gateway saw stale secrets after", secs(d));
+    }
+    report.check(during.len() as f64 <= bound, || {
+        format!(
+            "the agent sent {} requests to a frozen OpenBao in {window:.1} s (bound {bound:.0})",
+            during.len()
+        )
+    });
+    if let Some(d) = report.check_result("fresh again after the resume", recovered) {
+        report.recovery("stale flags cleared after OpenBao resumed", d);
+    }
+    if let Some(d) = report.check_result("probe rotation after the resume", probe) {
         report.figure("probe rotation picked up in", secs(d));
     }
     check_zero_failures(&mut report, &result);
@@ -1431,6 +1568,98 @@ async fn s11_stuck_agent_sigstop() {
     if let Some(d) = report.check_result("probe rotated while the agent was stopped", pickup) {
         report.recovery("probe's new secret accepted after SIGCONT", d);
     }
+    check_zero_failures(&mut report, &result);
+    report.finish().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// 12. the agent frozen past its token's max TTL (a suspended VM, a stopped container)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s12_agent_frozen_past_its_token_max_ttl() {
+    let (ttl, max_ttl) = (Duration::from_secs(4), Duration::from_secs(8));
+    let frozen_for = pick(Duration::from_secs(10), Duration::from_secs(30));
+    let mut report = FaultReport::new(
+        "12-agent-frozen-past-ttl",
+        "the agent frozen (SIGSTOP) longer than its AppRole token's max TTL, then SIGCONT",
+    );
+    let mut stack = Stack::start(StackOptions {
+        auth: StackAuth::AppRole {
+            ttl: format!("{}s", ttl.as_secs()),
+            max_ttl: format!("{}s", max_ttl.as_secs()),
+        },
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    stack.bao.enable_audit_file().await.unwrap();
+    let load = start_load(&stack).unwrap();
+    tokio::time::sleep(WARMUP).await;
+
+    stack.agent.sigstop().await.unwrap();
+    let stopped = Instant::now();
+    load.mark("agent stopped (SIGSTOP)");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let probe_secret = stack.rotate_probe().await.unwrap();
+    tokio::time::sleep(frozen_for.saturating_sub(stopped.elapsed())).await;
+    let logins_before = stack.bao.audit_mark().unwrap();
+    stack.agent.sigcont().unwrap();
+    let continued = Instant::now();
+    load.mark("agent continued (SIGCONT)");
+    let pickup = wait_accepted(
+        &stack.gateway,
+        PROBE_KEY,
+        &probe_secret,
+        REFRESH + MARGIN + MARGIN,
+    )
+    .await;
+    load.mark("probe's new secret accepted");
+    let fresh = eventually(Duration::from_secs(10), || async {
+        let stale = stack.agent.metric("keygate_agent_secrets_stale").await?;
+        anyhow::ensure!(stale == 0.0, "the agent has {stale} stale secrets");
+        let auth = stack.agent.metric("keygate_agent_authenticated").await?;
+        anyhow::ensure!(auth == 1.0, "the agent is not authenticated");
+        Ok(continued.elapsed())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let result = load.stop().await;
+    let audit = stack.bao.audit_requests_since(logins_before).unwrap();
+    let logins = audit
+        .iter()
+        .filter(|r| !r.by_root() && r.is_login() && r.error.is_none())
+        .map(|r| r.time.clone())
+        .collect::<Vec<_>>();
+    let denials = agent_denials(&audit);
+
+    report.load("load", &result);
+    report.figure(
+        "agent frozen for",
+        format!(
+            "{} (token TTL {}s, max TTL {}s)",
+            secs(frozen_for),
+            ttl.as_secs(),
+            max_ttl.as_secs()
+        ),
+    );
+    report.figure(
+        "agent logins after SIGCONT (audit log)",
+        format!("{logins:?}"),
+    );
+    report.figure(
+        "agent requests refused after SIGCONT",
+        format!("{} {denials:?}", denials.len()),
+    );
+    if let Some(d) = report.check_result("probe rotated while the agent was frozen", pickup) {
+        report.recovery("probe's new secret accepted after SIGCONT", d);
+    }
+    if let Some(d) = report.check_result("agent fresh and authenticated after SIGCONT", fresh) {
+        report.figure("agent fresh and authenticated after SIGCONT in", secs(d));
+    }
+    report.check(!logins.is_empty(), || {
+        "the agent did not log in again after its token expired".to_owned()
+    });
     check_zero_failures(&mut report, &result);
     report.finish().unwrap();
 }
