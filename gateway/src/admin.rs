@@ -200,8 +200,7 @@ async fn serve(shared: &Arc<Shared>, parts: &Parts, incoming: Incoming) -> Answe
         None
     };
     match (method.clone(), id, body) {
-        (Method::GET, None, _) => list(shared, kind, query),
-        (Method::GET, Some(id), _) => get(shared, kind, id),
+        (Method::GET, id, _) => read(shared, kind, id, query).await,
         (Method::PUT, id, Some(body)) => put(shared, kind, id, body).await,
         (Method::POST, None, Some(body)) => post(shared, kind, body).await,
         (Method::POST, Some(_), _) => error(StatusCode::NOT_FOUND, "404 Route Not Found"),
@@ -216,6 +215,23 @@ async fn serve(shared: &Arc<Shared>, parts: &Parts, incoming: Incoming) -> Answe
             format!("not supported `{m}` method for {}", kind.singular()),
         ),
     }
+}
+
+/// A read: on a blocking thread too, since the control lock may be held by a write
+/// waiting for its fsync (the request path's threads must never wait for a disk).
+async fn read(shared: &Arc<Shared>, kind: Kind, id: Option<&str>, query: &str) -> Answer {
+    let shared = shared.clone();
+    let id = id.map(str::to_owned);
+    let query = query.to_owned();
+    tokio::task::spawn_blocking(move || match id {
+        None => list(&shared, kind, &query),
+        Some(id) => get(&shared, kind, &id),
+    })
+    .await
+    .unwrap_or_else(|e| {
+        tracing::error!(error = %e, "admin read task failed");
+        error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    })
 }
 
 fn id_word(kind: Kind) -> &'static str {
