@@ -9,6 +9,7 @@ pub mod client;
 pub mod fault;
 pub mod files;
 pub mod gateway;
+pub mod hostile;
 pub mod load;
 pub mod logs;
 pub mod openbao;
