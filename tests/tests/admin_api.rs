@@ -787,3 +787,86 @@ async fn the_admin_key_from_the_environment() -> Result<()> {
     assert_no_secret_in(&gw.log_contents(), &["env-admin-key-98765"]);
     Ok(())
 }
+
+/// The file seeds, the Admin API overrides by id, and a reload of the file keeps the
+/// overrides (and the tombstones) on top.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_file_seeds_and_admin_changes_override_across_reloads() -> Result<()> {
+    let a = Upstream::start().await?;
+    let b = Upstream::start().await?;
+    let file = |extra: &str| {
+        format!(
+            "routes:\n  - {{ id: seeded, uri: /secure/ping, upstream: {{ nodes: {{ \"{}\": 1 }} }} }}\n  - {{ id: gone, uri: /gone, upstream: {{ nodes: {{ \"{}\": 1 }} }} }}\n{extra}",
+            a.node(),
+            a.node()
+        )
+    };
+    let mut gw = GatewayProcess::start_with_admin(&file(""), KEY, &[]).await?;
+    gw.wait_ready(Duration::from_secs(30)).await?;
+    let answer = gw
+        .admin("GET", "/apisix/admin/routes/seeded", Some(KEY), None)
+        .await?;
+    let v = parse(&answer.1)?;
+    ensure!(
+        answer.0 == 200 && v["modifiedIndex"] == 0 && v["value"]["uri"] == "/secure/ping",
+        "{v}"
+    );
+
+    // Override the file's route (to upstream b) and delete the other one.
+    let body = format!(
+        r#"{{"uri":"/secure/ping","upstream":{{"nodes":{{"{}":1}}}}}}"#,
+        b.node()
+    );
+    ensure!(
+        gw.admin("PUT", "/apisix/admin/routes/seeded", Some(KEY), Some(&body))
+            .await?
+            .0
+            == 200
+    );
+    ensure!(
+        gw.admin("DELETE", "/apisix/admin/routes/gone", Some(KEY), None)
+            .await?
+            .0
+            == 200
+    );
+    ensure!(gw.get("/secure/ping", &[]).await?.0 == 200 && b.hits() == 1);
+    ensure!(gw.get("/gone", &[]).await?.0 == 404);
+
+    // A new file (one more route) is laid under the stored changes.
+    gw.write_config(&file(&format!(
+        "  - {{ id: added, uri: /added, upstream: {{ nodes: {{ \"{}\": 1 }} }} }}\n",
+        a.node()
+    )))?;
+    gw.sighup()?;
+    eventually(Duration::from_secs(10), || async {
+        // Routed: upstream a answers its own 404 body (not the gateway's "no route").
+        let (status, body) = gw.get("/added", &[]).await?;
+        ensure!(
+            (status, body.as_str()) == (404, "not found\n"),
+            "not reloaded yet: {status} {body}"
+        );
+        Ok(())
+    })
+    .await?;
+    let list = parse(
+        &gw.admin("GET", "/apisix/admin/routes", Some(KEY), None)
+            .await?
+            .1,
+    )?;
+    ensure!(list["total"] == 2, "{list}");
+    let before = b.hits();
+    ensure!(
+        gw.get("/secure/ping", &[]).await?.0 == 200 && b.hits() == before + 1,
+        "override lost"
+    );
+    ensure!(gw.get("/gone", &[]).await?.0 == 404, "tombstone lost");
+
+    // And after a restart.
+    gw.sigterm().await?;
+    gw.start_again()?;
+    gw.wait_ready(Duration::from_secs(30)).await?;
+    let before = b.hits();
+    ensure!(gw.get("/secure/ping", &[]).await?.0 == 200 && b.hits() == before + 1);
+    ensure!(gw.get("/gone", &[]).await?.0 == 404);
+    Ok(())
+}
