@@ -143,14 +143,17 @@ async fn s01_agent_kill9_under_load() {
         "kill -9 of the agent under load, restarted a few seconds later",
     );
     let mut stack = Stack::start(StackOptions::default()).await.unwrap();
+    let gateway_pid = stack.gateway.pid().unwrap();
     let load = start_load(&stack).unwrap();
     tokio::time::sleep(WARMUP).await;
+    let up_before = proc_stats(gateway_pid).unwrap();
 
     stack.agent.kill9().await.unwrap();
     load.mark("agent killed (SIGKILL)");
     // Rotate the probe consumer while the agent is dead: the resync must bring it.
     tokio::time::sleep(down_for / 2).await;
     let probe_secret = stack.rotate_probe().await.unwrap();
+    let while_down = proc_stats(gateway_pid).unwrap();
     tokio::time::sleep(down_for - down_for / 2).await;
 
     load.mark("agent started again");
@@ -159,9 +162,25 @@ async fn s01_agent_kill9_under_load() {
     let reconnect_after_ready = resync.saturating_sub(ready);
     let probe = wait_accepted(&stack.gateway, PROBE_KEY, &probe_secret, MARGIN).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let up_after = proc_stats(gateway_pid).unwrap();
     let result = load.stop().await;
 
     report.load("load", &result);
+    report.figure("gateway before the kill", up_before);
+    report.figure("gateway while the agent was dead", while_down);
+    report.figure("gateway after the resync", up_after);
+    // The gateway holds one Unix connection to the agent: it goes with the agent and
+    // comes back once (this also shows the leak check of scenario 2 sees it).
+    report.check(
+        while_down.unix_sockets + 1 == up_before.unix_sockets
+            && up_after.unix_sockets == up_before.unix_sockets,
+        || {
+            format!(
+                "the gateway's Unix sockets: {} before, {} while the agent was dead, {} after",
+                up_before.unix_sockets, while_down.unix_sockets, up_after.unix_sockets
+            )
+        },
+    );
     report.figure("agent down for", secs(down_for));
     report.figure("agent ready after its start", secs(ready));
     report.figure("gateway resynced after the agent's start", secs(resync));
