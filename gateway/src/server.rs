@@ -171,7 +171,13 @@ async fn serve_connection<S>(
                 }
                 return;
             }
-            _ = stop.wait_for(|stopping| *stopping) => break,
+            stopping = async { stop.wait_for(|stopping| *stopping).await.is_ok() } => {
+                let _ = stopping;
+                // Bounded by the caller's grace period.
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+                return;
+            }
             _ = check.tick() => {
                 if activity.idle_for() >= idle {
                     tracing::debug!(%remote, "closing an idle connection");
@@ -180,8 +186,12 @@ async fn serve_connection<S>(
             }
         }
     }
+    // An HTTP/2 graceful shutdown waits for the client to acknowledge a PING: one that
+    // never does would keep the connection forever, so the wait is bounded too.
     conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
+    if tokio::time::timeout(idle, conn).await.is_err() {
+        tracing::debug!(%remote, "idle connection did not shut down in time; dropped");
+    }
 }
 
 /// Tells a connection beyond the limit so, without waiting for it, and closes it.
