@@ -24,6 +24,8 @@ use crate::metrics::Metrics;
 const RENEW_AT: f64 = 2.0 / 3.0;
 /// Below this share of the lease left, a failing renewal gives way to a new login.
 const GRACE: f64 = 0.15;
+/// Longest pause between login attempts.
+const LOGIN_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// After a 403 turned out to be a policy refusal, ignore further ones this long.
 const SUSPICION_QUIET: Duration = Duration::from_secs(5);
 
@@ -138,7 +140,10 @@ impl TokenManager {
 
     /// Runs until `shutdown` flips to true; revokes the token then if configured.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Backoff::standard();
+        // Without a token the agent serves nothing new, so logins retry at least every
+        // LOGIN_BACKOFF_MAX (one attempt per half-minute is no storm) rather than the
+        // 5-minute ceiling of other loops: recovery after an outage stays quick.
+        let mut backoff = Backoff::new(Duration::from_secs(1), LOGIN_BACKOFF_MAX);
         loop {
             let (lease, base_ttl) = match self.acquire().await {
                 Ok(lease) => {
