@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use keygate_proto::agent::v1::secret_agent_server::SecretAgentServer;
 use rand::Rng;
 use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::{info, warn};
 
@@ -125,6 +126,11 @@ pub async fn run(
         stop_rx.clone(),
     );
     let mut server_stop = stop_rx.clone();
+    let admission = crate::server::admission::Admission::new(policies.clone(), metrics.clone());
+    let incoming = UnixListenerStream::new(listener).filter_map(move |accepted| match accepted {
+        Ok(stream) => admission.admit(stream).map(Ok),
+        Err(e) => Some(Err(e)),
+    });
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .max_concurrent_streams(Some(256))
@@ -132,7 +138,7 @@ pub async fn run(
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
             .add_service(health_service)
             .add_service(SecretAgentServer::new(service))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = crate::run::stopped(&mut server_stop).await;
             }),
     );

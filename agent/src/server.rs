@@ -1,6 +1,7 @@
 //! The gRPC service on the Unix socket: who may ask, for what, and the Watch and Get
 //! calls.
 
+pub mod admission;
 pub mod peer;
 
 use std::collections::HashMap;

@@ -28,13 +28,15 @@ impl Peer {
         })
     }
 
-    /// Whether the same process (same pid and start time) is still running.
+    /// Whether the same process (same pid and start time) is still running. A process
+    /// that has exited but not been reaped yet (a zombie) is not: its parent could
+    /// leave it unreaped for ever while a child it forked keeps the connection.
     pub fn still_alive(&self) -> bool {
         process_start_time(self.pid) == Some(self.start_time)
     }
 }
 
-/// Field 22 of `/proc/<pid>/stat`.
+/// Field 22 of `/proc/<pid>/stat`, if the process is running (not a zombie).
 fn process_start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_start_time(&stat)
@@ -42,9 +44,14 @@ fn process_start_time(pid: i32) -> Option<u64> {
 
 fn parse_start_time(stat: &str) -> Option<u64> {
     // The command name (field 2) may hold spaces and parentheses: skip past its last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // `rest` starts at field 3, so field 22 is the 20th.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace();
+    // `rest` starts at field 3, the state: Z (zombie) and X (dead) are gone.
+    if matches!(fields.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    // Field 22 is the 19th after the state.
+    fields.nth(18)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -55,6 +62,16 @@ mod tests {
     fn parses_start_time_past_odd_command_names() {
         let stat = "1234 (we ird) (x)) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20 21";
         assert_eq!(parse_start_time(stat), Some(424242));
+    }
+
+    #[test]
+    fn zombies_and_dead_processes_have_no_start_time() {
+        for state in ["Z", "X"] {
+            let stat = format!(
+                "1234 (gone) {state} 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20 21"
+            );
+            assert_eq!(parse_start_time(&stat), None, "{state}");
+        }
     }
 
     #[test]
