@@ -238,7 +238,7 @@ impl Stack {
 pub fn gateway_config(socket: &Path, upstream: &str, extra_routes: &str) -> String {
     format!(
         r#"
-agent: {{ socket: {socket:?}, backoff_min: 100ms, backoff_max: 1s }}
+agent: {{ socket: {socket:?}, backoff_min: 100ms, backoff_max: 500ms }}
 shutdown_grace: 10s
 routes:
   - id: "secure"
