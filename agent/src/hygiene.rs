@@ -1,5 +1,9 @@
 //! Keeping secrets out of core dumps, ptrace and swap.
 
+mod wipe;
+
+pub use self::wipe::WipeOnFree;
+
 use nix::sys::mman::{MlockAllFlags, mlockall};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use tracing::{info, warn};

@@ -9,6 +9,10 @@ use keygate_agent::cli::{self, Cli, Command, LogFormat};
 use keygate_agent::config::Settings;
 use tracing_subscriber::EnvFilter;
 
+/// Freed memory is wiped, so secrets do not linger in library buffers after use.
+#[global_allocator]
+static ALLOCATOR: keygate_agent::hygiene::WipeOnFree = keygate_agent::hygiene::WipeOnFree;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);

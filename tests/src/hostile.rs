@@ -309,3 +309,14 @@ pub fn proc_limit(pid: u32, name: &str) -> Result<(String, String)> {
         _ => Err(anyhow!("unexpected limits line {line:?}")),
     }
 }
+
+/// `len` bytes of process `pid`'s memory at `address` (root, or ptrace rights).
+pub fn read_memory(pid: u32, address: u64, len: usize) -> Result<Vec<u8>> {
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem"))
+        .with_context(|| format!("opening /proc/{pid}/mem"))?;
+    mem.seek(SeekFrom::Start(address))
+        .context("seeking in process memory")?;
+    let mut out = vec![0u8; len];
+    mem.read_exact(&mut out).context("reading process memory")?;
+    Ok(out)
+}
