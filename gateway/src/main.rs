@@ -22,6 +22,10 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// Worker threads serving requests: 1 runs everything on one thread (no
+    /// work-stealing); the default is one per CPU.
+    #[arg(long, global = true, env = "KEYGATE_GATEWAY_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -66,7 +70,7 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => ExitCode::SUCCESS,
-        Command::Run => run(path, config),
+        Command::Run => run(path, config, cli.threads),
     }
 }
 
@@ -88,11 +92,17 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn run(path: PathBuf, config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+fn run(path: PathBuf, config: Config, threads: Option<u16>) -> ExitCode {
+    let mut builder = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(n));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keygate-gateway: cannot start the async runtime: {e}");
