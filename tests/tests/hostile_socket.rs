@@ -433,6 +433,27 @@ async fn malformed_and_oversized_messages_are_refused_and_the_agent_stays_up() -
             other => bail!("{name}: expected a gRPC error, got {other:?}"),
         }
     }
+    // The security header: absent, wrong, or doubled with a wrong value is
+    // INVALID_ARGUMENT (3), whatever the body.
+    for (name, headers) in [
+        ("absent", vec![]),
+        ("false", vec![(REQUEST_HEADER, "false")]),
+        ("TRUE", vec![(REQUEST_HEADER, "TRUE")]),
+        ("empty", vec![(REQUEST_HEADER, "")]),
+        ("true twice with junk", vec![(REQUEST_HEADER, "true, true")]),
+    ] {
+        let status = raw_call(
+            &socket,
+            get_path,
+            &headers,
+            frame(false, u32::try_from(valid.len())?, &valid),
+        )
+        .await?;
+        ensure!(
+            status == Some(3),
+            "security header {name}: grpc-status {status:?}, expected 3"
+        );
+    }
     ensure!(
         raw_call(
             &socket,
