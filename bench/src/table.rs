@@ -1,0 +1,461 @@
+//! The report: medians per target and pass, ratios to HAProxy and nginx, and the
+//! targets of issue 7 checked against the figures of the same run.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+
+use crate::results::median;
+
+/// One target in one pass, over its rounds.
+#[derive(Debug, Default)]
+struct Series {
+    rps: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    errors: u64,
+    load: Vec<f64>,
+}
+
+impl Series {
+    fn rps(&self) -> f64 {
+        median(&self.rps)
+    }
+    fn p50(&self) -> f64 {
+        median(&self.p50)
+    }
+    fn p99(&self) -> f64 {
+        median(&self.p99)
+    }
+    fn load_range(&self) -> String {
+        let min = self.load.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = self.load.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if self.load.is_empty() {
+            "-".into()
+        } else {
+            format!("{min:.2}-{max:.2}")
+        }
+    }
+}
+
+/// Everything in a results file.
+#[derive(Debug, Default)]
+struct Results {
+    meta: Vec<(String, String)>,
+    /// pass -> target -> series, passes and targets in first-seen order.
+    passes: Vec<(String, Vec<(String, Series)>)>,
+    reads: BTreeMap<String, (f64, f64, f64, u64, f64)>,
+    rss: Vec<(String, u64, u64)>,
+    ready: Vec<(String, u64, f64)>,
+    reload: Vec<(u64, f64)>,
+    agentreq: Vec<(String, String)>,
+}
+
+impl Results {
+    fn series(&self, pass: &str, target: &str) -> Option<&Series> {
+        self.passes
+            .iter()
+            .find(|(p, _)| p == pass)?
+            .1
+            .iter()
+            .find(|(t, _)| t == target)
+            .map(|(_, s)| s)
+    }
+
+    fn agentreq(&self, key: &str) -> Option<&str> {
+        self.agentreq
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn rss(&self, who: &str, n: u64) -> Option<u64> {
+        self.rss
+            .iter()
+            .find(|(w, m, _)| w == who && *m == n)
+            .map(|(_, _, kb)| *kb)
+    }
+}
+
+fn parse(text: &str) -> Result<Results> {
+    let mut r = Results::default();
+    for (lineno, line) in text.lines().enumerate() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let num = |i: usize| -> Result<f64> {
+            f.get(i)
+                .with_context(|| format!("line {}: field {i} missing", lineno + 1))?
+                .parse::<f64>()
+                .with_context(|| format!("line {}: field {i} is not a number", lineno + 1))
+        };
+        let text = |i: usize| f.get(i).map_or(String::new(), |s| (*s).to_owned());
+        match f.first().copied() {
+            Some("meta") => r.meta.push((text(1), f.get(2..).unwrap_or(&[]).join(" "))),
+            Some("load") => {
+                let (pass, target) = (text(1), text(2));
+                let pi = match r.passes.iter().position(|(p, _)| *p == pass) {
+                    Some(i) => i,
+                    None => {
+                        r.passes.push((pass, Vec::new()));
+                        r.passes.len() - 1
+                    }
+                };
+                let Some((_, targets)) = r.passes.get_mut(pi) else {
+                    continue;
+                };
+                let ti = match targets.iter().position(|(t, _)| *t == target) {
+                    Some(i) => i,
+                    None => {
+                        targets.push((target, Series::default()));
+                        targets.len() - 1
+                    }
+                };
+                let Some((_, s)) = targets.get_mut(ti) else {
+                    continue;
+                };
+                s.rps.push(num(4)?);
+                s.p50.push(num(5)?);
+                s.p99.push(num(6)?);
+                s.errors += num(7)? as u64;
+                s.load.push(num(8)?);
+            }
+            Some("read") => {
+                r.reads.insert(
+                    text(1),
+                    (num(2)?, num(3)?, num(4)?, num(5)? as u64, num(6)?),
+                );
+            }
+            Some("rss") => r.rss.push((text(1), num(2)? as u64, num(3)? as u64)),
+            Some("ready") => r.ready.push((text(1), num(2)? as u64, num(3)?)),
+            Some("reload") => r.reload.push((num(1)? as u64, num(2)?)),
+            Some("agentreq") => r.agentreq.push((text(1), text(2))),
+            _ => {}
+        }
+    }
+    Ok(r)
+}
+
+/// Human names of the targets, in table order.
+const TARGETS: &[(&str, &str)] = &[
+    ("direct", "upstream direct (limit)"),
+    ("nginx", "nginx proxy, no auth"),
+    ("haproxy-plain", "HAProxy proxy, no auth"),
+    ("keygate-plain", "keygate proxy, no auth"),
+    ("haproxy-hs256", "HAProxy jwt_verify HS256"),
+    ("keygate-hs256", "keygate jwt-auth HS256"),
+    ("haproxy-rs256", "HAProxy jwt_verify RS256"),
+    ("keygate-rs256", "keygate jwt-auth RS256"),
+    ("haproxy-es256", "HAProxy jwt_verify ES256"),
+    ("keygate-es256", "keygate jwt-auth ES256"),
+];
+
+fn label(target: &str) -> &str {
+    TARGETS
+        .iter()
+        .find(|(t, _)| *t == target)
+        .map_or(target, |(_, l)| l)
+}
+
+/// The HAProxy counterpart of a keygate target.
+fn haproxy_of(target: &str) -> Option<String> {
+    target
+        .strip_prefix("keygate-")
+        .map(|alg| format!("haproxy-{alg}"))
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_nan() || b.is_nan() || b == 0.0 {
+        "-".into()
+    } else {
+        format!("{:.2}x", a / b)
+    }
+}
+
+/// Prints the report.
+pub fn print(path: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let r = parse(&text)?;
+    let out = render(&r)?;
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(())
+}
+
+fn render(r: &Results) -> Result<String> {
+    let mut o = String::new();
+    writeln!(o, "keygate benchmark")?;
+    for (k, v) in &r.meta {
+        writeln!(o, "  {k:<10} {v}")?;
+    }
+    for (pass, targets) in &r.passes {
+        let title = match pass.as_str() {
+            "1w" => "one worker thread per proxy, each pinned to its own CPU".to_owned(),
+            "2w" => "two worker threads per proxy, sharing both CPUs with wrk and the upstream"
+                .to_owned(),
+            "scale" => "keygate scale (HS256, one worker): consumers/routes".to_owned(),
+            other => other.to_owned(),
+        };
+        writeln!(o, "\n[{pass}] {title}")?;
+        writeln!(
+            o,
+            "  {:<28} {:>9} {:>8} {:>8} {:>6} {:>9} {:>9} {:>7} {:>11}",
+            "target",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "xHAProxy",
+            "p99/HAP",
+            "xnginx",
+            "load1"
+        )?;
+        let nginx = r.series(pass, "nginx").map_or(f64::NAN, Series::rps);
+        let mut ordered: Vec<&(String, Series)> = Vec::new();
+        for (t, _) in TARGETS {
+            ordered.extend(targets.iter().filter(|(n, _)| n == t));
+        }
+        ordered.extend(
+            targets
+                .iter()
+                .filter(|(n, _)| !TARGETS.iter().any(|(t, _)| t == n)),
+        );
+        for (target, s) in ordered {
+            let hap = haproxy_of(target).and_then(|h| r.series(pass, &h));
+            let (x_hap, p99_hap) = match hap {
+                Some(h) => (ratio(s.rps(), h.rps()), ratio(s.p99(), h.p99())),
+                None => ("".into(), "".into()),
+            };
+            let x_nginx = if target == "nginx" || pass == "scale" {
+                String::new()
+            } else {
+                ratio(s.rps(), nginx)
+            };
+            writeln!(
+                o,
+                "  {:<28} {:>9.0} {:>8.3} {:>8.3} {:>6} {:>9} {:>9} {:>7} {:>11}",
+                label(target),
+                s.rps(),
+                s.p50() / 1e3,
+                s.p99() / 1e3,
+                s.errors,
+                x_hap,
+                p99_hap,
+                x_nginx,
+                s.load_range()
+            )?;
+        }
+    }
+    if !r.reads.is_empty() {
+        writeln!(
+            o,
+            "\nSecret read over the agent's Unix socket (one connection, sequential)"
+        )?;
+        writeln!(
+            o,
+            "  {:<12} {:>9} {:>9} {:>9} {:>7} {:>6}",
+            "agent", "p50 us", "p99 us", "mean us", "reads", "load1"
+        )?;
+        for (agent, (p50, p99, mean, n, load)) in &r.reads {
+            writeln!(
+                o,
+                "  {agent:<12} {p50:>9.0} {p99:>9.0} {mean:>9.0} {n:>7} {load:>6.2}"
+            )?;
+        }
+    }
+    if !r.rss.is_empty() {
+        writeln!(o, "\nResident memory (VmRSS)")?;
+        for (who, n, kb) in &r.rss {
+            writeln!(
+                o,
+                "  {who:<24} {n:>6} {:>9.1} MB",
+                *kb as f64 * 1024.0 / 1e6
+            )?;
+        }
+    }
+    for (who, n, ms) in &r.ready {
+        writeln!(o, "\nStart to ready: {who} with {n} secrets: {ms:.0} ms")?;
+    }
+    for (n, ms) in &r.reload {
+        writeln!(
+            o,
+            "Config reload with {n} consumers and {n} routes (file -> new route answering): {ms:.0} ms"
+        )?;
+    }
+    if !r.agentreq.is_empty() {
+        writeln!(o, "\nAgent traffic while the gateway served the load")?;
+        for (k, v) in &r.agentreq {
+            writeln!(o, "  {k:<36} {v}")?;
+        }
+    }
+    writeln!(o, "\nTargets (same run)")?;
+    for line in targets(r) {
+        writeln!(o, "  {line}")?;
+    }
+    Ok(o)
+}
+
+fn verdict(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "[met] ",
+        Some(false) => "[MISS]",
+        None => "[n/a] ",
+    }
+}
+
+fn targets(r: &Results) -> Vec<String> {
+    let mut lines = Vec::new();
+    let passes: Vec<&str> = r
+        .passes
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .filter(|p| *p != "scale")
+        .collect();
+    let mut vs = |what: &str, a: &str, b: &str, min: f64, by_p99: bool| {
+        for pass in &passes {
+            let (Some(sa), Some(sb)) = (r.series(pass, a), r.series(pass, b)) else {
+                lines.push(format!("{} {what} [{pass}]: not measured", verdict(None)));
+                continue;
+            };
+            let (x, ok) = if by_p99 {
+                let x = sa.p99() / sb.p99();
+                (x, x <= min)
+            } else {
+                let x = sa.rps() / sb.rps();
+                (x, x >= min)
+            };
+            lines.push(format!("{} {what} [{pass}]: {x:.2}x", verdict(Some(ok))));
+        }
+    };
+    vs(
+        "HS256 req/s >= 1.25x HAProxy",
+        "keygate-hs256",
+        "haproxy-hs256",
+        1.25,
+        false,
+    );
+    vs(
+        "HS256 p99 <= HAProxy's",
+        "keygate-hs256",
+        "haproxy-hs256",
+        1.0,
+        true,
+    );
+    vs(
+        "HS256 req/s >= 1.0x nginx without auth",
+        "keygate-hs256",
+        "nginx",
+        1.0,
+        false,
+    );
+    vs(
+        "RS256 req/s >= 1.1x HAProxy",
+        "keygate-rs256",
+        "haproxy-rs256",
+        1.1,
+        false,
+    );
+    vs(
+        "ES256 req/s >= 1.1x HAProxy",
+        "keygate-es256",
+        "haproxy-es256",
+        1.1,
+        false,
+    );
+    let base = r.series("scale", "c10-r10").map(Series::rps);
+    for case in ["c10000-r10", "c10-r10000", "c10000-r10000"] {
+        let what = format!("{case} throughput loss <= 5% vs c10-r10");
+        match (base, r.series("scale", case).map(Series::rps)) {
+            (Some(b), Some(c)) => {
+                let loss = (1.0 - c / b) * 100.0;
+                lines.push(format!("{} {what}: {loss:.1}%", verdict(Some(loss <= 5.0))));
+            }
+            _ => lines.push(format!("{} {what}: not measured", verdict(None))),
+        }
+    }
+    let keygate = r.reads.get("keygate").map(|v| v.0);
+    let bao = r.reads.get("bao-agent").map(|v| v.0);
+    lines.push(match keygate {
+        Some(p50) => format!(
+            "{} agent read p50 <= 100 us: {p50:.0} us",
+            verdict(Some(p50 <= 100.0))
+        ),
+        None => format!("{} agent read p50 <= 100 us: not measured", verdict(None)),
+    });
+    lines.push(match (keygate, bao) {
+        (Some(k), Some(b)) => format!(
+            "{} agent read >= 5x faster than bao agent (p50): {:.1}x",
+            verdict(Some(b / k >= 5.0)),
+            b / k
+        ),
+        _ => format!(
+            "{} agent read >= 5x faster than bao agent: not measured",
+            verdict(None)
+        ),
+    });
+    lines.push(match r.rss("keygate-agent", 10_000) {
+        Some(kb) => {
+            let mb = kb as f64 * 1024.0 / 1e6;
+            format!(
+                "{} agent RSS <= 15 MB with 10000 secrets: {mb:.1} MB",
+                verdict(Some(mb <= 15.0))
+            )
+        }
+        None => format!(
+            "{} agent RSS <= 15 MB with 10000 secrets: not measured",
+            verdict(None)
+        ),
+    });
+    let vault = r
+        .agentreq("agent_vault_requests_during_load")
+        .and_then(|v| v.parse::<u64>().ok());
+    let snapshots = r
+        .agentreq("gateway_agent_snapshots_during_load")
+        .and_then(|v| v.parse::<u64>().ok());
+    let attempts = r
+        .agentreq("gateway_agent_reconnects_during_load")
+        .and_then(|v| v.parse::<u64>().ok());
+    lines.push(match (vault, snapshots, attempts) {
+        (Some(v), Some(s), Some(a)) => format!(
+            "{} zero agent/Vault round-trips on the request path: {v} Vault requests, {a} reconnects, {s} snapshots during the load",
+            verdict(Some(v == 0 && s == 0 && a == 0))
+        ),
+        _ => format!(
+            "{} zero agent/Vault round-trips on the request path: not measured",
+            verdict(None)
+        ),
+    });
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_ratios_and_targets() {
+        let text = "meta\tcores\t2\n\
+load\t1w\tnginx\t0\t10000\t500\t900\t0\t1.00\n\
+load\t1w\thaproxy-hs256\t0\t8000\t600\t1200\t0\t1.00\n\
+load\t1w\tkeygate-hs256\t0\t11000\t450\t1000\t0\t1.10\n\
+load\t1w\tkeygate-hs256\t1\t12000\t440\t1100\t0\t1.30\n\
+read\tkeygate\t60\t120\t70\t5000\t1.0\n\
+read\tbao-agent\t400\t900\t420\t5000\t1.0\n\
+rss\tkeygate-agent\t10000\t9000\n";
+        let r = parse(text).unwrap();
+        let out = render(&r).unwrap();
+        assert!(out.contains("1.44x"), "{out}");
+        assert!(
+            out.contains("[met]  HS256 req/s >= 1.25x HAProxy [1w]: 1.44x"),
+            "{out}"
+        );
+        assert!(out.contains("[met]  HS256 req/s >= 1.0x nginx"), "{out}");
+        assert!(
+            out.contains("[MISS] RS256") || out.contains("[n/a]  RS256"),
+            "{out}"
+        );
+        assert!(out.contains("6.7x"), "{out}");
+        assert!(out.contains("1.10-1.30"), "{out}");
+    }
+}

