@@ -408,6 +408,19 @@ impl Drop for GatewayProcess {
             let _ = signal_child(&child, Signal::SIGKILL);
             let _ = child.wait();
         }
+        // Harness-wide: no secret made by `random_secret` may be in the log. Skipped
+        // while unwinding (the test failed already; a second panic would abort).
+        if !std::thread::panicking()
+            && let Some(index) = crate::leaks::leaked_in(&self.log_contents())
+        {
+            #[expect(clippy::panic, reason = "a leaked secret fails the test that leaked it")]
+            {
+                panic!(
+                    "remembered secret #{index} appears in the gateway log {}",
+                    self.log_path().display()
+                );
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod fault;
 pub mod files;
 pub mod gateway;
 pub mod hostile;
+pub mod leaks;
 pub mod load;
 pub mod logs;
 pub mod openbao;

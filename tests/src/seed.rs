@@ -78,7 +78,9 @@ pub fn random_secret(label: &str) -> String {
         .take(32)
         .map(char::from)
         .collect();
-    format!("{label}-{tail}")
+    let secret = format!("{label}-{tail}");
+    crate::leaks::remember(&secret);
+    secret
 }
 
 /// Mounts KV v1 at `kv` and KV v2 at `secret`, writes jack's and jill's jwt-auth secrets
