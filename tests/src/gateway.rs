@@ -413,7 +413,10 @@ impl Drop for GatewayProcess {
         if !std::thread::panicking()
             && let Some(index) = crate::leaks::leaked_in(&self.log_contents())
         {
-            #[expect(clippy::panic, reason = "a leaked secret fails the test that leaked it")]
+            #[expect(
+                clippy::panic,
+                reason = "a leaked secret fails the test that leaked it"
+            )]
             {
                 panic!(
                     "remembered secret #{index} appears in the gateway log {}",
