@@ -176,21 +176,25 @@ consumers:
     let before_agent = scan_memory(agent_pid, &[old.as_bytes()])?;
     let before_gateway = scan_memory(gateway_pid, &[old.as_bytes()])?;
 
-    let new = random_secret("jack-rotated");
-    put_secret(&bao, KV1_PREFIX, JACK, &new).await?;
-    let old_token = gateway.sign("test-key").await;
-    eventually(Duration::from_secs(10), || async {
-        let fresh = gateway.sign("test-key").await?;
-        let (status, _) = gateway
-            .get("/secure/ping", &[("authorization", &fresh)])
-            .await?;
-        ensure!(status == 200);
-        if let Ok(old_token) = &old_token {
-            ensure!(&fresh != old_token, "still signing with the old secret");
-        }
-        Ok(())
-    })
-    .await?;
+    // Four rotations, each picked up by the gateway before the next.
+    let mut olds: Vec<String> = Vec::new();
+    let mut new = old.clone();
+    for _ in 0..4 {
+        let before = gateway.sign("test-key").await?;
+        let next = random_secret("jack-rotated");
+        put_secret(&bao, KV1_PREFIX, JACK, &next).await?;
+        eventually(Duration::from_secs(10), || async {
+            let fresh = gateway.sign("test-key").await?;
+            ensure!(fresh != before, "still signing with the previous secret");
+            let (status, _) = gateway
+                .get("/secure/ping", &[("authorization", &fresh)])
+                .await?;
+            ensure!(status == 200, "HTTP {status} with a fresh token");
+            Ok(())
+        })
+        .await?;
+        olds.push(std::mem::replace(&mut new, next));
+    }
     // Several refresh cycles and requests after the rotation.
     for _ in 0..20 {
         let signed = gateway.sign("test-key").await?;
@@ -199,25 +203,30 @@ consumers:
             .await?;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let after_agent = scan_memory(agent_pid, &[old.as_bytes(), new.as_bytes()])?;
-    let after_gateway = scan_memory(gateway_pid, &[old.as_bytes(), new.as_bytes()])?;
+    // Needles: the rotated-out values, then the current one.
+    let mut needles: Vec<&[u8]> = olds.iter().map(|o| o.as_bytes()).collect();
+    needles.push(new.as_bytes());
+    let current = olds.len();
+    let after_agent = scan_memory(agent_pid, &needles)?;
+    let after_gateway = scan_memory(gateway_pid, &needles)?;
 
-    // The scan works: each process held the old value before and holds the new one now.
+    // The scan works: each process held the first value before and holds the current
+    // one now.
     for (name, before, after) in [
         ("agent", &before_agent, &after_agent),
         ("gateway", &before_gateway, &after_gateway),
     ] {
         ensure!(
             !before.is_empty(),
-            "{name}: the old value was not found even before the rotation"
+            "{name}: the first value was not found even before the rotations"
         );
         ensure!(
-            after.iter().any(|h| h.needle == 1),
-            "{name}: the new value is not in memory"
+            after.iter().any(|h| h.needle == current),
+            "{name}: the current value is not in memory"
         );
     }
-    // What may remain of the old value: the encoded gRPC Snapshot frames still held in
-    // tonic's and h2's live connection buffers (the agent's encode buffer of the
+    // What may remain of a rotated-out value: the encoded gRPC Snapshot frames still
+    // held in tonic's and h2's live connection buffers (the agent's encode buffer of the
     // gateway's Watch stream; the gateway's h2 read buffer and tonic decode buffer).
     // Those are library buffers that are overwritten as the stream moves on and freed
     // (wiped, in the agent) with the connection. Anything else is a leak.
@@ -225,25 +234,27 @@ consumers:
         ("agent", agent_pid, &after_agent),
         ("gateway", gateway_pid, &after_gateway),
     ] {
-        let mut in_frames = 0;
-        for hit in hits.iter().filter(|h| h.needle == 0) {
+        let mut in_frames = vec![0; current];
+        for hit in hits.iter().filter(|h| h.needle < current) {
+            let len = olds[hit.needle].len();
             let before = read_memory(pid, hit.address - 10, 10)?;
-            let after = read_memory(pid, hit.address, old.len() + 64)?;
-            if in_grpc_frame(&before, old.len()) {
-                in_frames += 1;
+            if in_grpc_frame(&before, len) {
+                in_frames[hit.needle] += 1;
                 continue;
             }
+            let after = read_memory(pid, hit.address + len as u64, 64)?;
             bail!(
-                "{name}: a copy of the rotated-out secret outside any gRPC frame at {:#x} ({}): ...{}",
+                "{name}: a copy of rotated-out value #{} outside any gRPC frame at {:#x} ({}), followed by: {}",
+                hit.needle,
                 hit.address,
                 hit.mapping,
-                // The context without the value itself.
-                String::from_utf8_lossy(&after[old.len()..]).escape_debug()
+                // The context after the value, not the value itself.
+                String::from_utf8_lossy(&after).escape_debug()
             );
         }
         ensure!(
-            in_frames <= 2,
-            "{name}: {in_frames} gRPC frames still hold the old value"
+            in_frames.iter().all(|n| *n <= 2),
+            "{name}: gRPC frames still holding each rotated-out value: {in_frames:?}"
         );
     }
 
@@ -256,7 +267,9 @@ consumers:
         gateway.log_contents(),
         agent.log_contents(),
     ] {
-        assert_no_secret_in(&text, &[&old, &new, &token]);
+        let mut secrets: Vec<&str> = olds.iter().map(String::as_str).collect();
+        secrets.extend([new.as_str(), token.as_str()]);
+        assert_no_secret_in(&text, &secrets);
     }
     Ok(())
 }
