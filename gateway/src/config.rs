@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::jwt::Algorithm;
 use crate::limits::Limits;
+pub use crate::tls::config::{SslConfig, TlsConfig, UpstreamTlsConfig};
 
 /// A configuration that could not be loaded or is not usable.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +94,12 @@ pub struct Config {
     /// The APISIX-compatible Admin API; off when absent.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// The HTTPS listener; off when absent.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Certificates the HTTPS listener serves, chosen by SNI (APISIX's SSL objects).
+    #[serde(default)]
+    pub ssls: Vec<SslConfig>,
     /// `routes`, `upstreams` and `consumers` as JSON values, as written (what the Admin
     /// API shows for resources that come from this file).
     #[serde(skip)]
@@ -447,9 +454,13 @@ pub struct UpstreamConfig {
     pub key: Option<String>,
     /// `{"host:port": weight}` or `[{host, port, weight}]`.
     pub nodes: Nodes,
-    /// Only `http` (TLS to upstreams is not supported yet).
+    /// `http` or `https`.
     #[serde(default = "default_scheme")]
     pub scheme: String,
+    /// With `scheme: https`: the CA to verify the upstream against, a client
+    /// certificate for mutual TLS, the server name.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
     /// Timeouts in seconds.
     #[serde(default)]
     pub timeout: Option<TimeoutConfig>,

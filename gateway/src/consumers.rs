@@ -474,7 +474,7 @@ fn resolve<K>(
 }
 
 /// A configured value of a key field, before parsing.
-enum Value {
+pub(crate) enum Value {
     Literal(zeroize::Zeroizing<Vec<u8>>),
     Agent { name: String, field: String },
     Absent,
@@ -482,7 +482,7 @@ enum Value {
 
 /// Reads `secret`/`public_key`/`private_key`: a literal, `$env://NAME`, or
 /// `$secret://vault/<path>/<field>`.
-fn value(
+pub(crate) fn value(
     raw: Option<&str>,
     at: &str,
     field: &str,

@@ -32,6 +32,7 @@ use crate::router::request_host;
 use crate::runtime::Runtime;
 use crate::secrets::SecretSnapshot;
 use crate::store::Store;
+use crate::tls::{ServerCerts, SniResolver, TlsCounters};
 use crate::{admin, server, sign, status};
 
 /// The gateway could not start.
@@ -44,6 +45,9 @@ pub enum Error {
     /// The Admin API's state directory cannot be used.
     #[error("admin.state_dir: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The TLS configuration cannot be built.
+    #[error("tls: {0}")]
+    Tls(#[from] rustls::Error),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -62,6 +66,12 @@ pub struct Shared {
     pub(crate) snapshot: ArcSwapOption<SecretSnapshot>,
     pub(crate) agent: Arc<AgentStatus>,
     pub(crate) metrics: Metrics,
+    /// What the HTTPS listener serves, read by its handshakes.
+    pub(crate) certs: Arc<ArcSwap<ServerCerts>>,
+    /// HTTPS handshakes.
+    pub(crate) tls_counters: Arc<TlsCounters>,
+    /// An HTTPS listener is bound (its certificates count for readiness).
+    pub(crate) tls_listening: bool,
     names: watch::Sender<Vec<String>>,
     /// Serializes auth-state rebuilds (snapshot arrival vs. reload); never taken per request.
     rebuild: Mutex<()>,
@@ -79,7 +89,7 @@ impl Shared {
     /// Swaps `runtime` in: new requests use it at once, requests in flight finish with
     /// the old one, no connection is dropped. The watched names follow.
     pub(crate) fn install(&self, runtime: Runtime) {
-        let names = runtime.consumers.agent_names();
+        let names = runtime.agent_names();
         self.runtime.store(Arc::new(runtime));
         self.rebuild_auth();
         self.names.send_if_modified(|current| {
@@ -104,6 +114,8 @@ impl Shared {
         let snapshot = self.snapshot.load();
         let auth = runtime.consumers.resolve(snapshot.as_deref());
         self.auth.store(Arc::new(auth));
+        let certs = runtime.resolve_tls(snapshot.as_deref(), Some(&self.certs.load()));
+        self.certs.store(Arc::new(certs));
     }
 
     fn accept_snapshot(&self, snapshot: SecretSnapshot) {
@@ -116,9 +128,15 @@ impl Shared {
         self.rebuild_auth();
     }
 
-    /// Ready once secrets are in (or none are needed).
+    /// Ready once secrets are in (or none are needed) and, with an HTTPS listener,
+    /// every certificate is usable.
     pub(crate) fn ready(&self) -> bool {
-        self.names.borrow().is_empty() || self.snapshot.load().is_some()
+        (self.names.borrow().is_empty() || self.snapshot.load().is_some()) && self.tls_ready()
+    }
+
+    /// No HTTPS listener, or every enabled ssl has a valid certificate.
+    pub(crate) fn tls_ready(&self) -> bool {
+        !self.tls_listening || self.certs.load().ready(crate::tls::unix_now())
     }
 
     /// Seconds since the last snapshot, if any.
@@ -177,6 +195,7 @@ pub struct Gateway {
     listener: TcpListener,
     status_listener: Option<TcpListener>,
     admin_listener: Option<TcpListener>,
+    tls_listener: Option<(TcpListener, server::Tls)>,
     agent: Option<(std::path::PathBuf, Backoff)>,
     grace: Duration,
     limits: Limits,
@@ -191,8 +210,10 @@ impl Gateway {
         };
         let control = Control::new(config.clone(), store);
         let runtime = control.runtime(&|k| std::env::var(k).ok())?;
-        let names = runtime.consumers.agent_names();
+        let names = runtime.agent_names();
         let auth = runtime.consumers.resolve(None);
+        let certs = Arc::new(ArcSwap::from_pointee(runtime.resolve_tls(None, None)));
+        let tls_counters = Arc::new(TlsCounters::default());
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Bind {
@@ -220,6 +241,30 @@ impl Gateway {
             }
             None => None,
         };
+        let tls_listener = match &config.tls {
+            Some(tls) => {
+                let listener =
+                    TcpListener::bind(tls.listen)
+                        .await
+                        .map_err(|source| Error::Bind {
+                            addr: tls.listen,
+                            source,
+                        })?;
+                let resolver = SniResolver::new(certs.clone(), tls_counters.clone());
+                let settings = server::Tls {
+                    config: crate::tls::resolver::server_config(resolver)?,
+                    timeout: tls.handshake_timeout,
+                    counters: tls_counters.clone(),
+                };
+                Some((listener, settings))
+            }
+            None => {
+                if !runtime.tls.is_empty() {
+                    tracing::warn!("ssls are configured but no tls.listen: nothing serves them");
+                }
+                None
+            }
+        };
         if let Some(admin) = &config.admin
             && admin.key.expose_secret() == APISIX_EXAMPLE_ADMIN_KEY
         {
@@ -234,6 +279,9 @@ impl Gateway {
             snapshot: ArcSwapOption::empty(),
             agent: Arc::new(AgentStatus::default()),
             metrics: Metrics::default(),
+            certs,
+            tls_counters,
+            tls_listening: tls_listener.is_some(),
             names: names_tx,
             rebuild: Mutex::new(()),
             agent_socket: config.agent.as_ref().map(|a| a.socket.clone()),
@@ -246,6 +294,7 @@ impl Gateway {
             listener,
             status_listener,
             admin_listener,
+            tls_listener,
             agent: config
                 .agent
                 .map(|a| (a.socket, Backoff::new(a.backoff_min, a.backoff_max))),
@@ -264,6 +313,13 @@ impl Gateway {
         self.status_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The HTTPS listener's address, if configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listener
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The Admin API listener's address, if enabled.
@@ -320,15 +376,38 @@ impl Gateway {
                 self.limits.clone(),
             ))
         });
+        // The HTTPS listener stops accepting when the proxy listener does, and drains
+        // alongside it.
+        let (stop_proxy, proxy_stopping) = watch::channel(false);
+        let tls_task = self.tls_listener.map(|(listener, tls)| {
+            let shared = shared.clone();
+            let mut stopping = proxy_stopping.clone();
+            tokio::spawn(server::serve_tls(
+                listener,
+                tls,
+                move |req, remote| handle(shared.clone(), req, remote),
+                async move {
+                    let _ = stopping.wait_for(|s| *s).await;
+                },
+                self.grace,
+                self.limits.clone(),
+            ))
+        });
         let handler_shared = shared.clone();
         server::serve_with(
             self.listener,
             move |req, remote| handle(handler_shared.clone(), req, remote),
-            shutdown,
+            async move {
+                shutdown.await;
+                let _ = stop_proxy.send(true);
+            },
             self.grace,
             self.limits,
         )
         .await;
+        if let Some(task) = tls_task {
+            let _ = task.await;
+        }
         let _ = stop_status.send(true);
         for task in [status_task, admin_task].into_iter().flatten() {
             let _ = task.await;
@@ -421,7 +500,14 @@ async fn handle(
         .upstream
         .hash_of(&parts, consumer_name.as_deref(), remote.ip());
 
-    proxy::prepare_head(&mut parts, ClientInfo { ip: remote.ip() });
+    let https = parts.extensions.get::<server::Secure>().is_some();
+    proxy::prepare_head(
+        &mut parts,
+        ClientInfo {
+            ip: remote.ip(),
+            https,
+        },
+    );
     let method = parts.method.clone();
     let uri = parts.uri.clone();
     let upstream_started = Instant::now();

@@ -29,6 +29,7 @@ mod server;
 pub mod sign;
 mod status;
 pub mod store;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;

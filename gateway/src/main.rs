@@ -122,7 +122,7 @@ fn run(path: PathBuf, config: Config, threads: Option<u16>) -> ExitCode {
             }
         };
         if let Ok(addr) = gateway.local_addr() {
-            tracing::info!(%addr, status = ?gateway.status_addr(), admin = ?gateway.admin_addr(), "gateway listening");
+            tracing::info!(%addr, status = ?gateway.status_addr(), admin = ?gateway.admin_addr(), tls = ?gateway.tls_addr(), "gateway listening");
         }
         tokio::spawn(reload_on_change(path, gateway.handle()));
         gateway.serve(shutdown_signal()).await;

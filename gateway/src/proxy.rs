@@ -74,6 +74,8 @@ pub fn strip_identity(headers: &mut HeaderMap) {
 pub struct ClientInfo {
     /// The peer address.
     pub ip: IpAddr,
+    /// It came over TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
 }
 
 /// Prepares the request head for the upstream: hop-by-hop headers removed,
@@ -101,9 +103,10 @@ pub fn prepare_head(parts: &mut Parts, client: ClientInfo) {
     if let Ok(v) = HeaderValue::from_str(&ip) {
         parts.headers.insert("x-real-ip", v);
     }
-    parts
-        .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    parts.headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if client.https { "https" } else { "http" }),
+    );
     match original_host {
         Some(host) => {
             parts.headers.insert("x-forwarded-host", host.clone());
@@ -149,7 +152,7 @@ pub async fn forward(
             break;
         };
         let uri = Uri::builder()
-            .scheme("http")
+            .scheme(upstream.scheme.clone())
             .authority(node.authority.clone())
             .path_and_query(path.as_str())
             .build()
@@ -248,6 +251,7 @@ mod tests {
         prepare_head(
             &mut p,
             ClientInfo {
+                https: false,
                 ip: "192.0.2.7".parse().unwrap(),
             },
         );

@@ -15,6 +15,8 @@ use crate::consumers::{ConsumerSet, EnvLookup};
 use crate::jwt_auth::JwtAuthRoute;
 use crate::key_auth::KeyAuthRoute;
 use crate::router::{MatchSpec, Router};
+use crate::secrets::SecretSnapshot;
+use crate::tls::{ServerCerts, TlsSpec};
 use crate::upstream::Upstream;
 
 /// One route, ready to serve.
@@ -53,6 +55,10 @@ pub struct Runtime {
     pub sign_endpoint: bool,
     /// Log each request.
     pub access_log: bool,
+    /// The `ssls` the HTTPS listener serves.
+    pub tls: TlsSpec,
+    /// Upstreams with `scheme: https` (their TLS material follows the snapshots).
+    pub tls_upstreams: Vec<Arc<Upstream>>,
 }
 
 impl Runtime {
@@ -92,7 +98,7 @@ impl Runtime {
                 .id
                 .as_deref()
                 .ok_or_else(|| invalid(format!("{at}.id"), "required"))?;
-            let upstream = Arc::new(Upstream::build(conf, &at)?);
+            let upstream = Arc::new(Upstream::build(conf, &at, env)?);
             if upstreams.insert(id, upstream).is_some() {
                 return Err(invalid(
                     format!("{at}.id"),
@@ -101,6 +107,11 @@ impl Runtime {
             }
         }
 
+        let mut tls_upstreams: Vec<Arc<Upstream>> = upstreams
+            .values()
+            .filter(|u| u.tls.is_some())
+            .cloned()
+            .collect();
         let mut router = Router::new();
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut ids = HashSet::new();
@@ -120,7 +131,13 @@ impl Runtime {
                         "give either upstream or upstream_id, not both",
                     ));
                 }
-                (Some(up), None) => Arc::new(Upstream::build(up, &format!("{at}.upstream"))?),
+                (Some(up), None) => {
+                    let inline = Arc::new(Upstream::build(up, &format!("{at}.upstream"), env)?);
+                    if inline.tls.is_some() {
+                        tls_upstreams.push(inline.clone());
+                    }
+                    inline
+                }
                 (None, Some(ref_id)) => {
                     upstreams.get(ref_id.as_str()).cloned().ok_or_else(|| {
                         invalid(
@@ -209,12 +226,52 @@ impl Runtime {
             }
             routes.push(route);
         }
-        Ok(Self {
+        let tls = TlsSpec::build(&config.ssls, config.tls.as_ref(), env)?;
+        let runtime = Self {
             router,
             routes,
             consumers,
             sign_endpoint: config.plugin_attr.jwt_auth.sign_endpoint,
             access_log: config.access_log,
-        })
+            tls,
+            tls_upstreams,
+        };
+        if config.agent.is_none() && !runtime.agent_names().is_empty() {
+            return Err(invalid(
+                "agent",
+                "required: certificates or keys come from the agent ($secret:// or pki:)",
+            ));
+        }
+        Ok(runtime)
+    }
+
+    /// Every agent name this configuration needs (sorted, unique): consumers'
+    /// credentials, certificates and upstream TLS material.
+    pub fn agent_names(&self) -> Vec<String> {
+        let mut names: std::collections::BTreeSet<String> =
+            self.consumers.agent_names().into_iter().collect();
+        names.extend(self.tls.agent_names().map(str::to_owned));
+        for upstream in &self.tls_upstreams {
+            if let Some(tls) = &upstream.tls {
+                names.extend(tls.agent_names().map(str::to_owned));
+            }
+        }
+        names.into_iter().collect()
+    }
+
+    /// Resolves the TLS material against `snapshot`: upstreams take theirs for new
+    /// connections; the listener's certificates are returned, to be swapped in.
+    pub fn resolve_tls(
+        &self,
+        snapshot: Option<&SecretSnapshot>,
+        previous: Option<&ServerCerts>,
+    ) -> ServerCerts {
+        let now = crate::tls::unix_now();
+        for upstream in &self.tls_upstreams {
+            if let Some(tls) = &upstream.tls {
+                tls.resolve(snapshot, now);
+            }
+        }
+        self.tls.resolve(snapshot, previous, now)
     }
 }

@@ -1,4 +1,5 @@
-//! The accept loop: HTTP/1.1 and HTTP/2 (prior knowledge, "h2c") on one port, the
+//! The accept loop: HTTP/1.1 and HTTP/2 (prior knowledge, "h2c"; or over TLS, see
+//! [`serve_tls`]) on one port, the
 //! [`Limits`] on heads, targets, slow and idle connections and their number, and
 //! graceful shutdown: stop accepting, let every connection finish its in-flight
 //! requests (idle keep-alive connections close at once), abort what remains after
@@ -17,13 +18,31 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use self::activity::{Activity, Tracked};
 use crate::body::{self, ProxyBody};
 use crate::limits::Limits;
+use crate::tls::TlsCounters;
+
+/// A request extension marking requests that came over TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct Secure;
+
+/// What turns a TCP connection into a TLS one.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The server configuration (certificates by SNI, ALPN, versions).
+    pub config: Arc<rustls::ServerConfig>,
+    /// Longest handshake.
+    pub timeout: Duration,
+    /// Completed and failed handshakes.
+    pub counters: Arc<TlsCounters>,
+}
 
 /// What a connection beyond `max_connections` is told before it is closed.
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
@@ -55,7 +74,39 @@ pub async fn serve_with<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
+    serve_inner(listener, None, handler, shutdown, grace, limits).await;
+}
+
+/// [`serve_with`] over TLS: each connection's handshake runs in its own task (bounded
+/// by `tls.timeout`), then HTTP/2 or HTTP/1.1 as ALPN chose. Requests carry the
+/// [`Secure`] extension.
+pub async fn serve_tls<H, F>(
+    listener: TcpListener,
+    tls: Tls,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    limits: Limits,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    serve_inner(listener, Some(tls), handler, shutdown, grace, limits).await;
+}
+
+async fn serve_inner<H, F>(
+    listener: TcpListener,
+    tls: Option<Tls>,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    limits: Limits,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
     let builder = builder(&limits);
+    let secure = tls.is_some();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let max_uri = limits.max_uri_bytes;
     let idle = limits.idle_timeout;
@@ -68,15 +119,24 @@ pub async fn serve_with<H, F>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        refuse(&stream, remote);
+                        if secure {
+                            // No HTTP answer is possible before a handshake.
+                            tracing::debug!(%remote, "connection limit reached; closing a TLS connection");
+                        } else {
+                            refuse(&stream, remote);
+                        }
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
                     let builder = builder.clone();
                     let handler = handler.clone();
                     let stop = stop_rx.clone();
+                    let tls = tls.clone();
                     connections.spawn(async move {
-                        let service = service_fn(move |req: Request<Incoming>| {
+                        let service = service_fn(move |mut req: Request<Incoming>| {
+                            if secure {
+                                req.extensions_mut().insert(Secure);
+                            }
                             let too_long = req
                                 .uri()
                                 .path_and_query()
@@ -89,7 +149,18 @@ pub async fn serve_with<H, F>(
                                 })
                             }
                         });
-                        serve_connection(&builder, stream, service, idle, stop, remote).await;
+                        match tls {
+                            None => {
+                                serve_connection(&builder, stream, service, idle, stop, remote)
+                                    .await;
+                            }
+                            Some(tls) => {
+                                if let Some(stream) = handshake(&tls, stream, remote).await {
+                                    serve_connection(&builder, stream, service, idle, stop, remote)
+                                        .await;
+                                }
+                            }
+                        }
                         drop(slot);
                     });
                 }
@@ -139,11 +210,41 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// The TLS handshake of one connection, counted; `None` if it failed or took too long.
+async fn handshake(
+    tls: &Tls,
+    stream: TcpStream,
+    remote: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    use std::sync::atomic::Ordering;
+    match tokio::time::timeout(
+        tls.timeout,
+        TlsAcceptor::from(tls.config.clone()).accept(stream),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => {
+            tls.counters.handshakes.fetch_add(1, Ordering::Relaxed);
+            Some(stream)
+        }
+        Ok(Err(e)) => {
+            tls.counters.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tls.counters.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%remote, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// One connection until it ends, the gateway stops (graceful) or it has been idle too
 /// long (graceful as well: requests in flight finish).
-async fn serve_connection<S>(
+async fn serve_connection<I, S>(
     builder: &auto::Builder<TokioExecutor>,
-    stream: TcpStream,
+    stream: I,
     service: S,
     idle: Duration,
     mut stop: watch::Receiver<bool>,
@@ -156,6 +257,7 @@ async fn serve_connection<S>(
         > + Send
         + 'static,
     S::Future: Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new();
     let io = TokioIo::new(Tracked::new(stream, activity.clone()));

@@ -42,6 +42,7 @@ fn readyz(shared: &Shared) -> Response<ProxyBody> {
             "stale_secrets": shared.snapshot.load().as_deref().map(|s| s.stale_count()),
         },
         "consumers_unavailable": shared.auth.load().unavailable_count(),
+        "tls": tls_status(shared),
     });
     let status = if ready {
         StatusCode::OK
@@ -54,6 +55,96 @@ fn readyz(shared: &Shared) -> Response<ProxyBody> {
         http::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The HTTPS listener's certificates: `null` without a listener.
+fn tls_status(shared: &Shared) -> serde_json::Value {
+    if !shared.tls_listening {
+        return serde_json::Value::Null;
+    }
+    let now = crate::tls::unix_now();
+    let certs = shared.certs.load();
+    let unavailable: serde_json::Map<String, serde_json::Value> = certs
+        .unavailable(now)
+        .map(|(id, why)| (id.to_owned(), serde_json::Value::from(why)))
+        .collect();
+    let served: Vec<serde_json::Value> = certs
+        .ssls
+        .iter()
+        .filter_map(|s| s.cert.as_ref().ok())
+        .map(|c| {
+            serde_json::json!({
+                "id": &*c.id,
+                "serial": c.info.serial,
+                "not_after": c.info.not_after,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "ready": shared.tls_ready(),
+        "ssls": certs.ssls.len(),
+        "certificates": served,
+        "unavailable": unavailable,
+    })
+}
+
+fn tls_metrics(out: &mut String, shared: &Shared) {
+    if !shared.tls_listening {
+        return;
+    }
+    let c = &shared.tls_counters;
+    for (name, help, value) in [
+        (
+            "keygate_gateway_tls_handshakes_total",
+            "TLS handshakes completed on the HTTPS listener.",
+            &c.handshakes,
+        ),
+        (
+            "keygate_gateway_tls_handshake_failures_total",
+            "TLS handshakes that failed (refused, bad client, timeout).",
+            &c.failures,
+        ),
+        (
+            "keygate_gateway_tls_unknown_sni_total",
+            "Handshakes refused: no certificate for the server name and no fallback.",
+            &c.unknown_sni,
+        ),
+        (
+            "keygate_gateway_tls_expired_refused_total",
+            "Handshakes refused: the certificate for the server name has expired.",
+            &c.expired,
+        ),
+    ] {
+        counter(out, name, help);
+        let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+    }
+    let now = crate::tls::unix_now();
+    let certs = shared.certs.load();
+    gauge(
+        out,
+        "keygate_gateway_tls_certificates_unavailable",
+        "Enabled ssls without a usable certificate (their handshakes are refused).",
+    );
+    let _ = writeln!(
+        out,
+        "keygate_gateway_tls_certificates_unavailable {}",
+        certs.unavailable(now).count()
+    );
+    gauge(
+        out,
+        "keygate_gateway_tls_certificate_not_after_seconds",
+        "Expiry (Unix time) of the certificate each ssl serves.",
+    );
+    for ssl in &certs.ssls {
+        if let Ok(served) = &ssl.cert {
+            let _ = writeln!(
+                out,
+                "keygate_gateway_tls_certificate_not_after_seconds{{ssl=\"{}\"}} {}",
+                escape(&ssl.id),
+                served.info.not_after
+            );
+        }
+    }
 }
 
 fn metrics(shared: &Shared) -> String {
@@ -161,6 +252,7 @@ fn metrics(shared: &Shared) -> String {
         }
     }
     shared.metrics.render(&mut out);
+    tls_metrics(&mut out, shared);
     out
 }
 

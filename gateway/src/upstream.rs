@@ -1,18 +1,22 @@
 //! Upstreams: their nodes, load balancing, passive health and connection pool.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use http::HeaderValue;
-use http::uri::Authority;
-use hyper_util::client::legacy::Client;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::ProxyBody;
 use crate::config::{
     ConfigError, HashOn, LbType, Nodes, PassHost, PassiveCheckConfig, UpstreamConfig, invalid,
 };
+use crate::consumers::EnvLookup;
+use crate::tls::upstream::UpstreamTls;
 
 /// One upstream server.
 #[derive(Debug)]
@@ -54,8 +58,31 @@ pub struct Upstream {
     pub upstream_host: Option<HeaderValue>,
     passive: Option<PassiveCheckConfig>,
     epoch: Instant,
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// With `https`: verification and client certificate (swapped per snapshot).
+    pub tls: Option<Arc<UpstreamTls>>,
     /// Keep-alive pool for this upstream.
-    pub client: Client<HttpConnector, ProxyBody>,
+    pub client: UpstreamClient,
+}
+
+/// The keep-alive pool: plain, or TLS (which needs another connector type).
+#[derive(Debug)]
+pub enum UpstreamClient {
+    /// `scheme: http`.
+    Http(Client<HttpConnector, ProxyBody>),
+    /// `scheme: https`.
+    Https(Client<HttpsConnector<HttpConnector>, ProxyBody>),
+}
+
+impl UpstreamClient {
+    /// Sends `request` on a pooled connection (or a new one).
+    pub fn request(&self, request: Request<ProxyBody>) -> ResponseFuture {
+        match self {
+            Self::Http(client) => client.request(request),
+            Self::Https(client) => client.request(request),
+        }
+    }
 }
 
 fn seconds(field: String, value: f64) -> Result<Duration, ConfigError> {
@@ -66,14 +93,34 @@ fn seconds(field: String, value: f64) -> Result<Duration, ConfigError> {
 }
 
 impl Upstream {
-    /// Validates `conf` (reported under `at`) and builds the upstream.
-    pub fn build(conf: &UpstreamConfig, at: &str) -> Result<Self, ConfigError> {
-        if conf.scheme != "http" {
-            return Err(invalid(
-                format!("{at}.scheme"),
-                format!("{:?} is not supported (only http)", conf.scheme),
-            ));
-        }
+    /// Validates `conf` (reported under `at`) and builds the upstream. `env` resolves
+    /// `$env://` references of its `tls` block.
+    pub fn build(conf: &UpstreamConfig, at: &str, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let (scheme, tls) = match (conf.scheme.as_str(), &conf.tls) {
+            ("http", None) => (Scheme::HTTP, None),
+            ("http", Some(_)) => {
+                return Err(invalid(format!("{at}.tls"), "only used with scheme: https"));
+            }
+            ("https", tls) => {
+                let rewrite = match conf.pass_host {
+                    PassHost::Rewrite => conf.upstream_host.as_deref(),
+                    PassHost::Pass | PassHost::Node => None,
+                };
+                let tls = UpstreamTls::build(
+                    &tls.clone().unwrap_or_default(),
+                    rewrite,
+                    &format!("{at}.tls"),
+                    env,
+                )?;
+                (Scheme::HTTPS, Some(Arc::new(tls)))
+            }
+            (other, _) => {
+                return Err(invalid(
+                    format!("{at}.scheme"),
+                    format!("{other:?} is not supported (http or https)"),
+                ));
+            }
+        };
         let raw: Vec<(String, u32)> = match &conf.nodes {
             Nodes::Map(map) => map.iter().map(|(k, w)| (k.clone(), *w)).collect(),
             Nodes::List(list) => list
@@ -144,10 +191,24 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let mut pool = Client::builder(TokioExecutor::new());
+        pool.pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new());
+        let client = match &tls {
+            None => UpstreamClient::Http(pool.build(connector)),
+            Some(tls) => {
+                connector.enforce_http(false);
+                let builder = HttpsConnectorBuilder::new()
+                    .with_tls_config(tls.client_config())
+                    .https_only();
+                let builder = match &tls.server_name {
+                    Some(name) => builder
+                        .with_server_name_resolver(FixedServerNameResolver::new(name.clone())),
+                    None => builder,
+                };
+                UpstreamClient::Https(pool.build(builder.enable_http1().wrap_connector(connector)))
+            }
+        };
         let schedule = smooth_wrr(&nodes.iter().map(|n| n.weight).collect::<Vec<_>>());
         let hash_key = match (conf.hash_on, &conf.key) {
             (_, Some(k)) if k.is_empty() => {
@@ -201,6 +262,8 @@ impl Upstream {
             upstream_host,
             passive: conf.checks.map(|c| c.passive),
             epoch: Instant::now(),
+            scheme,
+            tls,
             client,
         })
     }
@@ -448,7 +511,7 @@ mod tests {
 
     fn upstream(yaml: &str) -> Upstream {
         let conf: UpstreamConfig = serde_yaml_ng::from_str(yaml).unwrap();
-        Upstream::build(&conf, "upstream").unwrap()
+        Upstream::build(&conf, "upstream", &|_| None).unwrap()
     }
 
     #[test]
@@ -530,11 +593,18 @@ mod tests {
     fn bad_upstreams_are_rejected_by_field() {
         let err = |yaml: &str| {
             let conf: UpstreamConfig = serde_yaml_ng::from_str(yaml).unwrap();
-            Upstream::build(&conf, "u").unwrap_err().to_string()
+            Upstream::build(&conf, "u", &|_| None)
+                .unwrap_err()
+                .to_string()
         };
         assert!(err("nodes: {\"nohost\": 1}").contains("u.nodes"));
         assert!(err("nodes: {\"a:1\": 0}").contains("u.nodes"));
-        assert!(err("nodes: {\"a:1\": 1}\nscheme: https").contains("u.scheme"));
+        assert!(err("nodes: {\"a:1\": 1}\nscheme: ftp").contains("u.scheme"));
+        assert!(err("nodes: {\"a:1\": 1}\ntls: {}").contains("u.tls"));
+        assert!(
+            err("nodes: {\"a:1\": 1}\nscheme: https\ntls: {verify: false}")
+                .contains("u.tls.verify")
+        );
         assert!(err("nodes: {\"a:1\": 1}\ntimeout: {connect: 0}").contains("u.timeout.connect"));
         assert!(err("nodes: {\"a:1\": 1}\npass_host: rewrite").contains("u.upstream_host"));
         assert!(err("nodes: {\"a:1\": 1}\ntype: chash\nhash_on: header").contains("u.key"));
