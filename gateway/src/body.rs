@@ -69,20 +69,27 @@ pub struct ReadTimeout;
 
 /// A body that fails if no frame arrives within `timeout` of the previous one
 /// (APISIX's `timeout.read` between two reads).
+///
+/// The clock runs only while the body waits for its upstream: it is armed when the
+/// inner body first answers `Pending` after a frame, and disarmed by the next frame.
+/// A body whose frames are already there (most small responses) never touches the
+/// timer wheel, nor allocates a timer.
 #[derive(Debug)]
 pub struct IdleTimeout<B> {
     inner: B,
     timeout: Duration,
-    sleep: Pin<Box<Sleep>>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
 }
 
 impl<B> IdleTimeout<B> {
-    /// Starts the clock now.
+    /// Wraps `inner`; the clock starts the first time it has to wait.
     pub fn new(inner: B, timeout: Duration) -> Self {
         Self {
             inner,
             timeout,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
+            sleep: None,
+            armed: false,
         }
     }
 }
@@ -102,14 +109,27 @@ where
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = Instant::now() + this.timeout;
-                this.sleep.as_mut().reset(deadline);
+                this.armed = false;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ReadTimeout)))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let sleep = match &mut this.sleep {
+                    Some(sleep) => {
+                        if !this.armed {
+                            sleep.as_mut().reset(Instant::now() + this.timeout);
+                        }
+                        sleep
+                    }
+                    None => this
+                        .sleep
+                        .insert(Box::pin(tokio::time::sleep(this.timeout))),
+                };
+                this.armed = true;
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ReadTimeout)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -154,5 +174,51 @@ mod tests {
         // Nothing more arrives; the paused clock auto-advances past 5 s.
         let second = body.frame().await;
         assert!(matches!(second, Some(Err(e)) if e.is::<ReadTimeout>()));
+    }
+
+    /// A frame every `gap`, `left` times.
+    struct Steady {
+        gap: Duration,
+        sleep: Pin<Box<Sleep>>,
+        left: u32,
+    }
+
+    impl Body for Steady {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.left == 0 {
+                return Poll::Ready(None);
+            }
+            match self.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.left -= 1;
+                    let next = Instant::now() + self.gap;
+                    self.sleep.as_mut().reset(next);
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"a")))))
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_steady_body_is_not_cut() {
+        let gap = Duration::from_secs(3);
+        let inner = Steady {
+            gap,
+            sleep: Box::pin(tokio::time::sleep(gap)),
+            left: 4,
+        };
+        // 12 s in all, but never more than 3 s between frames.
+        let mut body = IdleTimeout::new(inner, Duration::from_secs(5));
+        for _ in 0..4 {
+            assert!(matches!(body.frame().await, Some(Ok(_))));
+        }
+        assert!(body.frame().await.is_none());
     }
 }

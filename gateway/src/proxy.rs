@@ -1,10 +1,12 @@
 //! Forwarding a request to an upstream: header rewriting, node choice, timeouts,
 //! retries. Bodies stream through in both directions.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
+use http::uri::{self, PathAndQuery};
 use http::{Method, Request, Response, Uri};
 use hyper::body::{Body as _, Incoming};
 
@@ -88,20 +90,33 @@ pub fn prepare_head(parts: &mut Parts, client: ClientInfo) {
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     strip_hop_by_hop(&mut parts.headers);
-    let ip = client.ip.to_string();
+    // The address is formatted on the stack: one allocation for the header value.
+    let mut buf = [0u8; 48];
+    let ip = {
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        let _ = write!(cursor, "{}", client.ip);
+        let len = usize::try_from(cursor.position()).unwrap_or(0);
+        buf.get(..len).unwrap_or_default()
+    };
     let xff = match parts
         .headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
     {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip.clone(),
+        Some(prev) if !prev.trim().is_empty() => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + ip.len());
+            joined.extend_from_slice(prev.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(ip);
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        _ => None,
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        parts.headers.insert("x-forwarded-for", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&ip) {
-        parts.headers.insert("x-real-ip", v);
+    if let Ok(ip) = HeaderValue::from_bytes(ip) {
+        parts
+            .headers
+            .insert("x-forwarded-for", xff.unwrap_or_else(|| ip.clone()));
+        parts.headers.insert("x-real-ip", ip);
     }
     parts.headers.insert(
         "x-forwarded-proto",
@@ -128,15 +143,21 @@ pub async fn forward(
     body: Incoming,
     hash: Option<u64>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let path = parts
-        .uri
+    let Parts {
+        method,
+        uri,
+        version: client_version,
+        mut headers,
+        ..
+    } = parts;
+    // Shared with the client's request line: no copy, no re-parse.
+    let path_and_query = uri
         .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let replayable = body.is_end_stream();
-    let client_version = parts.version;
     let idempotent = matches!(
-        parts.method,
+        method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     );
     let mut body = Some(body);
@@ -151,20 +172,25 @@ pub async fn forward(
         let Some(node) = upstream.nodes().get(index) else {
             break;
         };
-        let uri = Uri::builder()
-            .scheme(upstream.scheme.clone())
-            .authority(node.authority.clone())
-            .path_and_query(path.as_str())
-            .build()
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        let mut target = uri::Parts::default();
+        target.scheme = Some(upstream.scheme.clone());
+        target.authority = Some(node.authority.clone());
+        target.path_and_query = Some(path_and_query.clone());
+        let target = Uri::from_parts(target).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         let request_body = match body.take() {
             Some(b) => body::boxed(b),
             None => body::empty(),
         };
+        // The last possible attempt takes the headers; earlier ones send a copy.
+        let last_attempt = !replayable || tried.len() >= max_attempts;
         let mut request = Request::new(request_body);
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = parts.headers.clone();
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = target;
+        *request.headers_mut() = if last_attempt {
+            std::mem::take(&mut headers)
+        } else {
+            headers.clone()
+        };
         match upstream.pass_host {
             PassHost::Pass => {}
             PassHost::Node => {
