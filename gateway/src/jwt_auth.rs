@@ -1,7 +1,8 @@
 //! The jwt-auth plugin on a route: find the token in the request, find the consumer
 //! by the token's key claim, verify, and answer as APISIX 3.x does.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -9,9 +10,10 @@ use http::{Response, StatusCode};
 
 use crate::body::{self, ProxyBody};
 use crate::config::{ConfigError, JwtAuthRouteConfig, invalid};
-use crate::consumers::{AuthState, ConsumerSet};
+use crate::consumers::{AuthState, ConsumerSet, JwtConsumer};
 use crate::jwt::{self, ClaimError, TimeRules};
 use crate::query;
+use serde_json::{Map, Value};
 
 /// A route's jwt-auth settings, validated.
 #[derive(Debug)]
@@ -23,6 +25,77 @@ pub struct JwtAuthRoute {
     key_claim: String,
     anonymous: Option<Arc<str>>,
     rules: TimeRules,
+    verified: VerifiedTokens,
+}
+
+/// Most tokens a route remembers as verified; when full it starts over.
+const VERIFIED_MAX: usize = 4096;
+
+/// Tokens of this route whose signature verified, with the consumer object whose key
+/// verified them (as in Envoy's `jwt_cache_config`). A client sends the same token
+/// until it expires, so the signature (an RSA or ECDSA verification, or an HMAC) and
+/// the decoding are done once per token instead of once per request. The time claims
+/// are still checked on every request.
+///
+/// Only tokens that fully verified are stored, so a request cannot fill the cache
+/// without a valid token. An entry counts only while the consumer found by the key
+/// claim is the very object that verified it: a new key (rotation, a new agent
+/// snapshot, a reload) makes a new consumer object, and the token is verified again.
+/// Entries hold the consumer weakly, so an old key is not kept alive by the cache.
+#[derive(Default)]
+struct VerifiedTokens {
+    /// By a hash of the token's end (its signature); the entry holds the whole token.
+    entries: Mutex<HashMap<u64, Arc<Verified>>>,
+}
+
+struct Verified {
+    token: Box<str>,
+    alg: Box<str>,
+    claims: Map<String, Value>,
+    by: Weak<JwtConsumer>,
+}
+
+// Tokens are credentials: never printed.
+impl std::fmt::Debug for VerifiedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let len = self.lock().len();
+        f.debug_struct("VerifiedTokens")
+            .field("entries", &len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifiedTokens {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Verified>>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, token: &str) -> Option<Arc<Verified>> {
+        let hit = self.lock().get(&token_hash(token)).cloned()?;
+        (*hit.token == *token).then_some(hit)
+    }
+
+    fn insert(&self, entry: Verified) {
+        let hash = token_hash(&entry.token);
+        let mut entries = self.lock();
+        if entries.len() >= VERIFIED_MAX {
+            entries.clear();
+        }
+        entries.insert(hash, Arc::new(entry));
+    }
+}
+
+/// FNV-1a over the token's length and last 32 bytes (the end of its signature).
+/// Lookups compare the whole token, so a collision only costs a verification.
+fn token_hash(token: &str) -> u64 {
+    let bytes = token.as_bytes();
+    let tail = bytes.get(bytes.len().saturating_sub(32)..).unwrap_or(bytes);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in (bytes.len() as u64).to_le_bytes().iter().chain(tail) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 impl JwtAuthRoute {
@@ -56,6 +129,7 @@ impl JwtAuthRoute {
                 ..TimeRules::default()
             }
             .requiring(&conf.claims_to_verify),
+            verified: VerifiedTokens::default(),
         })
     }
 
@@ -179,6 +253,24 @@ pub fn authenticate(
         hide(conf, parts);
     }
     let token = token.ok_or(Failure::Missing)?;
+    if let Some(hit) = conf.verified.get(&token)
+        && let Some(consumer) = hit
+            .claims
+            .get(&conf.key_claim)
+            .and_then(|v| v.as_str())
+            .and_then(|key| auth.jwt_consumer(key))
+        && std::ptr::eq(hit.by.as_ptr(), Arc::as_ptr(consumer))
+        && *hit.alg == *consumer.algorithm.as_str()
+        && consumer.verify.is_ok()
+    {
+        // Verified before with this very key: only the time claims are left.
+        let rules = TimeRules {
+            grace: consumer.grace,
+            ..conf.rules
+        };
+        jwt::check_times(&hit.claims, now, rules).map_err(Failure::Claims)?;
+        return Ok(consumer.username.clone());
+    }
     let parsed = jwt::parse(&token).map_err(|_| Failure::Malformed)?;
     let key = parsed
         .claims
@@ -198,7 +290,15 @@ pub fn authenticate(
         ..conf.rules
     };
     jwt::check_times(&parsed.claims, now, rules).map_err(Failure::Claims)?;
-    Ok(consumer.username.clone())
+    let username = consumer.username.clone();
+    let by = Arc::downgrade(consumer);
+    conf.verified.insert(Verified {
+        alg: parsed.alg.into_boxed_str(),
+        claims: parsed.claims,
+        by,
+        token: token.into_boxed_str(),
+    });
+    Ok(username)
 }
 
 /// The token from the header (with or without `Bearer `), the query or the cookie.

@@ -399,3 +399,76 @@ async fn responses_match_apisix() {
         assert_eq!(bytes, body.as_bytes(), "{failure:?}");
     }
 }
+
+#[test]
+fn verified_tokens_are_remembered_but_time_claims_are_checked_every_time() {
+    let f = fixture();
+    let conf = route(&f, "{}");
+    let t = bob(json!({"key": "bob-key", "exp": NOW + 60}));
+    let req = || request("/", &[("authorization", t.as_str())]);
+    assert_eq!(run(&f, &conf, req()), Ok("bob".into()));
+    assert_eq!(conf.verified.lock().len(), 1);
+    // From the cache.
+    assert_eq!(run(&f, &conf, req()), Ok("bob".into()));
+    // Still expires (grace 10 s).
+    let mut parts = req();
+    assert_eq!(
+        authenticate(&conf, &f.auth, &mut parts, NOW + 70),
+        Err(Failure::Claims(ClaimError::Expired))
+    );
+    // The same signature on another payload is not taken from the cache.
+    let (head_payload, sig) = t.rsplit_once('.').unwrap();
+    let (head, _) = head_payload.split_once('.').unwrap();
+    let other = bob(json!({"key": "bob-key", "exp": NOW + 600}));
+    let other_payload = other.split('.').nth(1).unwrap();
+    let forged = format!("{head}.{other_payload}.{sig}");
+    assert_eq!(
+        run(
+            &f,
+            &conf,
+            request("/", &[("authorization", forged.as_str())])
+        ),
+        Err(Failure::BadSignature)
+    );
+    // An RS256 token is remembered as well.
+    let r = rs256(json!({"key": "jim-key"}));
+    let rreq = || request("/", &[("authorization", r.as_str())]);
+    assert_eq!(run(&f, &conf, rreq()), Ok("jim".into()));
+    assert_eq!(run(&f, &conf, rreq()), Ok("jim".into()));
+}
+
+#[test]
+fn a_new_key_verifies_remembered_tokens_again() {
+    let f = fixture();
+    let conf = route(&f, "{}");
+    let t = bob(json!({"key": "bob-key"}));
+    let req = || request("/", &[("authorization", t.as_str())]);
+    assert_eq!(run(&f, &conf, req()), Ok("bob".into()));
+    // bob's secret rotates: the remembered token no longer verifies.
+    let yaml =
+        "consumers:\n- {username: bob, plugins: {jwt-auth: {key: bob-key, secret: new-secret}}}";
+    let config = Config::parse(yaml).unwrap();
+    let rotated = ConsumerSet::build(&config.consumers, &|_| None)
+        .unwrap()
+        .resolve(None);
+    let mut parts = req();
+    assert_eq!(
+        authenticate(&conf, &rotated, &mut parts, NOW),
+        Err(Failure::BadSignature)
+    );
+    // The same key material in a rebuilt state (a new snapshot) verifies again, and
+    // the old state's consumer is not kept alive by the cache.
+    let rebuilt = f.consumers.resolve(None);
+    drop(f.auth);
+    let mut parts = req();
+    assert_eq!(
+        authenticate(&conf, &rebuilt, &mut parts, NOW).map(|u| u.to_string()),
+        Ok("bob".into())
+    );
+    assert!(
+        conf.verified
+            .lock()
+            .values()
+            .all(|v| v.by.upgrade().is_some())
+    );
+}
