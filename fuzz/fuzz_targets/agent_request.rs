@@ -25,11 +25,16 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(name) = SecretName::parse(raw) {
             let text = name.as_str();
             assert!(
-                !text.split('/').any(|s| s.is_empty() || s == "." || s == ".."),
+                !text
+                    .split('/')
+                    .any(|s| s.is_empty() || s == "." || s == ".."),
                 "accepted {text:?}"
             );
             if jack.matches(&name) {
-                assert!(text.starts_with("consumer/jack/"), "{text:?} escaped the prefix");
+                assert!(
+                    text.starts_with("consumer/jack/"),
+                    "{text:?} escaped the prefix"
+                );
             }
         }
     }

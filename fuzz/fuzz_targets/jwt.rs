@@ -7,8 +7,14 @@ use std::sync::LazyLock;
 use keygate_gateway::jwt::{self, Algorithm, TimeRules, VerifyKey};
 use libfuzzer_sys::fuzz_target;
 
-static HMAC: LazyLock<Option<VerifyKey>> =
-    LazyLock::new(|| VerifyKey::hmac(Algorithm::HS256, b"fuzz-secret-0123456789abcdef-0123", false).ok());
+static HMAC: LazyLock<Option<VerifyKey>> = LazyLock::new(|| {
+    VerifyKey::hmac(
+        Algorithm::HS256,
+        b"fuzz-secret-0123456789abcdef-0123",
+        false,
+    )
+    .ok()
+});
 static RSA: LazyLock<Option<VerifyKey>> = LazyLock::new(|| {
     VerifyKey::public_pem(
         Algorithm::RS256,
@@ -27,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
     for (alg, key) in [(Algorithm::HS256, &*HMAC), (Algorithm::RS256, &*RSA)] {
         if let Some(key) = key {
             // A random input that verifies would mean a forgery.
-            assert!(!token.verify_signature(alg, key), "an arbitrary token verified");
+            assert!(
+                !token.verify_signature(alg, key),
+                "an arbitrary token verified"
+            );
         }
     }
     for now in [0, 1_700_000_000, u64::MAX] {
