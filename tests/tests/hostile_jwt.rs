@@ -856,6 +856,36 @@ async fn jwt_attack_corpus() -> Result<()> {
         "the gateway fetched a URL named in a token header"
     );
 
+    // A token accepted (and so remembered as verified) stops working when it expires:
+    // the time claims are checked on every request, not only at verification.
+    let short = jws(
+        HS256,
+        &format!(r#"{{"key":"test-key","exp":{}}}"#, now() + 2),
+        &keys.jack(),
+    );
+    let (status, _) = send(
+        &gateway,
+        "/secure/ping",
+        &[format!("Authorization: {short}")],
+    )
+    .await?;
+    ensure!(
+        status == 200,
+        "short-lived token while valid: HTTP {status}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = upstream.hits();
+    let (status, _) = send(
+        &gateway,
+        "/secure/ping",
+        &[format!("Authorization: {short}")],
+    )
+    .await?;
+    ensure!(
+        status == 401 && upstream.hits() == before,
+        "accepted_token_after_its_expiry: HTTP {status}"
+    );
+
     // A valid token for a consumer deleted a moment ago.
     let doomed = jws(
         HS256,
