@@ -425,7 +425,7 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-const X_CONSUMER_USERNAME: &str = "x-consumer-username";
+const X_CONSUMER_USERNAME: http::HeaderName = http::HeaderName::from_static("x-consumer-username");
 
 /// The request path.
 async fn handle(

@@ -29,6 +29,15 @@ pub enum ProxyError {
     BadRequest(String),
 }
 
+// Names the request path sets or removes, built once: a `&str` name is parsed (and a
+// non-standard one allocated) on every use.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: &[HeaderName] = &[
     header::CONNECTION,
@@ -52,8 +61,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named.iter().chain(HOP_BY_HOP) {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
 }
 
 /// Removes identity headers only the gateway may set, so a client cannot forge them.
@@ -100,7 +109,7 @@ pub fn prepare_head(parts: &mut Parts, client: ClientInfo) {
     };
     let xff = match parts
         .headers
-        .get("x-forwarded-for")
+        .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
         Some(prev) if !prev.trim().is_empty() => {
@@ -115,20 +124,20 @@ pub fn prepare_head(parts: &mut Parts, client: ClientInfo) {
     if let Ok(ip) = HeaderValue::from_bytes(ip) {
         parts
             .headers
-            .insert("x-forwarded-for", xff.unwrap_or_else(|| ip.clone()));
-        parts.headers.insert("x-real-ip", ip);
+            .insert(X_FORWARDED_FOR, xff.unwrap_or_else(|| ip.clone()));
+        parts.headers.insert(X_REAL_IP, ip);
     }
     parts.headers.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if client.https { "https" } else { "http" }),
     );
     match original_host {
         Some(host) => {
-            parts.headers.insert("x-forwarded-host", host.clone());
+            parts.headers.insert(X_FORWARDED_HOST, host.clone());
             parts.headers.insert(header::HOST, host);
         }
         None => {
-            parts.headers.remove("x-forwarded-host");
+            parts.headers.remove(&X_FORWARDED_HOST);
         }
     }
 }
@@ -177,9 +186,10 @@ pub async fn forward(
         target.authority = Some(node.authority.clone());
         target.path_and_query = Some(path_and_query.clone());
         let target = Uri::from_parts(target).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        // A request without a body (most) sends the empty body: no box to allocate.
         let request_body = match body.take() {
-            Some(b) => body::boxed(b),
-            None => body::empty(),
+            Some(b) if !replayable => body::boxed(b),
+            _ => body::empty(),
         };
         // The last possible attempt takes the headers; earlier ones send a copy.
         let last_attempt = !replayable || tried.len() >= max_attempts;
