@@ -235,9 +235,11 @@ pub async fn forward(
             }
             Ok(Err(e)) => {
                 upstream.report_failure(index);
-                tracing::debug!(node = %node.authority, error = %e, "upstream request failed");
+                // The whole chain: "client error (Connect)" alone hides a TLS refusal.
+                let why = error_chain(&e);
+                tracing::debug!(node = %node.authority, error = %why, "upstream request failed");
                 let connect = e.is_connect();
-                last = ProxyError::Unreachable(e.to_string());
+                last = ProxyError::Unreachable(why);
                 connect || idempotent
             }
             Err(_elapsed) => {
@@ -252,6 +254,18 @@ pub async fn forward(
         }
     }
     Err(last)
+}
+
+/// `error: source: source...`.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
 }
 
 #[cfg(test)]

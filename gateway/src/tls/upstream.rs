@@ -98,13 +98,24 @@ impl UpstreamTls {
         let client_cert = Arc::new(CurrentClientCert {
             current: ArcSwapOption::empty(),
         });
-        let config = ClientConfig::builder_with_provider(provider)
+        let mut config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(super::VERSIONS)
             .map_err(|e| invalid(at, e.to_string()))?
             .dangerous()
             // Not dangerous: it delegates to webpki's verifier, swapped per snapshot.
             .with_custom_certificate_verifier(verifier.clone())
             .with_client_cert_resolver(client_cert.clone());
+        let rotating = ca.agent().is_some()
+            || client
+                .as_ref()
+                .is_some_and(|c| c.agent_names().next().is_some());
+        if rotating {
+            // A resumed session skips the server's certificate check and keeps the
+            // client identity it was opened with, and TLS 1.3 tickets of a connection
+            // opened before a rotation can arrive after it: with material that rotates,
+            // every connection does a full handshake with the current material.
+            config.resumption = rustls::client::Resumption::disabled();
+        }
         let tls = Self {
             label: at.to_owned(),
             ca,
