@@ -57,7 +57,7 @@ if [[ $build == 1 ]]; then
     say "building keygate (release)"
     cargo build --release --bins --quiet
 fi
-bin="$repo/target/release"
+bin="${CARGO_TARGET_DIR:-$repo/target}/release"
 kb="$bin/keygate-bench"
 export RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0
 
@@ -305,7 +305,7 @@ EOF
 }
 
 # target name -> "url|authorization header"
-declare -A url auth base
+declare -A url auth base proc
 set_targets() {
     url=(
         [direct]="http://127.0.0.1:$up_port/secure/ping"
@@ -318,6 +318,15 @@ set_targets() {
         [keygate-rs256]="http://127.0.0.1:$gw_port/rs256"
         [haproxy-es256]="http://127.0.0.1:$hap_es/secure/ping"
         [keygate-es256]="http://127.0.0.1:$gw_port/es256"
+    )
+    local up_procs nginx_procs
+    up_procs="$(with_children "$upstream_pid")" nginx_procs="$(with_children "$nginx_pid")"
+    proc=(
+        [direct]="$up_procs" [nginx]="$nginx_procs"
+        [haproxy-plain]="$haproxy_pid" [haproxy-hs256]="$haproxy_pid"
+        [haproxy-rs256]="$haproxy_pid" [haproxy-es256]="$haproxy_pid"
+        [keygate-plain]="$gateway_pid" [keygate-hs256]="$gateway_pid"
+        [keygate-rs256]="$gateway_pid" [keygate-es256]="$gateway_pid"
     )
     auth=(
         [haproxy-hs256]="Bearer $tok_hs" [keygate-hs256]="Bearer $tok_hs"
@@ -348,9 +357,13 @@ check_targets() {
     done
 }
 
+# A process and its children (nginx's workers), comma-separated.
+with_children() { { echo "$1"; pgrep -P "$1" || true; } | paste -sd, -; }
+
 load() { # pass round target threads
     local t="$3" args=()
     [[ -n "${auth[$t]:-}" ]] && args=(--header "Authorization: ${auth[$t]}")
+    [[ -n "${proc[$t]:-}" ]] && args+=(--pids "${proc[$t]}")
     taskset -c "$wrk_cpus" "$kb" wrk --url "${url[$t]}" "${args[@]}" --connections "$connections" \
         --threads "$4" --duration "$duration" --pass "$1" --target "$t" --round "$2" --out "$results"
 }
@@ -431,6 +444,7 @@ for c in "${cases[@]}"; do
     mc=$((nc / 2)) mr=$((nr / 2))
     base[$c]="http://127.0.0.1:$port"
     url[$c]="${base[$c]}/p$mr/ping"
+    proc[$c]="$pid"
     auth[$c]="Bearer $("$kb" token --key "key-$mc" --secret "bench-secret-$mc")"
 done
 for c in "${cases[@]}"; do

@@ -18,6 +18,7 @@ struct Series {
     p99: Vec<f64>,
     errors: u64,
     load: Vec<f64>,
+    cpu: Vec<f64>,
 }
 
 impl Series {
@@ -29,6 +30,9 @@ impl Series {
     }
     fn p99(&self) -> f64 {
         median(&self.p99)
+    }
+    fn cpu(&self) -> f64 {
+        median(&self.cpu)
     }
     fn load_range(&self) -> String {
         let min = self.load.iter().copied().fold(f64::INFINITY, f64::min);
@@ -120,6 +124,7 @@ fn parse(text: &str) -> Result<Results> {
                 s.p99.push(num(6)?);
                 s.errors += num(7)? as u64;
                 s.load.push(num(8)?);
+                s.cpu.push(num(9).unwrap_or(f64::NAN));
             }
             Some("read") => {
                 r.reads.insert(
@@ -200,7 +205,7 @@ fn render(r: &Results) -> Result<String> {
         writeln!(o, "\n[{pass}] {title}")?;
         writeln!(
             o,
-            "  {:<28} {:>9} {:>8} {:>8} {:>6} {:>9} {:>9} {:>7} {:>11}",
+            "  {:<28} {:>9} {:>8} {:>8} {:>6} {:>9} {:>9} {:>7} {:>8} {:>8} {:>11}",
             "target",
             "req/s",
             "p50 ms",
@@ -209,6 +214,8 @@ fn render(r: &Results) -> Result<String> {
             "xHAProxy",
             "p99/HAP",
             "xnginx",
+            "cpu us",
+            "cpu/HAP",
             "load1"
         )?;
         let nginx = r.series(pass, "nginx").map_or(f64::NAN, Series::rps);
@@ -223,9 +230,13 @@ fn render(r: &Results) -> Result<String> {
         );
         for (target, s) in ordered {
             let hap = haproxy_of(target).and_then(|h| r.series(pass, &h));
-            let (x_hap, p99_hap) = match hap {
-                Some(h) => (ratio(s.rps(), h.rps()), ratio(s.p99(), h.p99())),
-                None => ("".into(), "".into()),
+            let (x_hap, p99_hap, cpu_hap) = match hap {
+                Some(h) => (
+                    ratio(s.rps(), h.rps()),
+                    ratio(s.p99(), h.p99()),
+                    ratio(s.cpu(), h.cpu()),
+                ),
+                None => ("".into(), "".into(), "".into()),
             };
             let x_nginx = if target == "nginx" || pass == "scale" {
                 String::new()
@@ -234,7 +245,7 @@ fn render(r: &Results) -> Result<String> {
             };
             writeln!(
                 o,
-                "  {:<28} {:>9.0} {:>8.3} {:>8.3} {:>6} {:>9} {:>9} {:>7} {:>11}",
+                "  {:<28} {:>9.0} {:>8.3} {:>8.3} {:>6} {:>9} {:>9} {:>7} {:>8.1} {:>8} {:>11}",
                 label(target),
                 s.rps(),
                 s.p50() / 1e3,
@@ -243,6 +254,8 @@ fn render(r: &Results) -> Result<String> {
                 x_hap,
                 p99_hap,
                 x_nginx,
+                s.cpu(),
+                cpu_hap,
                 s.load_range()
             )?;
         }
@@ -363,6 +376,25 @@ fn targets(r: &Results) -> Vec<String> {
         1.1,
         false,
     );
+    for (alg, k, h) in [
+        ("HS256", "keygate-hs256", "haproxy-hs256"),
+        ("RS256", "keygate-rs256", "haproxy-rs256"),
+        ("ES256", "keygate-es256", "haproxy-es256"),
+    ] {
+        for pass in &passes {
+            if let (Some(a), Some(b)) = (r.series(pass, k), r.series(pass, h))
+                && !a.cpu().is_nan()
+                && !b.cpu().is_nan()
+            {
+                lines.push(format!(
+                    "[info] {alg} proxy CPU per request vs HAProxy [{pass}]: {:.1} vs {:.1} us = {:.2}x",
+                    a.cpu(),
+                    b.cpu(),
+                    a.cpu() / b.cpu()
+                ));
+            }
+        }
+    }
     let base = r.series("scale", "c10-r10").map(Series::rps);
     for case in ["c10000-r10", "c10-r10000", "c10000-r10000"] {
         let what = format!("{case} throughput loss <= 5% vs c10-r10");

@@ -37,6 +37,9 @@ pub struct WrkArgs {
     /// Results file.
     #[arg(long)]
     out: PathBuf,
+    /// Processes of the proxy under load: their CPU time per request is recorded.
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
 }
 
 /// What one wrk run measured.
@@ -50,6 +53,31 @@ pub struct WrkResult {
     pub p99_us: f64,
     /// Non-2xx/3xx responses plus socket errors.
     pub errors: u64,
+    /// Requests completed.
+    pub requests: u64,
+}
+
+/// User + system CPU time of `pids` (all their threads), in seconds.
+fn cpu_seconds(pids: &[u32]) -> Result<f64> {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?
+        .filter(|t| *t > 0)
+        .unwrap_or(100) as f64;
+    let mut total = 0.0;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("no process {pid}"))?;
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| -> Result<f64> {
+            Ok(fields
+                .get(i)
+                .with_context(|| format!("short /proc/{pid}/stat"))?
+                .parse::<f64>()?)
+        };
+        total += (field(11)? + field(12)?) / ticks;
+    }
+    Ok(total)
 }
 
 /// Runs wrk and appends a `load` record.
@@ -64,7 +92,9 @@ pub fn run(args: &WrkArgs) -> Result<()> {
     }
     cmd.arg(&args.url);
     let load = results::load1();
+    let cpu_before = cpu_seconds(&args.pids)?;
     let output = cmd.output().context("cannot run wrk")?;
+    let cpu = cpu_seconds(&args.pids)? - cpu_before;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         bail!(
@@ -75,6 +105,11 @@ pub fn run(args: &WrkArgs) -> Result<()> {
     let r = parse(&stdout).with_context(|| format!("cannot parse wrk output:\n{stdout}"))?;
     // The mean of the load average at the start and at the end of the run.
     let load = (load + results::load1()) / 2.0;
+    let cpu_us = if args.pids.is_empty() || r.requests == 0 {
+        f64::NAN
+    } else {
+        cpu * 1e6 / r.requests as f64
+    };
     results::append(
         &args.out,
         &[
@@ -87,11 +122,12 @@ pub fn run(args: &WrkArgs) -> Result<()> {
             format!("{:.1}", r.p99_us),
             r.errors.to_string(),
             format!("{load:.2}"),
+            format!("{cpu_us:.1}"),
         ],
     )?;
     eprintln!(
-        "  {:<6} {:<22} round {}  {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs  errors {}  load {:.2}",
-        args.pass, args.target, args.round, r.rps, r.p50_us, r.p99_us, r.errors, load
+        "  {:<6} {:<22} round {}  {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs  cpu {:>5.1} µs/req  errors {}  load {:.2}",
+        args.pass, args.target, args.round, r.rps, r.p50_us, r.p99_us, cpu_us, r.errors, load
     );
     Ok(())
 }
@@ -118,6 +154,11 @@ pub fn parse(out: &str) -> Result<WrkResult> {
                 (Some(p), Some(_)) if p.ends_with('%') => {}
                 _ => in_distribution = false,
             }
+        }
+        if let Some(n) = t.strip_suffix(" read")
+            && let Some((count, _)) = n.split_once(" requests in ")
+        {
+            r.requests = count.trim().parse()?;
         }
         if let Some(v) = t.strip_prefix("Requests/sec:") {
             r.rps = v.trim().parse()?;
@@ -182,6 +223,7 @@ Transfer/sec:      8.83MB
         assert_eq!(r.p50_us, 958.0);
         assert_eq!(r.p99_us, 2410.0);
         assert_eq!(r.errors, 10);
+        assert_eq!(r.requests, 312912);
     }
 
     #[test]
