@@ -2,8 +2,9 @@
 //! the real agent to the real gateway: SNI picks the certificate (exact and wildcard
 //! names), unknown names are refused or get the fallback, h2 and HTTP/1.1 by ALPN,
 //! TLS 1.2 and 1.3; a certificate not yet in Vault keeps the listener not ready (fail
-//! closed); a key that does not match is refused by id; a rotated certificate is served
-//! to new connections while an open keep-alive connection keeps working.
+//! closed); a key that does not match, or an expired certificate, is refused by id; a
+//! rotated certificate is served to new connections while open keep-alive connections
+//! keep working.
 
 mod tls_support;
 
@@ -188,6 +189,7 @@ async fn listener_fails_closed_until_the_certificate_is_in_vault() -> Result<()>
     let api = ca.leaf(&["api.example.test"])?;
     let wild = ca.leaf(&["*.other.test"])?;
     let stranger = ca.leaf(&["api.example.test"])?;
+    let expired = ca.leaf_until(&["api.example.test"], Some(2021))?;
     // Only the wildcard pair is there at first; api's key belongs to another cert.
     put_pair(&bao, "tls/wild", &wild).await?;
     let agent = AgentProcess::start_ready(
@@ -241,6 +243,19 @@ async fn listener_fails_closed_until_the_certificate_is_in_vault() -> Result<()>
         "the mismatch is logged"
     );
 
+    // An expired certificate: refused, by id, still not ready.
+    put_pair(&bao, "tls/api", &expired).await?;
+    eventually(Duration::from_secs(15), || async {
+        let (_, ready) = readyz(&gateway).await?;
+        let why = ready["tls"]["unavailable"]["api"]
+            .as_str()
+            .unwrap_or_default();
+        ensure!(why.contains("expired"), "{ready}");
+        Ok(())
+    })
+    .await?;
+    expect_refused(tls_port, "api.example.test", &h1).await?;
+
     // The right pair: ready, served, without a restart.
     let started = Instant::now();
     put_pair(&bao, "tls/api", &api).await?;
@@ -254,6 +269,7 @@ async fn listener_fails_closed_until_the_certificate_is_in_vault() -> Result<()>
 
     let mut keys = key_lines(&api.key);
     keys.extend(key_lines(&stranger.key));
+    keys.extend(key_lines(&expired.key));
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     agent.assert_no_secret_in_log(&keys);
     keygate_tests::assert_no_secret_in(&gateway.log_contents(), &keys);

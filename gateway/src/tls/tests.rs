@@ -238,3 +238,102 @@ fn agent_material_is_resolved_per_snapshot_and_checked() {
         assert!(!why.contains("BEGIN"), "{why}");
     }
 }
+
+/// A handshake in memory against the listener's configuration: the certificate served,
+/// or `None` if the server refused.
+async fn handshake(
+    server: std::sync::Arc<rustls::ServerConfig>,
+    ca_pem: &str,
+    sni: &str,
+) -> Option<String> {
+    use rustls::pki_types::ServerName;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in pem::certificates(ca_pem.as_bytes()).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let client = rustls::ClientConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(super::VERSIONS)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let accept =
+        tokio::spawn(async move { tokio_rustls::TlsAcceptor::from(server).accept(b).await });
+    let connected = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client))
+        .connect(ServerName::try_from(sni.to_owned()).unwrap(), a)
+        .await;
+    let _ = accept.await;
+    let stream = connected.ok()?;
+    let leaf = stream.get_ref().1.peer_certificates()?.first()?.clone();
+    Some(cert_info(leaf.as_ref()).unwrap().serial)
+}
+
+#[tokio::test]
+async fn handshakes_get_the_current_certificate_and_expired_ones_are_refused() {
+    use std::sync::atomic::Ordering;
+
+    use arc_swap::ArcSwap;
+
+    use super::resolver::{SniResolver, TlsCounters, server_config};
+
+    let first = self_signed(&["a.example.com"], 0x01, 2030);
+    let second = self_signed(&["a.example.com"], 0x02, 2030);
+    let short = self_signed(&["a.example.com"], 0x03, 2021);
+    let env = |_: &str| None;
+    let spec = TlsSpec::build(
+        &ssls("- {id: a, snis: [a.example.com], cert: '$secret://vault/tls/a/cert', key: '$secret://vault/tls/a/key'}"),
+        None,
+        &env,
+    )
+    .unwrap();
+    let snap =
+        |pair: &Pair| snapshot(&[("tls/a", "cert", &pair.cert), ("tls/a", "key", &pair.key)]);
+    let now = super::unix_now();
+    let certs = std::sync::Arc::new(ArcSwap::from_pointee(spec.resolve(
+        Some(&snap(&first)),
+        None,
+        now,
+    )));
+    let counters = std::sync::Arc::new(TlsCounters::default());
+    let server = server_config(SniResolver::new(certs.clone(), counters.clone())).unwrap();
+
+    assert_eq!(
+        handshake(server.clone(), &first.cert, "a.example.com")
+            .await
+            .as_deref(),
+        Some("01:ab")
+    );
+    assert_eq!(
+        handshake(server.clone(), &first.cert, "b.example.com").await,
+        None
+    );
+    assert_eq!(counters.unknown_sni.load(Ordering::Relaxed), 1);
+
+    // A new snapshot: the next handshake gets the new certificate.
+    let previous = certs.load_full();
+    certs.store(std::sync::Arc::new(spec.resolve(
+        Some(&snap(&second)),
+        Some(&previous),
+        now,
+    )));
+    assert_eq!(
+        handshake(server.clone(), &second.cert, "a.example.com")
+            .await
+            .as_deref(),
+        Some("02:ab")
+    );
+
+    // Installed while it was valid (resolved "in 2020"), expired by now: refused at the
+    // handshake, counted.
+    certs.store(std::sync::Arc::new(spec.resolve(
+        Some(&snap(&short)),
+        None,
+        1_600_000_000,
+    )));
+    assert_eq!(
+        handshake(server.clone(), &short.cert, "a.example.com").await,
+        None
+    );
+    assert_eq!(counters.expired.load(Ordering::Relaxed), 1);
+    assert!(!certs.load().ready(now));
+}

@@ -63,11 +63,20 @@ impl TestCa {
     /// A leaf for `names` (usable as server and client certificate). Its private key is
     /// remembered: the harness fails a test whose gateway logs any line of it.
     pub fn leaf(&self, names: &[&str]) -> Result<Leaf> {
+        self.leaf_until(names, None)
+    }
+
+    /// [`Self::leaf`], valid from 2020 until `not_after_year` (e.g. already expired).
+    pub fn leaf_until(&self, names: &[&str], not_after_year: Option<i32>) -> Result<Leaf> {
         let key = KeyPair::generate()?;
         let mut params =
             CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
         if let Some(first) = names.first() {
             params.distinguished_name.push(DnType::CommonName, *first);
+        }
+        if let Some(year) = not_after_year {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(year, 1, 1);
         }
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
