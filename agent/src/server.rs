@@ -2,6 +2,7 @@
 //! calls.
 
 pub mod admission;
+pub mod budget;
 pub mod peer;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 use zeroize::Zeroize;
 
+use self::budget::NameBudget;
 use self::peer::Peer;
 use crate::config::PeerPolicy;
 use crate::metrics::Metrics;
@@ -52,6 +54,7 @@ pub struct AgentService {
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
     streams: Arc<Mutex<HashMap<u32, usize>>>,
+    budget: NameBudget,
 }
 
 impl AgentService {
@@ -76,6 +79,7 @@ impl AgentService {
             metrics,
             shutdown,
             streams: Arc::default(),
+            budget: NameBudget::default(),
         }
     }
 
@@ -151,6 +155,7 @@ impl AgentService {
             )));
         }
         let mut parsed = Vec::with_capacity(names.len());
+        let mut seen = std::collections::HashSet::with_capacity(names.len());
         for raw in names {
             let name = SecretName::parse(raw).map_err(|e| {
                 Metrics::inc(&self.metrics.denied_requests);
@@ -163,11 +168,18 @@ impl AgentService {
                     "{name} is outside this peer's policy"
                 )));
             }
-            if !parsed.contains(&name) {
+            if seen.insert(name.clone()) {
                 parsed.push(name);
             }
         }
         Ok((peer, parsed))
+    }
+
+    /// Counts `names` against `uid`'s budget of distinct names.
+    fn charge(&self, uid: u32, names: &[SecretName]) -> Result<(), Status> {
+        self.budget.charge(uid, names).inspect_err(|_| {
+            Metrics::inc(&self.metrics.denied_requests);
+        })
     }
 
     fn deny_peer(&self, peer: &Peer) -> Status {
@@ -204,6 +216,7 @@ impl SecretAgent for AgentService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (peer, names) = self.authorize(&request, &request.get_ref().names, Access::Read)?;
         let slot = self.reserve_stream(peer.uid)?;
+        self.charge(peer.uid, &names)?;
         self.store.register(&names);
         let (tx, rx) = mpsc::channel(4);
         let stream = WatchStream {
@@ -220,7 +233,8 @@ impl SecretAgent for AgentService {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let (_, names) = self.authorize(&request, &request.get_ref().names, Access::Read)?;
+        let (peer, names) = self.authorize(&request, &request.get_ref().names, Access::Read)?;
+        self.charge(peer.uid, &names)?;
         self.store.register(&names);
         let mut generation = self.store.subscribe();
         let answer = tokio::time::timeout(self.get_timeout, async {
@@ -246,6 +260,7 @@ impl SecretAgent for AgentService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let names = [request.get_ref().name.clone()];
         let (peer, names) = self.authorize(&request, &names, Access::Write)?;
+        self.charge(peer.uid, &names)?;
         let [name] = <[SecretName; 1]>::try_from(names)
             .map_err(|_| Status::invalid_argument("exactly one name"))?;
         let mut fields = request.into_inner().fields;

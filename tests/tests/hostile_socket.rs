@@ -107,12 +107,19 @@ fn proc_state(pid: i32) -> Option<String> {
 }
 
 async fn agent_with(peers: Vec<Peer>) -> Result<(OpenBao, AgentProcess, String)> {
+    agent_refreshing(peers, "2s").await
+}
+
+async fn agent_refreshing(
+    peers: Vec<Peer>,
+    refresh: &str,
+) -> Result<(OpenBao, AgentProcess, String)> {
     let bao = OpenBao::start().await?;
     let seeded = seed_apisix(&bao).await?;
     let token = bao.create_token(&[AGENT_POLICY], None).await?;
     let mut config = AgentConfig::new(&bao.addr(), KV1_PREFIX)
         .token(&token)
-        .refresh_interval("2s");
+        .refresh_interval(refresh);
     if !peers.is_empty() {
         config = config.peers(peers);
         config.socket_mode = Some("0660".into());
@@ -317,6 +324,33 @@ async fn a_flood_from_one_uid_is_bounded_and_others_are_served() -> Result<()> {
     let answer = get(&mut client, &[JACK]).await?;
     keygate_tests::secrets::expect_loaded(&answer.secrets, JACK, &jack)?;
     agent.assert_no_secret_in_log(&[&jack]);
+    Ok(())
+}
+
+/// Every name a peer asks for is tracked and re-read from Vault for the agent's
+/// lifetime: `nobody` asking for thousands of made-up names under its allowed prefix is
+/// stopped at 4096 (RESOURCE_EXHAUSTED), and our uid can still add names.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_cannot_make_the_agent_track_unbounded_names() -> Result<()> {
+    let uid = nix::unistd::getuid().as_raw();
+    ensure!(uid == 0, "this test runs as root (it sets uids)");
+    let (_bao, agent, jack) = agent_refreshing(
+        vec![
+            Peer::uid("tests", uid, &["consumer/*"]),
+            Peer::uid("flooder", NOBODY, &["consumer/*"]),
+        ],
+        "5m",
+    )
+    .await?;
+    let mut names = HostilePeer::spawn(&["names", &socket(&agent)?, "6", "1000"], Some(NOBODY))?;
+    let summary = names.expect_line("gets", Duration::from_secs(120)).await?;
+    ensure!(
+        summary == "gets 4 exhausted 2 other 0",
+        "nobody's made-up names: {summary}"
+    );
+    let mut client = agent.client().await?;
+    let answer = get(&mut client, &[JACK, "consumer/another/jwt-auth"]).await?;
+    keygate_tests::secrets::expect_loaded(&answer.secrets, JACK, &jack)?;
     Ok(())
 }
 

@@ -10,6 +10,8 @@
 //!   on one connection, then `<connections>` more idle connections, and prints
 //!   `watches <ok> exhausted <n> denied <n> other <n> connections <still open>`. It
 //!   holds all of them until its standard input closes.
+//! - `names <socket> <batches> <batch size>`: `Get` calls for made-up names under
+//!   `consumer/`, each batch all new; prints `gets <ok> exhausted <n> other <n>`.
 #![expect(
     clippy::print_stdout,
     reason = "standard output is how this helper reports to the test that runs it"
@@ -43,10 +45,11 @@ fn main() -> ExitCode {
                 _ => Err("connections and watches are numbers".into()),
             }
         }
-        _ => Err(
-            "usage: fork-watch <socket> <name> | flood <socket> <connections> <watches> <name>"
-                .into(),
-        ),
+        ["names", socket, batches, size] => match (batches.parse(), size.parse()) {
+            (Ok(b), Ok(n)) => made_up_names(socket, b, n),
+            _ => Err("batches and batch size are numbers".into()),
+        },
+        _ => Err("usage: fork-watch <socket> <name> | flood <socket> <connections> <watches> <name> | names <socket> <batches> <batch size>".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -195,6 +198,28 @@ fn flood(socket: &str, connections: usize, watches: usize, name: &str) -> Result
         .await;
         drop(streams);
         drop(idle);
+        Ok(())
+    })
+}
+
+fn made_up_names(socket: &str, batches: usize, size: usize) -> Result<(), Error> {
+    runtime()?.block_on(async {
+        let mut client = keygate_proto::connect(socket).await?;
+        let (mut ok, mut exhausted, mut other) = (0, 0, 0);
+        for batch in 0..batches {
+            let names = (0..size)
+                .map(|i| format!("consumer/made-up-{batch}-{i}/jwt-auth"))
+                .collect();
+            match client
+                .get(keygate_proto::agent::v1::GetRequest { names })
+                .await
+            {
+                Ok(_) => ok += 1,
+                Err(status) if status.code() == Code::ResourceExhausted => exhausted += 1,
+                Err(_) => other += 1,
+            }
+        }
+        println!("gets {ok} exhausted {exhausted} other {other}");
         Ok(())
     })
 }
