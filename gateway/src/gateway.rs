@@ -70,8 +70,9 @@ pub struct Shared {
     pub(crate) certs: Arc<ArcSwap<ServerCerts>>,
     /// HTTPS handshakes.
     pub(crate) tls_counters: Arc<TlsCounters>,
-    /// An HTTPS listener is bound (its certificates count for readiness).
-    pub(crate) tls_listening: bool,
+    /// `tls.listen` at start: an HTTPS listener is bound there (its certificates count
+    /// for readiness); changing it needs a restart.
+    pub(crate) tls_listen: Option<SocketAddr>,
     names: watch::Sender<Vec<String>>,
     /// Serializes auth-state rebuilds (snapshot arrival vs. reload); never taken per request.
     rebuild: Mutex<()>,
@@ -136,7 +137,7 @@ impl Shared {
 
     /// No HTTPS listener, or every enabled ssl has a valid certificate.
     pub(crate) fn tls_ready(&self) -> bool {
-        !self.tls_listening || self.certs.load().ready(crate::tls::unix_now())
+        self.tls_listen.is_none() || self.certs.load().ready(crate::tls::unix_now())
     }
 
     /// Seconds since the last snapshot, if any.
@@ -177,6 +178,9 @@ impl Handle {
         let runtime = control.reload(config.clone(), &|k| std::env::var(k).ok())?;
         if socket != self.shared.agent_socket {
             tracing::warn!("agent.socket changed; it takes effect only after a restart");
+        }
+        if config.tls.as_ref().map(|t| t.listen) != self.shared.tls_listen {
+            tracing::warn!("tls.listen changed; it takes effect only after a restart");
         }
         if config.admin.is_some() != admin_before {
             tracing::warn!(
@@ -281,7 +285,7 @@ impl Gateway {
             metrics: Metrics::default(),
             certs,
             tls_counters,
-            tls_listening: tls_listener.is_some(),
+            tls_listen: config.tls.as_ref().map(|t| t.listen),
             names: names_tx,
             rebuild: Mutex::new(()),
             agent_socket: config.agent.as_ref().map(|a| a.socket.clone()),

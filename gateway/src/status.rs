@@ -59,7 +59,7 @@ fn readyz(shared: &Shared) -> Response<ProxyBody> {
 
 /// The HTTPS listener's certificates: `null` without a listener.
 fn tls_status(shared: &Shared) -> serde_json::Value {
-    if !shared.tls_listening {
+    if shared.tls_listen.is_none() {
         return serde_json::Value::Null;
     }
     let now = crate::tls::unix_now();
@@ -89,7 +89,7 @@ fn tls_status(shared: &Shared) -> serde_json::Value {
 }
 
 fn tls_metrics(out: &mut String, shared: &Shared) {
-    if !shared.tls_listening {
+    if shared.tls_listen.is_none() {
         return;
     }
     let c = &shared.tls_counters;
