@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod budget;
 pub mod peer;
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -27,6 +28,7 @@ use zeroize::Zeroize;
 
 use self::budget::NameBudget;
 use self::peer::Peer;
+use self::throttle::{Refusal, Throttle};
 use crate::config::PeerPolicy;
 use crate::metrics::Metrics;
 use crate::name::{NamePattern, SecretName};
@@ -55,6 +57,7 @@ pub struct AgentService {
     shutdown: watch::Receiver<bool>,
     streams: Arc<Mutex<HashMap<u32, usize>>>,
     budget: NameBudget,
+    throttle: Throttle,
 }
 
 impl AgentService {
@@ -80,6 +83,7 @@ impl AgentService {
             shutdown,
             streams: Arc::default(),
             budget: NameBudget::default(),
+            throttle: Throttle::default(),
         }
     }
 
@@ -92,7 +96,9 @@ impl AgentService {
         let open = streams.entry(uid).or_default();
         if *open >= MAX_STREAMS_PER_UID {
             Metrics::inc(&self.metrics.denied_requests);
-            warn!(peer.uid = uid, "too many Watch streams from one uid");
+            if self.throttle.allow(uid, Refusal::Streams) {
+                warn!(peer.uid = uid, "too many Watch streams from one uid");
+            }
             return Err(Status::resource_exhausted(format!(
                 "at most {MAX_STREAMS_PER_UID} Watch streams per uid"
             )));
@@ -163,7 +169,9 @@ impl AgentService {
             })?;
             if !allowed.iter().any(|p| p.matches(&name)) {
                 Metrics::inc(&self.metrics.denied_requests);
-                warn!(peer.uid = peer.uid, peer.pid = peer.pid, secret.name = %name, "name outside the peer's policy");
+                if self.throttle.allow(peer.uid, Refusal::Path) {
+                    warn!(peer.uid = peer.uid, peer.pid = peer.pid, secret.name = %name, "name outside the peer's policy");
+                }
                 return Err(Status::permission_denied(format!(
                     "{name} is outside this peer's policy"
                 )));
@@ -179,17 +187,25 @@ impl AgentService {
     fn charge(&self, uid: u32, names: &[SecretName]) -> Result<(), Status> {
         self.budget.charge(uid, names).inspect_err(|_| {
             Metrics::inc(&self.metrics.denied_requests);
+            if self.throttle.allow(uid, Refusal::Names) {
+                warn!(
+                    peer.uid = uid,
+                    "a peer asked for more distinct names than its budget"
+                );
+            }
         })
     }
 
     fn deny_peer(&self, peer: &Peer) -> Status {
         Metrics::inc(&self.metrics.denied_peers);
-        warn!(
-            peer.uid = peer.uid,
-            peer.gid = peer.gid,
-            peer.pid = peer.pid,
-            "peer not allowed"
-        );
+        if self.throttle.allow(peer.uid, Refusal::Peer) {
+            warn!(
+                peer.uid = peer.uid,
+                peer.gid = peer.gid,
+                peer.pid = peer.pid,
+                "peer not allowed"
+            );
+        }
         Status::permission_denied("peer not allowed")
     }
 }

@@ -304,7 +304,7 @@ async fn a_flood_from_one_uid_is_bounded_and_others_are_served() -> Result<()> {
     );
 
     // A uid on no policy: four connections at most, PERMISSION_DENIED on each call.
-    let mut stranger = HostilePeer::spawn(&["flood", &socket, "50", "8", JACK], Some(STRANGER))?;
+    let mut stranger = HostilePeer::spawn(&["flood", &socket, "50", "200", JACK], Some(STRANGER))?;
     let summary = stranger
         .expect_line("watches", Duration::from_secs(60))
         .await?;
@@ -313,10 +313,16 @@ async fn a_flood_from_one_uid_is_bounded_and_others_are_served() -> Result<()> {
         .filter_map(|w| w.parse().ok())
         .collect();
     ensure!(
-        numbers.get(..4) == Some(&[0, 0, 8, 0][..]) && numbers.get(4).is_some_and(|n| *n <= 3),
+        numbers.get(..4) == Some(&[0, 0, 200, 0][..]) && numbers.get(4).is_some_and(|n| *n <= 3),
         "a uid no policy admits: {summary}"
     );
     drop(stranger);
+    // 200 refusals, one log line (at most one per uid and kind every 10 s).
+    let logged = agent.log_contents().matches("peer not allowed").count();
+    ensure!(
+        logged <= 2,
+        "{logged} \"peer not allowed\" lines for one refused uid: the log can be flooded"
+    );
 
     // The flood ends: its streams go, ours stays.
     drop(flood);

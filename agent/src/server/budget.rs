@@ -7,7 +7,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
 use tonic::Status;
-use tracing::warn;
 
 use crate::name::SecretName;
 
@@ -29,12 +28,6 @@ impl NameBudget {
         let known = asked.entry(uid).or_default();
         let new: Vec<&SecretName> = names.iter().filter(|n| !known.contains(*n)).collect();
         if known.len() + new.len() > MAX_NAMES_PER_UID {
-            warn!(
-                peer.uid = uid,
-                names.tracked = known.len(),
-                names.new = new.len(),
-                "a peer asked for more distinct names than its budget"
-            );
             return Err(Status::resource_exhausted(format!(
                 "at most {MAX_NAMES_PER_UID} distinct names per uid"
             )));
