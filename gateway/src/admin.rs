@@ -22,8 +22,8 @@
 //! lock, so writes are applied one at a time in the order they are acknowledged.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -36,12 +36,15 @@ use serde_json::{Value, json};
 use crate::body::{self, ProxyBody};
 use crate::catalog::Entry;
 use crate::consumers::digest;
-use crate::control::{WriteError, Written};
+use crate::control::{Control, WriteError, Written};
 use crate::gateway::Shared;
 use crate::kind::{Kind, check_id};
 use crate::query;
 
 pub mod patch;
+mod write_through;
+
+use write_through::VaultWrite;
 
 /// The path prefix.
 pub const PREFIX: &str = "/apisix/admin/";
@@ -91,6 +94,7 @@ pub(crate) async fn handle(
     remote: SocketAddr,
 ) -> Response<ProxyBody> {
     let (parts, incoming) = req.into_parts();
+    let has_body = !hyper::body::Body::is_end_stream(&incoming);
     let (status, value) = match authorize(&shared, &parts) {
         Err(answer) => {
             shared
@@ -109,6 +113,14 @@ pub(crate) async fn handle(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    // An error may leave the body unread (a bad key, a body over max_body, an unknown
+    // resource): the connection cannot carry another request, so say so rather than let
+    // an HTTP/1 client reuse it and lose its next request.
+    if has_body && !status.is_success() && parts.version < http::Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
@@ -258,6 +270,9 @@ async fn read_json(incoming: Incoming, max: usize) -> Result<Value, Answer> {
             ));
         }
     };
+    // The body may hold a credential: wiped once parsed (the whole buffer, when this
+    // is its only owner).
+    let bytes = zeroize::Zeroizing::new(Vec::<u8>::from(bytes));
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(error(StatusCode::BAD_REQUEST, "missing configurations"));
     }
@@ -444,7 +459,7 @@ async fn put(shared: &Arc<Shared>, kind: Kind, id: Option<&str>, mut body: Value
     if let Err(answer) = bind_id(kind, &id, &mut body) {
         return answer;
     }
-    write(shared, kind, id, Op::Put(body), "PUT").await
+    write(shared, kind, id, Change::Put(body).into(), "PUT").await
 }
 
 async fn post(shared: &Arc<Shared>, kind: Kind, body: Value) -> Answer {
@@ -470,7 +485,14 @@ async fn post(shared: &Arc<Shared>, kind: Kind, body: Value) -> Answer {
         }
         Err(answer) => return answer,
     }
-    write(shared, kind, String::new(), Op::Post(body), "POST").await
+    write(
+        shared,
+        kind,
+        String::new(),
+        Change::Post(body).into(),
+        "POST",
+    )
+    .await
 }
 
 async fn patch(
@@ -483,10 +505,10 @@ async fn patch(
     if sub_path.is_empty() && !body.is_object() {
         return error(StatusCode::BAD_REQUEST, "invalid configuration");
     }
-    let op = Op::Patch {
+    let op = Op::Change(Change::Patch {
         sub_path: sub_path.iter().map(|s| (*s).to_owned()).collect(),
         body,
-    };
+    });
     write(shared, kind, id.to_owned(), op, "PATCH").await
 }
 
@@ -494,12 +516,23 @@ async fn delete(shared: &Arc<Shared>, kind: Kind, id: &str) -> Answer {
     write(shared, kind, id.to_owned(), Op::Delete, "DELETE").await
 }
 
-/// A write, done on a blocking thread under the control lock.
+/// A write.
 enum Op {
+    Change(Change),
+    Delete,
+}
+
+/// A write that stores a resource.
+enum Change {
     Put(Value),
     Post(Value),
     Patch { sub_path: Vec<String>, body: Value },
-    Delete,
+}
+
+impl From<Change> for Op {
+    fn from(change: Change) -> Self {
+        Self::Change(change)
+    }
 }
 
 async fn write(
@@ -510,15 +543,16 @@ async fn write(
     method: &'static str,
 ) -> Answer {
     let started = Instant::now();
-    let task_shared = shared.clone();
-    let result = tokio::task::spawn_blocking(move || apply(&task_shared, kind, id, op)).await;
-    let answer = match result {
-        Ok(answer) => answer,
-        Err(e) => {
-            tracing::error!(error = %e, "admin write task failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-        }
+    // One write at a time, in the order they are acknowledged: the control lock alone
+    // does not span a write-through's call to the agent.
+    let serial = shared.admin_writes.lock().await;
+    let answer = match op {
+        Op::Change(change) if kind == Kind::Consumer => write_consumer(shared, id, change).await,
+        op => on_blocking_thread(shared, move |s| apply(s, kind, id, op))
+            .await
+            .unwrap_or_else(|answer| answer),
     };
+    drop(serial);
     let elapsed = started.elapsed();
     if answer.0.is_success() {
         shared.metrics.observe_admin_write(elapsed);
@@ -528,31 +562,63 @@ async fn write(
     answer
 }
 
+/// Runs `f` on a blocking thread (it takes the control lock, which a write holds across
+/// its fsync: the request path's threads must never wait for a disk).
+async fn on_blocking_thread<T, F>(shared: &Arc<Shared>, f: F) -> Result<T, Answer>
+where
+    F: FnOnce(&Shared) -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || f(&shared))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "admin write task failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        })
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-fn apply(shared: &Shared, kind: Kind, id: String, op: Op) -> Answer {
-    let env = |k: &str| std::env::var(k).ok();
-    let mut control = shared.control();
-    let (result, id, method_created) = match op {
-        Op::Put(body) => (control.put(kind, &id, body, now(), &env), id, None),
-        Op::Post(mut body) => {
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
+/// A resource as it is about to be stored.
+struct Prepared {
+    id: String,
+    value: Value,
+    /// The status of a success, when it does not follow from created/replaced.
+    status: Option<StatusCode>,
+}
+
+/// The resource a change stores: the body of a `PUT`, the body with a generated id of a
+/// `POST`, the stored resource with a `PATCH` applied.
+fn prepare(control: &Control, kind: Kind, id: String, change: Change) -> Result<Prepared, Answer> {
+    match change {
+        Change::Put(value) => Ok(Prepared {
+            id,
+            value,
+            status: None,
+        }),
+        Change::Post(mut value) => {
             let id = control.generated_id();
-            if let Value::Object(map) = &mut body {
+            if let Value::Object(map) = &mut value {
                 map.insert(kind.id_field().to_owned(), Value::String(id.clone()));
             }
-            (
-                control.put(kind, &id, body, now(), &env),
+            Ok(Prepared {
                 id,
-                Some(StatusCode::CREATED),
-            )
+                value,
+                status: Some(StatusCode::CREATED),
+            })
         }
-        Op::Patch { sub_path, body } => {
+        Change::Patch { sub_path, body } => {
             let Some(entry) = control.catalog().get(kind, &id) else {
-                return not_found();
+                return Err(not_found());
             };
             let mut value = entry.value.clone();
             let stamped = match &body {
@@ -563,24 +629,58 @@ fn apply(shared: &Shared, kind: Kind, id: String, op: Op) -> Answer {
                 patch::merge(&mut value, body);
             } else {
                 let segments: Vec<&str> = sub_path.iter().map(String::as_str).collect();
-                if let Err(why) = patch::set_path(&mut value, &segments, body) {
-                    return error(StatusCode::BAD_REQUEST, why);
-                }
+                patch::set_path(&mut value, &segments, body)
+                    .map_err(|why| error(StatusCode::BAD_REQUEST, why))?;
             }
             if !stamped && let Value::Object(map) = &mut value {
                 map.remove("update_time");
             }
-            if let Err(answer) = bind_id(kind, &id, &mut value) {
-                return answer;
-            }
-            (
-                control.put(kind, &id, value, now(), &env),
+            bind_id(kind, &id, &mut value)?;
+            Ok(Prepared {
                 id,
-                Some(StatusCode::OK),
-            )
+                value,
+                status: Some(StatusCode::OK),
+            })
         }
-        Op::Delete => (control.delete(kind, &id, &env), id, None),
-    };
+    }
+}
+
+/// A write under the control lock: validated, persisted, swapped in.
+fn apply(shared: &Shared, kind: Kind, id: String, op: Op) -> Answer {
+    let mut control = shared.control();
+    match op {
+        Op::Delete => {
+            let result = control.delete(kind, &id, &env);
+            finish(shared, control, kind, &id, result, None)
+        }
+        Op::Change(change) => match prepare(&control, kind, id, change) {
+            Ok(prepared) => commit(shared, control, kind, prepared),
+            Err(answer) => answer,
+        },
+    }
+}
+
+/// Stores `prepared` (under the control lock `control`) and answers.
+fn commit(
+    shared: &Shared,
+    mut control: MutexGuard<'_, Control>,
+    kind: Kind,
+    prepared: Prepared,
+) -> Answer {
+    let Prepared { id, value, status } = prepared;
+    let result = control.put(kind, &id, value, now(), &env);
+    finish(shared, control, kind, &id, result, status)
+}
+
+/// Swaps a written change in and answers; or answers why nothing changed.
+fn finish(
+    shared: &Shared,
+    control: MutexGuard<'_, Control>,
+    kind: Kind,
+    id: &str,
+    result: Result<Written, WriteError>,
+    status: Option<StatusCode>,
+) -> Answer {
     match result {
         Ok(Written {
             runtime,
@@ -591,7 +691,7 @@ fn apply(shared: &Shared, kind: Kind, id: String, op: Op) -> Answer {
             drop(control);
             match entry {
                 Some(entry) => {
-                    let status = method_created.unwrap_or(if created {
+                    let status = status.unwrap_or(if created {
                         StatusCode::CREATED
                     } else {
                         StatusCode::OK
@@ -603,19 +703,139 @@ fn apply(shared: &Shared, kind: Kind, id: String, op: Op) -> Answer {
                 }
                 None => (
                     StatusCode::OK,
-                    json!({ "deleted": "1", "key": kind.key(&id) }),
+                    json!({ "deleted": "1", "key": kind.key(id) }),
                 ),
             }
         }
-        Err(WriteError::NotFound) => not_found(),
-        Err(e @ (WriteError::Invalid(_) | WriteError::Conflict(_))) => {
+        Err(e) => refused(&e),
+    }
+}
+
+/// The answer to a refused write.
+fn refused(e: &WriteError) -> Answer {
+    match e {
+        WriteError::NotFound => not_found(),
+        WriteError::Invalid(_) | WriteError::Conflict(_) => {
             error(StatusCode::BAD_REQUEST, e.to_string())
         }
-        Err(e @ (WriteError::Persist(_) | WriteError::NoStore)) => {
+        WriteError::Persist(_) | WriteError::NoStore => {
             tracing::error!(error = %e, "admin write not persisted; nothing changed");
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
     }
+}
+
+/// What the first step of a consumer write leaves to do.
+enum Stage {
+    /// Answered (refused, or stored with nothing to write to Vault).
+    Done(Answer),
+    /// Validated; the credentials go to Vault before the reference is stored.
+    Through(Prepared, Vec<VaultWrite>),
+}
+
+/// A consumer write: with `admin.vault_write_through`, inline credentials next to
+/// `vault: {}` are written to Vault through the agent first (after the consumer is
+/// validated both with them inline and with the reference only), then the reference
+/// alone is stored. The agent refusing or unreachable: nothing changes, and the
+/// credential is never stored inline instead.
+async fn write_consumer(shared: &Arc<Shared>, id: String, change: Change) -> Answer {
+    let stage = match on_blocking_thread(shared, move |s| stage_consumer(s, id, change)).await {
+        Ok(stage) => stage,
+        Err(answer) => return answer,
+    };
+    let (prepared, writes) = match stage {
+        Stage::Done(answer) => return answer,
+        Stage::Through(prepared, writes) => (prepared, writes),
+    };
+    let Some(socket) = shared.agent_socket.clone() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cannot store the credential in Vault: the gateway was started without an agent; nothing was changed",
+        );
+    };
+    let versions = match write_through::put_all(&socket, &writes).await {
+        Ok(versions) => versions,
+        Err(answer) => return answer,
+    };
+    for (write, version) in writes.iter().zip(&versions) {
+        tracing::info!(
+            secret.name = %write.name, fields = ?write.field_names(), version = version.1,
+            "admin: credential stored in Vault through the agent"
+        );
+    }
+    drop(writes);
+    let answer = on_blocking_thread(shared, move |s| {
+        commit(s, s.control(), Kind::Consumer, prepared)
+    })
+    .await
+    .unwrap_or_else(|answer| answer);
+    if !answer.0.is_success() {
+        // Rare (the file was reloaded in between, or the disk failed): Vault already
+        // has the credential; say so.
+        let names: Vec<&str> = versions.iter().map(|(n, _)| n.as_str()).collect();
+        let msg = answer
+            .1
+            .get("error_msg")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        return error(
+            answer.0,
+            format!(
+                "{msg} (the credential was already written to Vault as {})",
+                names.join(", ")
+            ),
+        );
+    }
+    // Read your writes: answer once this gateway's snapshot has the new versions, so a
+    // token signed right after the answer uses the new credential.
+    if !write_through::caught_up(shared, &versions).await {
+        tracing::debug!("admin: the agent's snapshot with the written credential is late");
+    }
+    answer
+}
+
+/// The first step of a consumer write, under the control lock.
+fn stage_consumer(shared: &Shared, id: String, change: Change) -> Stage {
+    let control = shared.control();
+    let prepared = match prepare(&control, Kind::Consumer, id, change) {
+        Ok(prepared) => prepared,
+        Err(answer) => return Stage::Done(answer),
+    };
+    let through = control
+        .file()
+        .admin
+        .as_ref()
+        .is_some_and(|a| a.vault_write_through);
+    if !through {
+        return Stage::Done(commit(shared, control, Kind::Consumer, prepared));
+    }
+    let plan = match write_through::plan(&prepared.value) {
+        Ok(Some(plan)) => plan,
+        Ok(None) => return Stage::Done(commit(shared, control, Kind::Consumer, prepared)),
+        Err(msg) => {
+            write_through::wipe(prepared.value);
+            return Stage::Done(error(StatusCode::BAD_REQUEST, msg));
+        }
+    };
+    let Prepared { id, value, status } = prepared;
+    write_through::wipe(value);
+    let (inline, checked) = control.check(Kind::Consumer, &id, plan.inline, &env);
+    write_through::wipe(inline);
+    let (stripped, checked) = match checked {
+        Ok(()) => control.check(Kind::Consumer, &id, plan.stripped, &env),
+        Err(e) => (plan.stripped, Err(e)),
+    };
+    if let Err(e) = checked {
+        return Stage::Done(refused(&e));
+    }
+    Stage::Through(
+        Prepared {
+            id,
+            value: stripped,
+            status,
+        },
+        plan.writes,
+    )
 }
 
 #[cfg(test)]

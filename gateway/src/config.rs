@@ -154,6 +154,12 @@ pub struct AdminConfig {
     /// Largest accepted request body, bytes (APISIX: 1.5 MiB).
     #[serde(default = "default_admin_max_body")]
     pub max_body: usize,
+    /// A consumer written with `vault: {}` and an inline credential has the credential
+    /// stored in Vault through the agent's `Put` (the agent's `write_paths` must allow
+    /// `consumer/<username>/<plugin>`); only the reference is kept. Off: such a consumer
+    /// is refused, as in the file.
+    #[serde(default)]
+    pub vault_write_through: bool,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -163,6 +169,7 @@ impl std::fmt::Debug for AdminConfig {
             .field("key", &"[REDACTED]")
             .field("state_dir", &self.state_dir)
             .field("max_body", &self.max_body)
+            .field("vault_write_through", &self.vault_write_through)
             .finish()
     }
 }

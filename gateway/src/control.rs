@@ -75,6 +75,41 @@ impl Control {
         self.store.as_ref()
     }
 
+    /// The configuration file in effect.
+    pub fn file(&self) -> &Config {
+        &self.file
+    }
+
+    /// Whether [`Self::put`] of `value` as resource `id` of `kind` would validate,
+    /// without persisting or changing anything. `value` is handed back (it may hold
+    /// credentials the caller wipes).
+    pub fn check(
+        &self,
+        kind: Kind,
+        id: &str,
+        value: Value,
+        env: EnvLookup<'_>,
+    ) -> (Value, Result<(), WriteError>) {
+        let mut candidate = self.catalog.clone();
+        candidate.set(
+            kind,
+            Entry {
+                id: id.to_owned(),
+                origin: Origin::Admin,
+                created: 0,
+                modified: 0,
+                value,
+            },
+        );
+        let result = build(&candidate, &self.file, env, Some((kind, id)))
+            .map(drop)
+            .map_err(|(field, reason)| WriteError::Invalid(message(&field, &reason)));
+        let value = candidate
+            .remove(kind, id)
+            .map_or(Value::Null, |entry| entry.value);
+        (value, result)
+    }
+
     /// The runtime of the current state (start-up).
     pub fn runtime(&self, env: EnvLookup<'_>) -> Result<Runtime, ConfigError> {
         build(&self.catalog, &self.file, env, None)

@@ -77,7 +77,10 @@ pub struct Shared {
     /// Serializes auth-state rebuilds (snapshot arrival vs. reload); never taken per request.
     rebuild: Mutex<()>,
     /// `agent.socket` at start: changing it needs a restart.
-    agent_socket: Option<std::path::PathBuf>,
+    pub(crate) agent_socket: Option<std::path::PathBuf>,
+    /// Admin API writes, one at a time across the agent's `Put` of a write-through
+    /// (which must not hold the control lock while it waits for the agent).
+    pub(crate) admin_writes: tokio::sync::Mutex<()>,
     /// The file, the Admin API's store and their merge. Taken by reloads and admin
     /// writes (which persist while holding it), never per request.
     pub(crate) control: Mutex<Control>,
@@ -109,7 +112,7 @@ impl Shared {
         self.control.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn rebuild_auth(&self) {
+    pub(crate) fn rebuild_auth(&self) {
         let _guard = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
         let runtime = self.runtime.load();
         let snapshot = self.snapshot.load();
@@ -289,6 +292,7 @@ impl Gateway {
             names: names_tx,
             rebuild: Mutex::new(()),
             agent_socket: config.agent.as_ref().map(|a| a.socket.clone()),
+            admin_writes: tokio::sync::Mutex::new(()),
             admin_max_body: config.admin.as_ref().map_or(0, |a| a.max_body),
             control: Mutex::new(control),
             started: Instant::now(),

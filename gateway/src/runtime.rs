@@ -74,6 +74,12 @@ impl Runtime {
             if admin.max_body == 0 {
                 return Err(invalid("admin.max_body", "must be above 0"));
             }
+            if admin.vault_write_through && config.agent.is_none() {
+                return Err(invalid(
+                    "admin.vault_write_through",
+                    "needs agent: credentials are written to Vault through the agent",
+                ));
+            }
         }
         let consumers = Arc::new(consumers);
         if config.agent.is_none() && !consumers.agent_names().is_empty() {
