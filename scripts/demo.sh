@@ -6,12 +6,18 @@
 #   2. starts an OpenBao dev server and does the tutorial's Vault steps verbatim
 #      (kv v1 at kv/, the apisix-policy, a token with it, jack's secret);
 #   3. starts keygate-agent with the tutorial's `vault:` block (host, timeout, token, prefix),
-#      the demo upstream (GET /secure/ping -> "secure/pong"), and keygate-gateway with
-#      consumer jack (jwt-auth, key test-key, vault: {}) and the route /secure/ping;
-#   4. runs the tutorial's curl flow: sign a JWT, call the route with it (200 secure/pong),
-#      call it without (401 {"message":"Missing JWT token in request"}).
+#      the demo upstream (GET /secure/ping -> "secure/pong"), and keygate-gateway with only
+#      `listen`, `agent`, `plugin_attr` (the sign endpoint) and `admin` (the tutorial's
+#      X-API-KEY on loopback, its state directory in the temporary directory);
+#   4. creates consumer jack (jwt-auth, key test-key, vault: {}) and route 1 (/secure/ping)
+#      with the tutorial's Admin API curl commands, verbatim but for host and port;
+#   5. runs the tutorial's curl flow: sign a JWT, call the route with it (200 secure/pong),
+#      call it without (401 {"message":"Missing JWT token in request"});
+#   6. checks that no log, config or state file holds a secret (nor the gateway config the
+#      Vault token, nor the gateway log the admin key).
 # Exits non-zero if any step does not behave as the tutorial says. Everything it starts
-# is stopped on exit. Ports: KEYGATE_DEMO_{BAO,GATEWAY,UPSTREAM}_PORT (8200, 9080, 9999).
+# is stopped on exit. Ports: KEYGATE_DEMO_{BAO,GATEWAY,ADMIN,UPSTREAM}_PORT
+# (8200, 9080, 9180, 9999).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/openbao-env.sh
@@ -19,6 +25,7 @@ source scripts/openbao-env.sh
 
 bao_port="${KEYGATE_DEMO_BAO_PORT:-8200}"
 gw_port="${KEYGATE_DEMO_GATEWAY_PORT:-9080}"
+admin_port="${KEYGATE_DEMO_ADMIN_PORT:-9180}"
 up_port="${KEYGATE_DEMO_UPSTREAM_PORT:-9999}"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
 fail() { printf 'demo: FAILED: %s\n' "$*" >&2; exit 1; }
@@ -63,6 +70,7 @@ agent_token="$(bao token create -policy=apisix-policy -field=token)"
 echo "(token created; it goes to the agent's config only, never to the gateway)"
 
 step "Store jack's secret in Vault"
+# shellcheck disable=SC2016 # the tutorial's value, literally
 bao kv put kv/apisix/consumer/jack/jwt-auth 'secret=$ecr3t-c0d3'
 
 step "Start keygate-agent with the tutorial's vault block"
@@ -104,7 +112,7 @@ PY
 pids+=($!)
 wait_http "http://127.0.0.1:$up_port/secure/ping" "upstream"
 
-step "Start keygate-gateway: consumer jack (jwt-auth, vault: {}), route /secure/ping"
+step "Start keygate-gateway: the agent's socket, the sign endpoint and the Admin API"
 cat >"$work/gateway.yaml" <<YAML
 listen: 127.0.0.1:$gw_port
 agent:
@@ -112,25 +120,40 @@ agent:
 plugin_attr:
   jwt-auth:
     sign_endpoint: true
-consumers:
-  - username: jack
-    plugins:
-      jwt-auth:
-        key: test-key
-        vault: {}
-routes:
-  - id: "1"
-    uri: /secure/ping
-    plugins:
-      jwt-auth: {}
-    upstream:
-      type: roundrobin
-      nodes:
-        "127.0.0.1:$up_port": 1
+admin:
+  listen: 127.0.0.1:$admin_port
+  key: edd1c9f034335f136f87ad84b625c8f1
+  state_dir: $work/state
 YAML
 "$bin/keygate-gateway" --config "$work/gateway.yaml" 2>"$work/gateway.log" &
 pids+=($!)
 wait_http "http://127.0.0.1:$gw_port/" "gateway"
+wait_http "http://127.0.0.1:$admin_port/" "gateway Admin API"
+
+# An Admin API answer must be APISIX's {"key": <key>, "value": {...}} with `expect` in
+# the value (a JSON object, compared field by field).
+expect_stored() { # answer file, key, expected value fields (JSON)
+    python3 - "$@" <<'PY' || { cat "$1" >&2; echo >&2; fail "unexpected Admin API answer for $2"; }
+import json, sys
+answer = json.load(open(sys.argv[1]))
+expected = json.loads(sys.argv[3])
+assert answer.get("key") == sys.argv[2], answer
+for field, value in expected.items():
+    assert answer["value"].get(field) == value, (field, answer["value"].get(field), value)
+PY
+}
+
+step "Create an APISIX Consumer (the tutorial's curl, host and port changed)"
+curl "http://127.0.0.1:$admin_port/apisix/admin/consumers" -H 'X-API-KEY: edd1c9f034335f136f87ad84b625c8f1' -X PUT -d '{    "username": "jack",    "plugins": {        "jwt-auth": {            "key": "test-key",            "vault": {}        }    }}' | tee "$work/consumer.json"
+echo
+expect_stored "$work/consumer.json" /apisix/consumers/jack \
+    '{"username": "jack", "plugins": {"jwt-auth": {"key": "test-key", "vault": {}}}}'
+
+step "Create an APISIX Route with Authentication Enabled (the tutorial's curl)"
+curl "http://127.0.0.1:$admin_port/apisix/admin/routes/1" -H 'X-API-KEY: edd1c9f034335f136f87ad84b625c8f1' -X PUT -d '{    "plugins": {        "jwt-auth": {}    },    "upstream": {        "nodes": {            "127.0.0.1:'"$up_port"'": 1        },        "type": "roundrobin"    },    "uri": "/secure/ping"}' | tee "$work/route.json"
+echo
+expect_stored "$work/route.json" /apisix/routes/1 \
+    '{"uri": "/secure/ping", "plugins": {"jwt-auth": {}}, "upstream": {"nodes": {"127.0.0.1:'"$up_port"'": 1}, "type": "roundrobin"}}'
 
 step "Generate a token from the jwt-auth plugin (sign endpoint)"
 jwt=""
@@ -153,9 +176,18 @@ echo
 head -1 "$work/denied.txt" | grep -q " 401" || fail "unsigned request was not refused"
 grep -q '{"message":"Missing JWT token in request"}' "$work/denied.txt" || fail "401 body differs from APISIX's"
 
-step "The gateway never saw the Vault token, and no log holds a secret"
+step "The gateway never saw the Vault token; no log, config or state file holds a secret"
 if grep -qF -e "$agent_token" -e 'ecr3t-c0d3' "$work/agent.log" "$work/gateway.log"; then
     fail "a secret or the token appears in a log"
 fi
-grep -qF "$agent_token" "$work/gateway.yaml" && fail "the gateway config holds the Vault token"
+if grep -qF -e "$agent_token" -e 'ecr3t-c0d3' "$work/gateway.yaml"; then
+    fail "the gateway config holds the Vault token or a secret"
+fi
+[[ -f "$work/state/admin/consumers/jack.json" ]] || fail "jack is not in the Admin API's state directory"
+if grep -rqF -e "$agent_token" -e 'ecr3t-c0d3' "$work/state"; then
+    fail "the gateway's state directory holds the Vault token or a secret"
+fi
+grep -q '"vault":{}' "$work/state/admin/consumers/jack.json" || fail "jack is stored without his vault: {} reference"
+grep -qF edd1c9f034335f136f87ad84b625c8f1 "$work/gateway.log" && fail "the admin key appears in the gateway log"
+[[ "$(stat -c %a "$work/state/admin")" == 700 ]] || fail "the state directory is not 0700"
 printf '\n\033[1mdemo: OK\033[0m: the seed tutorial flow works through keygate\n' >&2
