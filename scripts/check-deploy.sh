@@ -218,6 +218,15 @@ if agent and gw:
     need(acfg["ops"]["listen"].endswith(f":{ports.get('agent-ops')}"), "agent ops.listen = the agent-ops port")
     need(gcfg["listen"].endswith(f":{ports.get('http')}"), "gateway listen = the http port")
     need(gcfg["status_listen"].endswith(f":{ports.get('status')}"), "gateway status_listen = the status port")
+    adm = gcfg.get("admin") or {}
+    need(str(adm.get("listen", "")).startswith("127.0.0.1:"), "gateway admin.listen on loopback")
+    need(any(m["mountPath"] == adm.get("state_dir") and not m.get("readOnly") for m in gw.get("volumeMounts", [])),
+         "gateway admin.state_dir is a writable volume of the gateway container")
+    key = str(adm.get("key", ""))
+    need(key.startswith("$secret://vault/"), "gateway admin.key is a $secret://vault/ reference")
+    key_name = key[len("$secret://vault/"):].rsplit("/", 1)[0]
+    need(any(p == key_name or (p.endswith("*") and key_name.startswith(p[:-1])) for p in acfg["peers"][0]["paths"]),
+         "the agent's peer policy allows the admin key's name")
 for e in errors:
     print(f"    missing: {e}", file=sys.stderr)
 sys.exit(1 if errors else 0)
@@ -311,6 +320,26 @@ for u in "${units[@]}"; do
     fi
     figures+=("$line")
 done
+# The gateway's Admin API state: the unit's StateDirectory= is the config's admin.state_dir,
+# its key a $secret:// reference the agent's peer policy allows.
+if "$py" - deploy/systemd/keygate-gateway.service deploy/systemd/gateway.yaml deploy/systemd/agent.yaml <<'PY'; then ok "systemd: StateDirectory = admin.state_dir; admin key from Vault, allowed by the agent's peer policy"; else bad "systemd: gateway admin state/key"; fi
+import re, sys, yaml
+unit, g, a = open(sys.argv[1]).read(), yaml.safe_load(open(sys.argv[2])), yaml.safe_load(open(sys.argv[3]))
+state = re.findall(r"^StateDirectory=(\S+)$", unit, re.M)
+adm = g.get("admin") or {}
+key = str(adm.get("key", ""))
+name = key[len("$secret://vault/"):].rsplit("/", 1)[0]
+errors = []
+if state != ["keygate-gateway"] or adm.get("state_dir") != f"/var/lib/{state[0] if state else ''}":
+    errors.append(f"StateDirectory={state} vs admin.state_dir={adm.get('state_dir')}")
+if not key.startswith("$secret://vault/") or name not in a["peers"][0]["paths"]:
+    errors.append(f"admin.key {key!r} not a $secret:// name in peers[0].paths {a['peers'][0]['paths']}")
+if not str(adm.get("listen", "")).startswith("127.0.0.1:"):
+    errors.append("admin.listen not on loopback")
+for e in errors:
+    print("    " + e, file=sys.stderr)
+sys.exit(1 if errors else 0)
+PY
 if [[ $(id -u) -eq 0 ]]; then
     stage="$work/stage"
     stubs="$work/units/bin"
@@ -457,6 +486,9 @@ PY
     bao secrets enable -path=kv -version=1 kv >/dev/null
     jwt_secret="deploy-check-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
     bao kv put kv/apisix/consumer/jack/jwt-auth "secret=$jwt_secret" >/dev/null
+    # The gateway's Admin API key, which the shipped gateway configs take from Vault.
+    admin_key="deploy-admin-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+    bao kv put kv/apisix/gateway/admin "key=$admin_key" >/dev/null
     up_port="$(free_port)"
     "$python" - "$up_port" >"$work/upstream.log" 2>&1 <<'PY' &
 import http.server, sys
@@ -507,21 +539,27 @@ PY
     # pair NAME AGENT_YAML GATEWAY_YAML SOCKET_LAYOUT(systemd|k8s)
     run_pair() {
         local name="$1" agent_src="$2" gateway_src="$3" layout="$4"
-        local dir="$work/e2e-$name" gw_port status_port ops_port sock_root extra_groups=""
+        local dir="$work/e2e-$name" gw_port status_port ops_port admin_port sock_root extra_groups=""
         mkdir -p "$dir"
         chmod 0755 "$dir"
-        gw_port="$(free_port)" status_port="$(free_port)" ops_port="$(free_port)"
+        gw_port="$(free_port)" status_port="$(free_port)" ops_port="$(free_port)" admin_port="$(free_port)"
         sock_root="$dir/run/keygate"
         mkdir -p "$dir/run" "$dir/approle"
         if [[ "$layout" == systemd ]]; then
             # What tmpfiles.d/keygate.conf creates: 2750 agent:gateway-group.
             install -d -m 2750 "$sock_root"
             [[ $(id -u) -ne 0 ]] || chown "$agent_uid:$gateway_uid" "$sock_root"
+            # What StateDirectory=keygate-gateway creates: 0700 gateway:gateway.
+            install -d -m 0700 "$dir/gateway-state"
+            [[ $(id -u) -ne 0 ]] || chown "$gateway_uid:$gateway_uid" "$dir/gateway-state"
         else
             # What the kubelet creates for an emptyDir with fsGroup: 2777 root:fsGroup, and
             # fsGroup as a supplementary group of every container.
             install -d -m 2777 "$sock_root"
             [[ $(id -u) -ne 0 ]] || { chown "0:$gateway_uid" "$sock_root"; chmod 2777 "$sock_root"; }
+            # The gateway-state emptyDir: the same.
+            install -d -m 2777 "$dir/gateway-state"
+            [[ $(id -u) -ne 0 ]] || { chown "0:$gateway_uid" "$dir/gateway-state"; chmod 2777 "$dir/gateway-state"; }
             extra_groups="$gateway_uid"
             # The projected token volume: root:fsGroup, defaultMode 0440.
             mkdir -p "$dir/sa-token"
@@ -536,9 +574,9 @@ PY
         chmod 0640 "$dir/approle/"*
         # The rewrites: nothing else in the shipped files changes.
         "$py" - "$agent_src" "$gateway_src" "$dir" "$VAULT_ADDR" "$ops_port" "$gw_port" "$status_port" \
-            "$up_port" "$gateway_uid" <<'PY' || return 1
+            "$up_port" "$gateway_uid" "$admin_port" <<'PY' || return 1
 import sys, yaml
-agent_src, gateway_src, d, vault, ops, gw, status, up, gw_uid = sys.argv[1:]
+agent_src, gateway_src, d, vault, ops, gw, status, up, gw_uid, admin = sys.argv[1:]
 a = yaml.safe_load(open(agent_src))
 g = yaml.safe_load(open(gateway_src))
 rewrites = []
@@ -565,6 +603,10 @@ g["status_listen"] = f"127.0.0.1:{status}"
 for r in g["routes"]:
     r["upstream"]["nodes"] = {f"127.0.0.1:{up}": 1}
 note("listen/status_listen/ops.listen/upstream nodes -> loopback ports")
+assert g["admin"]["key"] == "$secret://vault/gateway/admin/key", "the admin key is not the Vault reference"
+g["admin"]["listen"] = f"127.0.0.1:{admin}"
+old_state = g["admin"]["state_dir"]
+g["admin"]["state_dir"] = f"{d}/gateway-state"; note(f"admin.listen -> loopback port; admin.state_dir {old_state} -> {d}/gateway-state")
 yaml.safe_dump(a, open(f"{d}/agent.yaml", "w"))
 yaml.safe_dump(g, open(f"{d}/gateway.yaml", "w"))
 print("    rewrites: " + "; ".join(rewrites), file=sys.stderr)
@@ -615,7 +657,34 @@ PY
         else
             bad "$name: unsigned request got $(cat "$dir/no.code")"
         fi
-        if grep -qF -e "$jwt_secret" -e "$(cat "$dir/approle/secret-id")" -e "$(cat "$work/sa-token")" "$dir/agent.log" "$dir/gateway.log"; then
+        # The Admin API, its key from Vault through the agent; a change persists in the
+        # state directory under the gateway's uid, 0700/0600, without a secret.
+        local admin_url="http://127.0.0.1:$admin_port/apisix/admin"
+        code="$(curl -s -o "$dir/admin-list.txt" -w '%{http_code}' -H "X-API-KEY: $admin_key" "$admin_url/routes" || true)"
+        if [[ "$code" == 200 ]] && grep -q '"total":1' "$dir/admin-list.txt"; then
+            ok "$name: Admin API with the key from Vault -> 200 (route 1 of the file listed)"
+        else
+            tail -n 20 "$dir/gateway.log" >&2
+            bad "$name: Admin API GET routes got $code $(head -c 200 "$dir/admin-list.txt")"
+        fi
+        code="$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-KEY: wrong" "$admin_url/routes" || true)"
+        if [[ "$code" == 401 ]]; then ok "$name: Admin API with a wrong key -> 401"; else bad "$name: Admin API with a wrong key got $code"; fi
+        code="$(curl -s -o "$dir/admin-put.txt" -w '%{http_code}' -H "X-API-KEY: $admin_key" -X PUT \
+            -d '{"username":"jill","plugins":{"jwt-auth":{"key":"jill-key","vault":{}}}}' "$admin_url/consumers" || true)"
+        local stored="$dir/gateway-state/admin/consumers/jill.json"
+        if [[ "$code" == 201 && -f "$stored" ]] &&
+            [[ "$(stat -c '%a %u' "$dir/gateway-state/admin") $(stat -c '%a %u' "$stored")" == "700 $gateway_uid 600 $gateway_uid" ]]; then
+            ok "$name: Admin API PUT consumer -> 201, persisted in admin.state_dir (dir 0700, file 0600, uid $gateway_uid)"
+        else
+            tail -n 20 "$dir/gateway.log" >&2
+            bad "$name: Admin API PUT consumer got $code $(head -c 200 "$dir/admin-put.txt"); state: $(stat -c '%n %a %u' "$dir/gateway-state/admin" "$dir/gateway-state/admin/consumers/"* 2>&1 | tr '\n' ' ')"
+        fi
+        if grep -rqF -e "$jwt_secret" -e "$admin_key" "$dir/gateway-state"; then
+            bad "$name: a secret appears in the gateway's state directory"
+        else
+            ok "$name: no secret in the gateway's state directory"
+        fi
+        if grep -qF -e "$jwt_secret" -e "$admin_key" -e "$(cat "$dir/approle/secret-id")" -e "$(cat "$work/sa-token")" "$dir/agent.log" "$dir/gateway.log"; then
             bad "$name: a secret appears in a log"
         else
             ok "$name: no secret in the logs"
