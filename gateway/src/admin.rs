@@ -73,6 +73,12 @@ pub const ENDPOINTS: &[(&str, &[&str])] = &[
         &["GET", "PUT", "PATCH", "DELETE"],
     ),
     ("/apisix/admin/consumers/{username}/{path}", &["PATCH"]),
+    ("/apisix/admin/ssls", &["GET", "POST", "PUT"]),
+    (
+        "/apisix/admin/ssls/{id}",
+        &["GET", "PUT", "PATCH", "DELETE"],
+    ),
+    ("/apisix/admin/ssls/{id}/{path}", &["PATCH"]),
     ("/apisix/admin/plugins/list", &["GET"]),
 ];
 
@@ -249,7 +255,7 @@ async fn read(shared: &Arc<Shared>, kind: Kind, id: Option<&str>, query: &str) -
 fn id_word(kind: Kind) -> &'static str {
     match kind {
         Kind::Consumer => "name",
-        Kind::Route | Kind::Upstream => "id",
+        Kind::Route | Kind::Upstream | Kind::Ssl => "id",
     }
 }
 
@@ -421,7 +427,9 @@ fn bind_id(kind: Kind, id: &str, body: &mut Value) -> Result<(), Answer> {
     {
         let msg = match kind {
             Kind::Consumer => "wrong username".to_owned(),
-            Kind::Route | Kind::Upstream => format!("wrong {} id", kind.singular()),
+            Kind::Route | Kind::Upstream | Kind::Ssl => {
+                format!("wrong {} id", kind.singular())
+            }
         };
         return Err(error(StatusCode::BAD_REQUEST, msg));
     }
@@ -447,7 +455,7 @@ async fn put(shared: &Arc<Shared>, kind: Kind, id: Option<&str>, mut body: Value
                     StatusCode::BAD_REQUEST,
                     match kind {
                         Kind::Consumer => "invalid configuration: username: required".to_owned(),
-                        Kind::Route | Kind::Upstream => {
+                        Kind::Route | Kind::Upstream | Kind::Ssl => {
                             format!("missing {} id", kind.singular())
                         }
                     },

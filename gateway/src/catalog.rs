@@ -37,7 +37,7 @@ pub struct Entry {
 /// The effective resources of each kind, in order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Catalog {
-    lists: [Vec<Entry>; 3],
+    lists: [Vec<Entry>; 4],
 }
 
 /// Fields the Admin API keeps in a resource's JSON that the configuration has no use for.
@@ -115,6 +115,10 @@ impl Catalog {
         }
         config.upstreams = self.resources(Kind::Upstream, &file.upstreams)?;
         config.consumers = self.resources(Kind::Consumer, &file.consumers)?;
+        config.ssls = self.resources(Kind::Ssl, &file.ssls)?;
+        for (ssl, entry) in config.ssls.iter_mut().zip(self.entries(Kind::Ssl)) {
+            ssl.id = Some(entry.id.clone());
+        }
         Ok(config)
     }
 
@@ -239,6 +243,14 @@ fn file_entries(file: &Config, kind: Kind) -> Vec<Entry> {
         Kind::Consumer => (
             file.consumers.iter().map(|c| c.username.clone()).collect(),
             &file.raw.consumers,
+        ),
+        Kind::Ssl => (
+            file.ssls
+                .iter()
+                .enumerate()
+                .map(|(i, s)| s.id.clone().unwrap_or_else(|| i.to_string()))
+                .collect(),
+            &file.raw.ssls,
         ),
     };
     let mut out = Vec::with_capacity(ids.len());

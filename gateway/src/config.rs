@@ -116,6 +116,8 @@ pub struct RawResources {
     pub upstreams: Vec<serde_json::Value>,
     /// `consumers`.
     pub consumers: Vec<serde_json::Value>,
+    /// `ssls`.
+    pub ssls: Vec<serde_json::Value>,
 }
 
 impl std::fmt::Debug for RawResources {
@@ -124,6 +126,7 @@ impl std::fmt::Debug for RawResources {
             .field("routes", &self.routes.len())
             .field("upstreams", &self.upstreams.len())
             .field("consumers", &self.consumers.len())
+            .field("ssls", &self.ssls.len())
             .finish()
     }
 }
@@ -137,6 +140,8 @@ struct RawLists {
     upstreams: Vec<serde_json::Value>,
     #[serde(default)]
     consumers: Vec<serde_json::Value>,
+    #[serde(default)]
+    ssls: Vec<serde_json::Value>,
 }
 
 /// The `admin` block: the APISIX-compatible Admin API (`/apisix/admin/...`).
@@ -214,6 +219,7 @@ impl Config {
                 routes: raw.routes,
                 upstreams: raw.upstreams,
                 consumers: raw.consumers,
+                ssls: raw.ssls,
             };
         }
         Ok(config)

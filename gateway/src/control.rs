@@ -144,6 +144,7 @@ impl Control {
         env: EnvLookup<'_>,
     ) -> Result<Written, WriteError> {
         let store = self.store.as_ref().ok_or(WriteError::NoStore)?;
+        crate::tls::admin::check_stored(kind, &value).map_err(WriteError::Invalid)?;
         let revision = store.next_revision();
         let previous = self.catalog.get(kind, id);
         let created = match previous {

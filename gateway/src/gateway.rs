@@ -257,6 +257,11 @@ impl Gateway {
                             addr: tls.listen,
                             source,
                         })?;
+                if runtime.tls.is_empty() {
+                    tracing::warn!(
+                        "tls.listen without ssls: every handshake is refused until one is configured"
+                    );
+                }
                 let resolver = SniResolver::new(certs.clone(), tls_counters.clone());
                 let settings = server::Tls {
                     config: crate::tls::resolver::server_config(resolver)?,

@@ -1,4 +1,4 @@
-//! The three resource kinds the Admin API manages, with their names in URLs, in the
+//! The four resource kinds the Admin API manages, with their names in URLs, in the
 //! configuration file and in APISIX's etcd keys.
 
 /// A kind of resource.
@@ -10,11 +10,13 @@ pub enum Kind {
     Upstream,
     /// `consumers`, keyed by `username`.
     Consumer,
+    /// `ssls`, keyed by `id`.
+    Ssl,
 }
 
 impl Kind {
     /// Every kind, in the order the store loads them.
-    pub const ALL: [Self; 3] = [Self::Route, Self::Upstream, Self::Consumer];
+    pub const ALL: [Self; 4] = [Self::Route, Self::Upstream, Self::Consumer, Self::Ssl];
 
     /// The plural used in URLs, file sections and store directories.
     pub fn plural(self) -> &'static str {
@@ -22,6 +24,7 @@ impl Kind {
             Self::Route => "routes",
             Self::Upstream => "upstreams",
             Self::Consumer => "consumers",
+            Self::Ssl => "ssls",
         }
     }
 
@@ -31,6 +34,7 @@ impl Kind {
             Self::Route => "route",
             Self::Upstream => "upstream",
             Self::Consumer => "consumer",
+            Self::Ssl => "ssl",
         }
     }
 
@@ -38,7 +42,7 @@ impl Kind {
     pub fn id_field(self) -> &'static str {
         match self {
             Self::Consumer => "username",
-            Self::Route | Self::Upstream => "id",
+            Self::Route | Self::Upstream | Self::Ssl => "id",
         }
     }
 
@@ -58,6 +62,7 @@ impl Kind {
             Self::Route => 0,
             Self::Upstream => 1,
             Self::Consumer => 2,
+            Self::Ssl => 3,
         }
     }
 }
@@ -68,7 +73,7 @@ impl Kind {
 pub fn check_id(kind: Kind, id: &str) -> Result<(), String> {
     let (max, dots) = match kind {
         Kind::Consumer => (100, false),
-        Kind::Route | Kind::Upstream => (64, true),
+        Kind::Route | Kind::Upstream | Kind::Ssl => (64, true),
     };
     if id.is_empty() || id.len() > max {
         return Err(format!("must be 1 to {max} characters"));

@@ -87,7 +87,7 @@ pub struct Store {
     root: PathBuf,
     _lock: File,
     revision: u64,
-    records: [BTreeMap<String, Record>; 3],
+    records: [BTreeMap<String, Record>; 4],
 }
 
 const RECORD_SUFFIX: &str = ".json";
@@ -134,7 +134,7 @@ impl Store {
         };
         atomic::remove(&root, &format!(".{REVISION_FILE}{}", atomic::TMP_SUFFIX))
             .map_err(io_err(&root))?;
-        let mut records: [BTreeMap<String, Record>; 3] = Default::default();
+        let mut records: [BTreeMap<String, Record>; 4] = Default::default();
         for kind in Kind::ALL {
             let dir = root.join(kind.plural());
             std::fs::DirBuilder::new()

@@ -11,6 +11,7 @@
 //! Everything uses the *ring* provider explicitly, TLS 1.3 and 1.2 only, with rustls's
 //! default cipher suites (AEAD with forward secrecy only).
 
+pub mod admin;
 pub mod certs;
 pub mod config;
 pub mod der;

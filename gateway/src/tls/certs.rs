@@ -571,9 +571,10 @@ impl ServerCerts {
             .map(|s| s.cert.as_ref())
     }
 
-    /// Every enabled ssl has a certificate valid at `now` (and there is one at least).
+    /// Every enabled ssl has a certificate valid at `now` (true without any: a listener
+    /// with no ssls refuses every handshake, which is what it is configured to do).
     pub fn ready(&self, now: i64) -> bool {
-        !self.ssls.is_empty() && self.unavailable(now).next().is_none()
+        self.unavailable(now).next().is_none()
     }
 
     /// The ssls without a usable certificate at `now`, with the reason.
