@@ -673,7 +673,26 @@ impl Drop for AgentProcess {
             let _ = child.wait();
         }
         let log = self.log_path();
+        // Harness-wide: no secret made by `random_secret` may be in the agent's log.
+        // Skipped while unwinding (the test failed already; a second panic would abort).
+        let leaked = if std::thread::panicking() {
+            None
+        } else {
+            crate::leaks::leaked_in(&self.log_contents())
+        };
         report_on_drop("keygate-agent", &mut self.dir, &log, 60);
+        if let Some(index) = leaked {
+            #[expect(
+                clippy::panic,
+                reason = "a leaked secret fails the test that leaked it"
+            )]
+            {
+                panic!(
+                    "remembered secret #{index} appears in the agent log {}",
+                    log.display()
+                );
+            }
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! A harness-wide check that secrets never reach a log: every value made with
-//! [`crate::seed::random_secret`] is remembered, and every gateway process's captured
-//! log is searched for all of them (plain and encoded, see [`crate::logs`]) when its
+//! [`crate::seed::random_secret`] is remembered, and every agent and gateway process's
+//! captured log is searched for all of them (plain and encoded, see [`crate::logs`]) when its
 //! handle is dropped, so each test that starts a gateway checks this without asking.
 
 use std::sync::Mutex;
