@@ -134,6 +134,10 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
             "/apisix/admin/consumers",
             r#"{"username":"jack","plugins":{"jwt-auth":{"key":"k","secret":"fixture-secret"}}}"#,
         ),
+        (
+            "/apisix/admin/ssls/1",
+            r#"{"snis":["fixture.example.com"],"cert":"$secret://vault/tls/fixture/cert","key":"$secret://vault/tls/fixture/key"}"#,
+        ),
     ] {
         let (status, v) = call(admin, "PUT", path, Some(KEY), Some(body.to_owned())).await?;
         ensure!(status == 201, "fixture {path}: {status} {v}");
@@ -173,6 +177,17 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
             (200..300).contains(&status) == expect_success,
             "{method} {path}: {status} {value}"
         );
+        // What a POST created is removed again, so that the next example (the same
+        // body, e.g. an ssl's SNI) does not clash with it.
+        if method == "POST"
+            && let Some(key) = value["key"].as_str()
+            && let Some(id) = key.rsplit('/').next()
+        {
+            let base = template.trim_end_matches('/');
+            let (status, value) =
+                call(admin, "DELETE", &format!("{base}/{id}"), Some(KEY), None).await?;
+            ensure!(status == 200, "cleaning up {key}: {status} {value}");
+        }
     }
     let _ = stop.send(());
     task.await?;
