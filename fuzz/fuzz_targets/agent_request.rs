@@ -3,39 +3,7 @@
 //! and no accepted name may escape its prefix.
 #![no_main]
 
-use keygate_agent::name::{NamePattern, SecretName};
-use keygate_proto::agent::v1::{GetRequest, WatchRequest};
-use libfuzzer_sys::fuzz_target;
-use prost::Message as _;
+#[path = "../checks/agent_request.rs"]
+mod check;
 
-fuzz_target!(|data: &[u8]| {
-    let mut names = Vec::new();
-    if let Ok(request) = GetRequest::decode(data) {
-        names.extend(request.names);
-    }
-    if let Ok(request) = WatchRequest::decode(data) {
-        names.extend(request.names);
-    }
-    if let Ok(text) = std::str::from_utf8(data) {
-        names.extend(text.lines().map(str::to_owned));
-    }
-    let jack = NamePattern::parse("consumer/jack/*").expect("a valid pattern");
-    for raw in names.iter().take(64) {
-        let _ = NamePattern::parse(raw);
-        if let Ok(name) = SecretName::parse(raw) {
-            let text = name.as_str();
-            assert!(
-                !text
-                    .split('/')
-                    .any(|s| s.is_empty() || s == "." || s == ".."),
-                "accepted {text:?}"
-            );
-            if jack.matches(&name) {
-                assert!(
-                    text.starts_with("consumer/jack/"),
-                    "{text:?} escaped the prefix"
-                );
-            }
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::check(data));

@@ -2,13 +2,7 @@
 //! (`check-config`). Nothing may panic.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks/config.rs"]
+mod check;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    if let Ok(config) = keygate_gateway::Config::parse(text) {
-        let _ = keygate_gateway::check(&config);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::check(data));
