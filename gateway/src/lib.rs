@@ -20,6 +20,7 @@ pub mod key_auth;
 pub mod kind;
 pub mod limits;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod query;
 pub mod router;

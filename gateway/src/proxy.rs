@@ -215,8 +215,11 @@ pub async fn forward(
             }
         }
         let in_flight = upstream.start(index);
-        let outcome =
-            tokio::time::timeout(upstream.head_timeout, upstream.client.request(request)).await;
+        let outcome = tokio::time::timeout(
+            upstream.head_timeout,
+            upstream.client.request(index, request),
+        )
+        .await;
         drop(in_flight);
         let retry_safe = match outcome {
             Ok(Ok(mut response)) => {

@@ -4,11 +4,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request};
+use http::{HeaderValue, Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::ProxyBody;
@@ -16,6 +21,7 @@ use crate::config::{
     ConfigError, HashOn, LbType, Nodes, PassHost, PassiveCheckConfig, UpstreamConfig, invalid,
 };
 use crate::consumers::EnvLookup;
+use crate::pool::{Pool, PoolError, PooledBody};
 use crate::tls::upstream::UpstreamTls;
 
 /// One upstream server.
@@ -66,21 +72,85 @@ pub struct Upstream {
     pub client: UpstreamClient,
 }
 
-/// The keep-alive pool: plain, or TLS (which needs another connector type).
+/// The keep-alive pool: the gateway's own for plain HTTP/1.1, hyper-util's client for TLS.
 #[derive(Debug)]
 pub enum UpstreamClient {
     /// `scheme: http`.
-    Http(Client<HttpConnector, ProxyBody>),
+    Http(Arc<Pool>),
     /// `scheme: https`.
-    Https(Client<HttpsConnector<HttpConnector>, ProxyBody>),
+    Https(Box<Client<HttpsConnector<HttpConnector>, ProxyBody>>),
+}
+
+/// Why an upstream request got no response.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// From the plain pool.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// From the TLS client.
+    #[error(transparent)]
+    Client(#[from] hyper_util::client::legacy::Error),
+}
+
+impl UpstreamError {
+    /// True when no connection could be made.
+    pub fn is_connect(&self) -> bool {
+        match self {
+            Self::Pool(e) => e.is_connect(),
+            Self::Client(e) => e.is_connect(),
+        }
+    }
+}
+
+/// A response body from either client.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// From the plain pool.
+    Pooled(PooledBody),
+    /// From the TLS client.
+    Incoming(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Pooled(b) => Pin::new(b).poll_frame(cx),
+            Self::Incoming(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Pooled(b) => b.is_end_stream(),
+            Self::Incoming(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Pooled(b) => b.size_hint(),
+            Self::Incoming(b) => b.size_hint(),
+        }
+    }
 }
 
 impl UpstreamClient {
-    /// Sends `request` on a pooled connection (or a new one).
-    pub fn request(&self, request: Request<ProxyBody>) -> ResponseFuture {
+    /// Sends `request` to node `index` on a pooled connection (or a new one).
+    pub async fn request(
+        &self,
+        index: usize,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match self {
-            Self::Http(client) => client.request(request),
-            Self::Https(client) => client.request(request),
+            Self::Http(pool) => Ok(pool.send(index, request).await?.map(UpstreamBody::Pooled)),
+            Self::Https(client) => Ok(client.request(request).await?.map(UpstreamBody::Incoming)),
         }
     }
 }
@@ -195,7 +265,10 @@ impl Upstream {
         pool.pool_idle_timeout(Duration::from_secs(60))
             .pool_timer(TokioTimer::new());
         let client = match &tls {
-            None => UpstreamClient::Http(pool.build(connector)),
+            None => UpstreamClient::Http(Arc::new(Pool::new(
+                nodes.iter().map(|n| n.authority.clone()),
+                connect_timeout,
+            ))),
             Some(tls) => {
                 connector.enforce_http(false);
                 let builder = HttpsConnectorBuilder::new()
@@ -206,7 +279,9 @@ impl Upstream {
                         .with_server_name_resolver(FixedServerNameResolver::new(name.clone())),
                     None => builder,
                 };
-                UpstreamClient::Https(pool.build(builder.enable_http1().wrap_connector(connector)))
+                UpstreamClient::Https(Box::new(
+                    pool.build(builder.enable_http1().wrap_connector(connector)),
+                ))
             }
         };
         let schedule = smooth_wrr(&nodes.iter().map(|n| n.weight).collect::<Vec<_>>());
