@@ -474,18 +474,7 @@ impl AgentProcess {
     /// `GET <ops><path>`: status code and body.
     pub async fn ops_get(&self, path: &str) -> Result<(u16, String)> {
         let url = format!("{}{path}", self.ops_addr());
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .text()
-            .await
-            .with_context(|| format!("reading GET {url}"))?;
-        Ok((status, body))
+        crate::process::http_get(&self.http, &url).await
     }
 
     /// `GET /metrics`, parsed: series (name with labels, as printed) to value.

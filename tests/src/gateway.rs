@@ -261,18 +261,7 @@ impl GatewayProcess {
     /// `GET <status listener><path>`: status and body.
     pub async fn status_get(&self, path: &str) -> Result<(u16, String)> {
         let url = format!("http://127.0.0.1:{}{path}", self.status_port);
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .text()
-            .await
-            .with_context(|| format!("reading GET {url}"))?;
-        Ok((status, body))
+        crate::process::http_get(&self.http, &url).await
     }
 
     /// `/metrics`, parsed.

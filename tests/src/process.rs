@@ -1,4 +1,5 @@
-//! Small helpers for the child processes the harness runs (OpenBao, the agent).
+//! Small helpers for the child processes the harness runs (OpenBao, the agent, the
+//! gateway).
 
 use std::path::PathBuf;
 use std::process::{Child, ExitStatus};
@@ -7,6 +8,21 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+/// `GET url` on a child process's HTTP endpoint: status code and body text.
+pub async fn http_get(http: &reqwest::Client, url: &str) -> Result<(u16, String)> {
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .text()
+        .await
+        .with_context(|| format!("reading GET {url}"))?;
+    Ok((status, body))
+}
 
 /// Sends `signal` to a child process.
 pub fn signal_child(child: &Child, signal: Signal) -> Result<()> {
