@@ -4,9 +4,11 @@
 #
 #   scripts/bench.sh            # full run, about 8-10 minutes
 #   scripts/bench.sh --quick    # about 2 minutes: fewer rounds, shorter runs, one pass
+#   scripts/bench.sh --only agents   # about 1-2 minutes: only the agent part (read
+#                                    # latency, RSS at 10/1000/10000 secrets, start to ready)
 #
 # Options: --rounds N, --duration SECONDS, --connections N, --out DIR (keeps the work
-# directory with configs, logs and results.tsv there), --skip-build.
+# directory with configs, logs and results.tsv there), --skip-build, --only agents.
 # It installs what it needs (haproxy nginx wrk via apt-get, OpenBao via
 # scripts/openbao-env.sh), builds keygate in release mode, and stops everything it
 # started on exit. See bench/README.md for what is measured and how to read it.
@@ -14,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo="$(pwd)"
 
-mode=full rounds=3 duration=5 connections=64 out="" build=1
+mode=full rounds=3 duration=5 connections=64 out="" build=1 only=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) mode=quick rounds=2 duration=2 ;;
@@ -23,7 +25,10 @@ while [[ $# -gt 0 ]]; do
         --connections) connections="$2"; shift ;;
         --out) out="$2"; shift ;;
         --skip-build) build=0 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        --only)
+            [[ "${2:-}" == agents ]] || { echo "bench: --only takes: agents" >&2; exit 64; }
+            only="$2"; shift ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "bench: unknown option $1" >&2; exit 64 ;;
     esac
     shift
@@ -34,7 +39,9 @@ fail() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
 
 # --- peers -------------------------------------------------------------------------
 missing=()
-for tool in haproxy nginx wrk openssl taskset curl; do
+tools=(haproxy nginx wrk openssl taskset curl)
+[[ $only == agents ]] && tools=(curl)
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [[ ${#missing[@]} -gt 0 ]]; then
@@ -121,18 +128,78 @@ meta() { printf 'meta\t%s\t%s\n' "$1" "$2" >>"$results"; }
 cores="$(nproc)"
 [[ $cores -ge 2 ]] || say "warning: $cores core(s); the pinning below assumes at least 2"
 meta machine "$cores cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
-meta mode "$mode: wrk -c$connections, ${duration}s per run, $rounds rounds interleaved (order rotated each round), medians"
-meta versions "$(haproxy -v | head -1 | awk '{print "HAProxy", $3}'), $(nginx -v 2>&1 | sed 's/.*nginx\//nginx /'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}'), $("$bao_bin" version | awk '{print $1, $2}'), keygate $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway agent || echo +dirty)"
+keygate_version="keygate $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- gateway agent || echo +dirty)"
+if [[ $only == agents ]]; then
+    meta mode "only agents: $mode"
+    meta versions "$("$bao_bin" version | awk '{print $1, $2}'), $keygate_version"
+else
+    meta mode "$mode: wrk -c$connections, ${duration}s per run, $rounds rounds interleaved (order rotated each round), medians"
+    meta versions "$(haproxy -v | head -1 | awk '{print "HAProxy", $3}'), $(nginx -v 2>&1 | sed 's/.*nginx\//nginx /'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}'), $("$bao_bin" version | awk '{print $1, $2}'), $keygate_version"
+fi
 meta started "$(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
-# --- keys, OpenBao, secrets ------------------------------------------------------------
-say "keys and OpenBao"
-openssl genrsa -out "$work/rs_private.pem" 2048 2>/dev/null
-openssl rsa -in "$work/rs_private.pem" -pubout -out "$work/rs_public.pem" 2>/dev/null
-openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out "$work/es_private.pem"
-openssl ec -in "$work/es_private.pem" -pubout -out "$work/es_public.pem" 2>/dev/null
-hs_secret="$(openssl rand -hex 16)"
+# --- the agents: keygate-agent and bao agent side by side (run last, or alone with --only agents)
+agents() {
+    say "agents: read latency, memory with 10/1000/10000 secrets, start to ready"
+    sizes=(10 1000 10000)
+    "$kb" seed --addr "$BAO_ADDR" --token root --path 'kv/apisix/bench/s{}' --count 10000
+    reads=5000
+    [[ $mode == quick ]] && reads=2000
+    for n in "${sizes[@]}"; do
+        sock="$work/run-$n/agent.sock" ops="127.0.0.1:$(free_port)"
+        "$kb" agent-config --vault-addr "$BAO_ADDR" --token root --prefix kv/apisix \
+            --socket "$sock" --ops "$ops" --preload "$n" >"$work/agent-$n.yaml"
+        t0="$(date +%s%N)"
+        KEYGATE_LOG=warn "$bin/keygate-agent" --config "$work/agent-$n.yaml" 2>"$work/agent-$n.log" &
+        pid=$!
+        pids+=($pid)
+        "$kb" wait-http --url "http://$ops/readyz" --since-ns "$t0" --who keygate-agent --n "$n" --out "$results"
+        if [[ $n == 10 ]]; then
+            "$kb" agent-read --keygate "$sock" --name 'bench/s{}' --spread 10 --count "$reads" --label keygate --out "$results"
+        fi
+        printf 'rss\tkeygate-agent\t%s\t%s\n' "$n" "$(rss_kb "$pid")" >>"$results"
+        stop "$pid"
+    done
+    echo root >"$work/bao-token"
+    cat >"$work/bao-agent.hcl" <<EOF
+pid_file = "$work/bao-agent.pid"
+log_level = "warn"
+vault { address = "$BAO_ADDR" }
+auto_auth {
+  method "token_file" {
+    config = { token_file_path = "$work/bao-token" }
+  }
+}
+cache {}
+api_proxy { use_auto_auth_token = "force" }
+listener "unix" {
+  address = "$work/bao-agent.sock"
+  tls_disable = true
+}
+EOF
+    BAO_TOKEN="" VAULT_TOKEN="" "$bao_bin" agent -config="$work/bao-agent.hcl" >"$work/bao-agent.log" 2>&1 &
+    bao_agent_pid=$!
+    pids+=($bao_agent_pid)
+    wait_until "bao agent" curl -sf --unix-socket "$work/bao-agent.sock" http://localhost/v1/kv/apisix/bench/s0
+    "$kb" agent-read --bao "$work/bao-agent.sock" --name 'kv/apisix/bench/s{}' --spread 10 --count "$reads" --label bao-agent --out "$results"
+    printf 'rss\tbao-agent\t10\t%s\n' "$(rss_kb "$bao_agent_pid")" >>"$results"
+    for n in 1000 10000; do
+        "$kb" agent-read --bao "$work/bao-agent.sock" --name 'kv/apisix/bench/s{}' --spread "$n" --count "$n" --warmup 0 --label "bao-agent-$n" >/dev/null 2>&1
+        printf 'rss\tbao-agent\t%s\t%s\n' "$n" "$(rss_kb "$bao_agent_pid")" >>"$results"
+    done
+    stop "$bao_agent_pid"
+}
 
+finish() {
+    meta finished "$(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo >&2
+    "$kb" table "$results"
+    [[ $keep == 1 ]] && say "results and logs kept in $work"
+    exit 0
+}
+
+# --- OpenBao ---------------------------------------------------------------------------
+say "OpenBao"
 bao_port="$(free_port)"
 "$bao_bin" server -dev -dev-root-token-id=root -dev-listen-address="127.0.0.1:$bao_port" >"$work/bao.log" 2>&1 &
 pids+=($!)
@@ -140,6 +207,20 @@ export BAO_ADDR="http://127.0.0.1:$bao_port" VAULT_ADDR="http://127.0.0.1:$bao_p
 export BAO_TOKEN=root VAULT_TOKEN=root
 wait_until "OpenBao" curl -sf "$BAO_ADDR/v1/sys/health"
 "$bao_bin" secrets enable -path=kv -version=1 kv >/dev/null
+
+if [[ $only == agents ]]; then
+    agents
+    finish
+fi
+
+# --- keys and the seed tutorial's secrets -------------------------------------------------
+say "keys"
+openssl genrsa -out "$work/rs_private.pem" 2048 2>/dev/null
+openssl rsa -in "$work/rs_private.pem" -pubout -out "$work/rs_public.pem" 2>/dev/null
+openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out "$work/es_private.pem"
+openssl ec -in "$work/es_private.pem" -pubout -out "$work/es_public.pem" 2>/dev/null
+hs_secret="$(openssl rand -hex 16)"
+
 "$bao_bin" kv put kv/apisix/consumer/jack/jwt-auth "secret=$hs_secret" >/dev/null
 "$bao_bin" kv put kv/apisix/consumer/jim/jwt-auth "public_key=@$work/rs_public.pem" "private_key=@$work/rs_private.pem" >/dev/null
 "$bao_bin" kv put kv/apisix/consumer/eve/jwt-auth "public_key=@$work/es_public.pem" "private_key=@$work/es_private.pem" >/dev/null
@@ -464,58 +545,5 @@ pbig="pid_${big//-/_}"
     --url "${base[$big]}/p10000/ping" --authorization "${auth[$big]}" --n 10000 --out "$results"
 stop "${scale_pids[@]}" "$upstream_pid"
 
-# --- agent side -------------------------------------------------------------------------------
-say "agents: read latency, memory with 10/1000/10000 secrets, start to ready"
-sizes=(10 1000 10000)
-"$kb" seed --addr "$BAO_ADDR" --token root --path 'kv/apisix/bench/s{}' --count 10000
-reads=5000
-[[ $mode == quick ]] && reads=2000
-for n in "${sizes[@]}"; do
-    sock="$work/run-$n/agent.sock" ops="127.0.0.1:$(free_port)"
-    "$kb" agent-config --vault-addr "$BAO_ADDR" --token root --prefix kv/apisix \
-        --socket "$sock" --ops "$ops" --preload "$n" >"$work/agent-$n.yaml"
-    t0="$(date +%s%N)"
-    KEYGATE_LOG=warn "$bin/keygate-agent" --config "$work/agent-$n.yaml" 2>"$work/agent-$n.log" &
-    pid=$!
-    pids+=($pid)
-    "$kb" wait-http --url "http://$ops/readyz" --since-ns "$t0" --who keygate-agent --n "$n" --out "$results"
-    if [[ $n == 10 ]]; then
-        "$kb" agent-read --keygate "$sock" --name 'bench/s{}' --spread 10 --count "$reads" --label keygate --out "$results"
-    fi
-    printf 'rss\tkeygate-agent\t%s\t%s\n' "$n" "$(rss_kb "$pid")" >>"$results"
-    stop "$pid"
-done
-echo root >"$work/bao-token"
-cat >"$work/bao-agent.hcl" <<EOF
-pid_file = "$work/bao-agent.pid"
-log_level = "warn"
-vault { address = "$BAO_ADDR" }
-auto_auth {
-  method "token_file" {
-    config = { token_file_path = "$work/bao-token" }
-  }
-}
-cache {}
-api_proxy { use_auto_auth_token = "force" }
-listener "unix" {
-  address = "$work/bao-agent.sock"
-  tls_disable = true
-}
-EOF
-BAO_TOKEN="" VAULT_TOKEN="" "$bao_bin" agent -config="$work/bao-agent.hcl" >"$work/bao-agent.log" 2>&1 &
-bao_agent_pid=$!
-pids+=($bao_agent_pid)
-wait_until "bao agent" curl -sf --unix-socket "$work/bao-agent.sock" http://localhost/v1/kv/apisix/bench/s0
-"$kb" agent-read --bao "$work/bao-agent.sock" --name 'kv/apisix/bench/s{}' --spread 10 --count "$reads" --label bao-agent --out "$results"
-printf 'rss\tbao-agent\t10\t%s\n' "$(rss_kb "$bao_agent_pid")" >>"$results"
-for n in 1000 10000; do
-    "$kb" agent-read --bao "$work/bao-agent.sock" --name 'kv/apisix/bench/s{}' --spread "$n" --count "$n" --warmup 0 --label "bao-agent-$n" >/dev/null 2>&1
-    printf 'rss\tbao-agent\t%s\t%s\n' "$n" "$(rss_kb "$bao_agent_pid")" >>"$results"
-done
-stop "$bao_agent_pid"
-
-meta finished "$(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo >&2
-"$kb" table "$results"
-[[ $keep == 1 ]] && say "results and logs kept in $work"
-exit 0
+agents
+finish
