@@ -36,3 +36,20 @@ pub fn harden() {
         Err(e) => warn!(error = %e, "cannot read RLIMIT_MEMLOCK; memory not locked"),
     }
 }
+
+/// Hands the heap's free pages back to the kernel (glibc's `malloc_trim`). Called once
+/// the preload is in and after each refresh pass: both free far more than they keep
+/// (HTTP bodies, JSON, the config file's parse), and glibc otherwise keeps those pages
+/// mapped. The blocks were wiped when freed; trimming unmaps them as well.
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    #[expect(
+        unsafe_code,
+        reason = "malloc_trim is a libc call; it takes no pointer and only releases free pages"
+    )]
+    // SAFETY: `malloc_trim` has no preconditions; it walks the allocator's own free
+    // lists under its locks and releases whole free pages.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}

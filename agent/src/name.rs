@@ -24,9 +24,10 @@ pub enum NameError {
     BadChar(char),
 }
 
-/// A validated secret name such as `consumer/jack/jwt-auth`.
+/// A validated secret name such as `consumer/jack/jwt-auth` (a boxed `str`: the agent
+/// keeps one per tracked secret, and never grows them).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SecretName(String);
+pub struct SecretName(Box<str>);
 
 impl SecretName {
     /// Validates `text` as a name.
@@ -46,7 +47,7 @@ impl SecretName {
         {
             return Err(NameError::BadSegment);
         }
-        Ok(Self(text.to_owned()))
+        Ok(Self(text.into()))
     }
 
     /// The name as text.

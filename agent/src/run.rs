@@ -98,7 +98,7 @@ pub async fn run(
     let manager_task = tokio::spawn(manager.run(stop_rx.clone()));
 
     let store = Arc::new(Store::new(metrics.clone()));
-    store.register(&preload);
+    store.preload(&preload);
     let refresher = tokio::spawn(store.clone().refresh(
         reader.clone(),
         interval_rx,
@@ -196,12 +196,12 @@ async fn track_readiness(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut generation = store.subscribe();
-    let ready = async {
+    let preloaded = preload.len();
+    // Owns the list, so it is freed once the agent is ready.
+    let ready = async move {
         loop {
-            if *authenticated.borrow_and_update()
-                && (preload.is_empty() || store.snapshot(&preload).is_some())
-            {
-                return;
+            if *authenticated.borrow_and_update() && store.answered(&preload) {
+                return authenticated;
             }
             tokio::select! {
                 Ok(()) = authenticated.changed() => {}
@@ -209,13 +209,14 @@ async fn track_readiness(
             }
         }
     };
-    tokio::select! {
-        () = ready => {}
+    let mut authenticated = tokio::select! {
+        authenticated = ready => authenticated,
         _ = crate::run::stopped(&mut stop) => return,
-    }
+    };
+    crate::hygiene::trim_heap();
     metrics.ready.store(1, Ordering::Relaxed);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    info!(preloaded = preload.len(), "ready");
+    info!(preloaded, "ready");
     loop {
         let serving = *authenticated.borrow_and_update();
         let status = if serving {
@@ -245,7 +246,7 @@ fn reload(
         Ok(new) => {
             policies.store(Arc::new(new.peers));
             interval.send_replace(new.refresh_interval);
-            store.register(&new.preload);
+            store.preload(&new.preload);
             info!(config.path = %path.display(), "configuration reloaded (peers, refresh interval, preload); vault and socket changes need a restart");
         }
         Err(e) => warn!(error = %e, "reload failed; keeping the running configuration"),

@@ -33,7 +33,7 @@ use crate::config::PeerPolicy;
 use crate::metrics::Metrics;
 use crate::name::{NamePattern, SecretName};
 use crate::secret::{FieldValue, SecretFields};
-use crate::store::{Entry, State, Store};
+use crate::store::{Entry, Held, State, Store};
 use crate::vault::{VaultReader, WriteError};
 
 /// Most names one call may ask for.
@@ -233,12 +233,12 @@ impl SecretAgent for AgentService {
         let (peer, names) = self.authorize(&request, &request.get_ref().names, Access::Read)?;
         let slot = self.reserve_stream(peer.uid)?;
         self.charge(peer.uid, &names)?;
-        self.store.register(&names);
+        let held = self.store.hold(names);
         let (tx, rx) = mpsc::channel(4);
         let stream = WatchStream {
             _slot: slot,
             store: self.store.clone(),
-            names,
+            held,
             peer,
             boot_id: self.boot_id.clone(),
             metrics: self.metrics.clone(),
@@ -251,11 +251,11 @@ impl SecretAgent for AgentService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let (peer, names) = self.authorize(&request, &request.get_ref().names, Access::Read)?;
         self.charge(peer.uid, &names)?;
-        self.store.register(&names);
+        let held = self.store.hold(names);
         let mut generation = self.store.subscribe();
         let answer = tokio::time::timeout(self.get_timeout, async {
             loop {
-                if let Some(entries) = self.store.snapshot(&names) {
+                if let Some(entries) = self.store.snapshot(held.names()) {
                     return Some(entries);
                 }
                 generation.changed().await.ok()?;
@@ -265,7 +265,12 @@ impl SecretAgent for AgentService {
         match answer {
             Ok(Some(entries)) => Ok(Response::new(GetResponse {
                 boot_id: self.boot_id.clone(),
-                secrets: entries.iter().map(|(n, e)| to_proto(n, e)).collect(),
+                secrets: held
+                    .names()
+                    .iter()
+                    .zip(&entries)
+                    .map(|(n, e)| to_proto(n, e))
+                    .collect(),
             })),
             _ => Err(Status::unavailable(
                 "secrets not loaded yet: Vault has not answered",
@@ -311,8 +316,8 @@ impl SecretAgent for AgentService {
                 WriteError::Vault(e) => Status::unavailable(format!("writing {name}: {e}")),
             })?;
         info!(peer.uid = peer.uid, secret.name = %name, "secret written to Vault");
-        self.store.register(std::slice::from_ref(&name));
-        let version = self.store.reload(&self.reader, &name).await;
+        let held = self.store.hold(vec![name]);
+        let version = self.store.reload(&self.reader, &held.names()[0]).await;
         Ok(Response::new(PutResponse { version }))
     }
 }
@@ -342,7 +347,7 @@ impl Drop for StreamSlot {
 struct WatchStream {
     _slot: StreamSlot,
     store: Arc<Store>,
-    names: Vec<SecretName>,
+    held: Held,
     peer: Peer,
     boot_id: String,
     metrics: Arc<Metrics>,
@@ -358,17 +363,23 @@ impl WatchStream {
         let mut version = 0;
         loop {
             generation.borrow_and_update();
-            if let Some(entries) = self.store.snapshot(&self.names) {
+            if let Some(entries) = self.store.snapshot(self.held.names()) {
                 let signature: Vec<_> = entries
                     .iter()
-                    .map(|(_, e)| (e.state, e.version, e.stale))
+                    .map(|e| (e.state, e.version, e.stale))
                     .collect();
                 if last_sent.as_ref() != Some(&signature) {
                     version += 1;
                     let snapshot = Snapshot {
                         version,
                         boot_id: self.boot_id.clone(),
-                        secrets: entries.iter().map(|(n, e)| to_proto(n, e)).collect(),
+                        secrets: self
+                            .held
+                            .names()
+                            .iter()
+                            .zip(&entries)
+                            .map(|(n, e)| to_proto(n, e))
+                            .collect(),
                     };
                     if tx.send(Ok(snapshot)).await.is_err() {
                         break;
@@ -419,7 +430,7 @@ fn to_proto(name: &SecretName, entry: &Entry) -> Secret {
             .fields
             .iter()
             .flat_map(|f| f.iter())
-            .map(|(k, v)| (k.clone(), v.expose().to_vec()))
+            .map(|(k, v)| (k.to_owned(), v.expose().to_vec()))
             .collect(),
         fetched_at_unix_ms: entry.fetched_at_unix_ms(),
     }

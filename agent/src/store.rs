@@ -5,7 +5,8 @@
 //! unreachable (or the token is being replaced) the last good value stays, marked
 //! stale: an outage must never look like a deletion.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,6 +24,9 @@ use crate::vault::{Lease, ReadOutcome, VaultError, VaultReader};
 
 /// How many reads are in flight at once during a refresh.
 const READ_CONCURRENCY: usize = 8;
+/// How many names a refresh takes from the map at a time: a pass walks the map in
+/// steps instead of holding every due name (and every answer) in memory at once.
+const BATCH: usize = 256;
 
 /// What is known about a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,59 +46,108 @@ pub enum State {
 pub struct Entry {
     /// What is known.
     pub state: State,
-    /// The value, when loaded.
-    pub fields: Option<Arc<SecretFields>>,
-    /// Bumped on every change of value or state.
-    pub version: u64,
     /// The last refresh failed and this is the last good value.
     pub stale: bool,
-    /// When Vault last answered for this name.
-    pub fetched_at: Option<SystemTime>,
+    /// Bumped on every change of value or state.
+    pub version: u64,
+    /// The value, when loaded.
+    pub fields: Option<Arc<SecretFields>>,
+    /// When Vault last answered for this name: milliseconds since the Unix epoch, 0
+    /// if never.
+    fetched_at_ms: i64,
 }
 
 impl Entry {
     fn pending() -> Self {
         Self {
             state: State::Pending,
-            fields: None,
-            version: 0,
             stale: false,
-            fetched_at: None,
+            version: 0,
+            fields: None,
+            fetched_at_ms: 0,
         }
     }
 
     /// Milliseconds since the Unix epoch of the last answer, 0 if none.
     pub fn fetched_at_unix_ms(&self) -> i64 {
-        self.fetched_at
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        self.fetched_at_ms
     }
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 struct Slot {
     entry: Entry,
-    lease: Option<(Lease, Instant)>,
+    /// Boxed: most secrets have no lease, and this keeps their slot small.
+    lease: Option<Box<(Lease, Instant)>>,
+    /// Open calls (Watch streams, Gets, Puts) that asked for this name.
+    holders: u32,
+    /// Named in the configuration's `preload`: kept whether or not anyone asks.
+    pinned: bool,
 }
 
-/// Every name any client asked for, and its entry.
+impl Slot {
+    fn new() -> Self {
+        Self {
+            entry: Entry::pending(),
+            lease: None,
+            holders: 0,
+            pinned: false,
+        }
+    }
+
+    /// Nobody asks for it any more and it is not preloaded.
+    fn unwanted(&self) -> bool {
+        self.holders == 0 && !self.pinned
+    }
+}
+
+/// The names the agent tracks, and their entries: those preloaded, those some open
+/// call asks for, and loaded secrets nobody asks for any more until the next full
+/// refresh (so a client that reconnects finds them still there). A name nobody holds
+/// that Vault has no value for is forgotten as soon as its last call ends, so names
+/// made up by a peer do not accumulate.
 #[derive(Debug)]
 pub struct Store {
-    slots: Mutex<HashMap<SecretName, SlotBox>>,
+    slots: Mutex<BTreeMap<SecretName, SlotBox>>,
     generation: watch::Sender<u64>,
     wake: Notify,
     metrics: Arc<Metrics>,
 }
 
-/// Boxed so `Debug` on the store can stay silent about entries.
+/// Wrapped so `Debug` on the store can stay silent about entries.
 struct SlotBox(Slot);
 
 impl std::fmt::Debug for SlotBox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Slot({:?}, v{})",
-            self.0.entry.state, self.0.entry.version
+            "Slot({:?}, v{}, held by {})",
+            self.0.entry.state, self.0.entry.version, self.0.holders
         )
+    }
+}
+
+/// An open call's claim on its names: they stay tracked until it is dropped.
+#[derive(Debug)]
+pub struct Held {
+    store: Arc<Store>,
+    names: Vec<SecretName>,
+}
+
+impl Held {
+    /// The names held, in the order given.
+    pub fn names(&self) -> &[SecretName] {
+        &self.names
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.store.release(&self.names);
     }
 }
 
@@ -102,33 +155,72 @@ impl Store {
     /// An empty store.
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(BTreeMap::new()),
             generation: watch::channel(0).0,
             wake: Notify::new(),
             metrics,
         }
     }
 
-    fn slots(&self) -> MutexGuard<'_, HashMap<SecretName, SlotBox>> {
+    fn slots(&self) -> MutexGuard<'_, BTreeMap<SecretName, SlotBox>> {
         // A poisoned lock only means a panic elsewhere; the map itself is still consistent.
         self.slots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Starts tracking `names`; new ones are read at once.
-    pub fn register(&self, names: &[SecretName]) {
+    /// Starts tracking `names` for a call until the returned claim is dropped; new
+    /// names are read at once.
+    pub fn hold(self: &Arc<Self>, names: Vec<SecretName>) -> Held {
         let mut added = false;
         {
             let mut slots = self.slots();
-            for name in names {
-                slots.entry(name.clone()).or_insert_with(|| {
+            for name in &names {
+                let slot = slots.entry(name.clone()).or_insert_with(|| {
                     added = true;
-                    SlotBox(Slot {
-                        entry: Entry::pending(),
-                        lease: None,
-                    })
+                    SlotBox(Slot::new())
                 });
+                slot.0.holders = slot.0.holders.saturating_add(1);
+            }
+        }
+        if added {
+            self.wake.notify_one();
+        }
+        Held {
+            store: self.clone(),
+            names,
+        }
+    }
+
+    fn release(&self, names: &[SecretName]) {
+        let mut slots = self.slots();
+        for name in names {
+            let Some(SlotBox(slot)) = slots.get_mut(name) else {
+                continue;
+            };
+            slot.holders = slot.holders.saturating_sub(1);
+            if slot.unwanted() && slot.entry.state != State::Loaded {
+                slots.remove(name);
+            }
+        }
+    }
+
+    /// Makes `names` the preloaded ones: tracked whether or not anyone asks for them
+    /// (names preloaded before and not any more are kept while someone holds them).
+    /// New names are read at once.
+    pub fn preload(&self, names: &[SecretName]) {
+        let mut added = false;
+        {
+            let mut slots = self.slots();
+            for SlotBox(slot) in slots.values_mut() {
+                slot.pinned = false;
+            }
+            for name in names {
+                let slot = slots.entry(name.clone()).or_insert_with(|| {
+                    added = true;
+                    SlotBox(Slot::new())
+                });
+                slot.0.pinned = true;
             }
         }
         if added {
@@ -136,16 +228,37 @@ impl Store {
         }
     }
 
-    /// The entries of `names`, or `None` while any of them still waits for Vault.
-    pub fn snapshot(&self, names: &[SecretName]) -> Option<Vec<(SecretName, Entry)>> {
+    /// How many names the store tracks.
+    pub fn len(&self) -> usize {
+        self.slots().len()
+    }
+
+    /// Whether the store tracks no name.
+    pub fn is_empty(&self) -> bool {
+        self.slots().is_empty()
+    }
+
+    /// The entries of `names` (in their order), or `None` while any of them still
+    /// waits for Vault (or is not tracked).
+    pub fn snapshot(&self, names: &[SecretName]) -> Option<Vec<Entry>> {
         let slots = self.slots();
         names
             .iter()
             .map(|n| {
                 let slot = slots.get(n)?;
-                (slot.0.entry.state != State::Pending).then(|| (n.clone(), slot.0.entry.clone()))
+                (slot.0.entry.state != State::Pending).then(|| slot.0.entry.clone())
             })
             .collect()
+    }
+
+    /// Whether every one of `names` has an answer from Vault.
+    pub fn answered(&self, names: &[SecretName]) -> bool {
+        let slots = self.slots();
+        names.iter().all(|n| {
+            slots
+                .get(n)
+                .is_some_and(|s| s.0.entry.state != State::Pending)
+        })
     }
 
     /// A receiver that changes whenever any entry changes.
@@ -161,7 +274,7 @@ impl Store {
         };
         let entry = &mut slot.entry;
         let before = (entry.state, entry.version, entry.stale);
-        let now = SystemTime::now();
+        let now = unix_ms(SystemTime::now());
         match result {
             Ok(ReadOutcome::Found(fields, lease)) => {
                 let same = entry.state == State::Loaded && entry.fields.as_deref() == Some(&fields);
@@ -173,8 +286,8 @@ impl Store {
                 }
                 entry.state = State::Loaded;
                 entry.stale = false;
-                entry.fetched_at = Some(now);
-                slot.lease = lease.map(|l| (l, Instant::now()));
+                entry.fetched_at_ms = now;
+                slot.lease = lease.map(|l| Box::new((l, Instant::now())));
             }
             Ok(ReadOutcome::NotFound) => {
                 if entry.state != State::NotFound {
@@ -184,7 +297,7 @@ impl Store {
                 entry.state = State::NotFound;
                 entry.fields = None;
                 entry.stale = false;
-                entry.fetched_at = Some(now);
+                entry.fetched_at_ms = now;
             }
             // A refusal of a loaded secret may be the token dying rather than the policy
             // changing; the token manager sorts that out, and the value stays meanwhile.
@@ -196,7 +309,7 @@ impl Store {
                 }
                 entry.state = State::Denied;
                 entry.stale = false;
-                entry.fetched_at = Some(now);
+                entry.fetched_at_ms = now;
             }
             Err(e) => {
                 if entry.state == State::Loaded && !entry.stale {
@@ -211,12 +324,12 @@ impl Store {
     }
 
     fn update_gauges(&self) {
-        let slots = self.slots();
-        let loaded = slots
-            .values()
-            .filter(|s| s.0.entry.state == State::Loaded)
-            .count();
-        let stale = slots.values().filter(|s| s.0.entry.stale).count();
+        let (loaded, stale) = self.slots().values().fold((0, 0), |(l, s), slot| {
+            (
+                l + usize::from(slot.0.entry.state == State::Loaded),
+                s + usize::from(slot.0.entry.stale),
+            )
+        });
         self.metrics
             .secrets_loaded
             .store(i64::try_from(loaded).unwrap_or(i64::MAX), Ordering::Relaxed);
@@ -225,22 +338,56 @@ impl Store {
             .store(i64::try_from(stale).unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 
-    /// Names to read now: those never answered; on a full refresh every name without
-    /// a lease; leased secrets (and issued certificates) once their refresh time came.
-    fn due(&self, full: bool) -> Vec<(SecretName, Option<Lease>)> {
-        let slots = self.slots();
-        slots
-            .iter()
-            .filter_map(
-                |(name, SlotBox(slot))| match (&slot.lease, slot.entry.state) {
-                    (_, State::Pending) => Some((name.clone(), None)),
-                    (Some((lease, since)), State::Loaded) => (since.elapsed()
-                        >= lease.refresh_after)
-                        .then(|| (name.clone(), Some(lease.clone()))),
-                    _ => full.then(|| (name.clone(), None)),
-                },
-            )
-            .collect()
+    /// The next names to read, from the first name after `after` on: those never
+    /// answered; on a full refresh every name without a lease; leased secrets (and
+    /// issued certificates) once their refresh time came. At most [`BATCH`] names,
+    /// and the last name looked at when the walk is not over yet. A full refresh also
+    /// forgets the names nobody asks for any more.
+    fn due_batch(
+        &self,
+        full: bool,
+        after: Option<&SecretName>,
+    ) -> (Vec<(SecretName, Option<Lease>)>, Option<SecretName>) {
+        let mut slots = self.slots();
+        let range = match after {
+            Some(name) => slots.range((Bound::Excluded(name), Bound::Unbounded)),
+            None => slots.range::<SecretName, _>(..),
+        };
+        let mut due = Vec::new();
+        let mut unwanted = Vec::new();
+        let mut last = None;
+        for (name, SlotBox(slot)) in range {
+            if due.len() == BATCH {
+                break;
+            }
+            last = Some(name);
+            if full && slot.unwanted() {
+                unwanted.push(name.clone());
+                continue;
+            }
+            let lease = slot.lease.as_deref();
+            let read = match (lease, slot.entry.state) {
+                (_, State::Pending) => Some(None),
+                (Some((lease, since)), State::Loaded) => {
+                    (since.elapsed() >= lease.refresh_after).then(|| Some(lease.clone()))
+                }
+                _ => full.then_some(None),
+            };
+            if let Some(lease) = read {
+                due.push((name.clone(), lease));
+            }
+        }
+        let more = (due.len() == BATCH).then(|| last.cloned()).flatten();
+        for name in &unwanted {
+            slots.remove(name);
+        }
+        if !unwanted.is_empty() {
+            debug!(
+                forgotten = unwanted.len(),
+                "forgot secrets nobody asks for any more"
+            );
+        }
+        (due, more)
     }
 
     /// The earliest moment a lease or certificate needs attention.
@@ -250,7 +397,7 @@ impl Store {
             .filter(|s| s.0.entry.state == State::Loaded)
             .filter_map(|s| {
                 s.0.lease
-                    .as_ref()
+                    .as_deref()
                     .map(|(lease, since)| *since + lease.refresh_after)
             })
             .min()
@@ -259,25 +406,76 @@ impl Store {
     fn renewed(&self, name: &SecretName, lease: Lease, duration: Duration) {
         if let Some(SlotBox(slot)) = self.slots().get_mut(name) {
             let refresh_after = crate::backoff::jitter_down(duration.mul_f64(2.0 / 3.0), 0.1);
-            slot.lease = Some((
+            slot.lease = Some(Box::new((
                 Lease {
                     duration,
                     refresh_after,
                     ..lease
                 },
                 Instant::now(),
-            ));
+            )));
         }
+    }
+
+    fn publish(&self) {
+        self.generation.send_modify(|g| *g += 1);
     }
 
     /// Reads `name` now (after a write) and publishes the result; returns its version.
     pub async fn reload(&self, reader: &VaultReader, name: &SecretName) -> u64 {
         let result = reader.read(name).await;
         if self.apply(name, result) {
-            self.generation.send_modify(|g| *g += 1);
+            self.publish();
         }
         self.update_gauges();
         self.slots().get(name).map_or(0, |s| s.0.entry.version)
+    }
+
+    /// One walk over the map: reads (or renews) what is due, [`READ_CONCURRENCY`] at
+    /// a time, applying each answer as it comes and publishing changes every
+    /// [`BATCH`] answers. Returns whether anything was due, and whether Vault failed.
+    async fn pass(&self, reader: &VaultReader, full: bool) -> (bool, bool) {
+        let mut queue = std::collections::VecDeque::new();
+        // Where the walk is: `Some(None)` at the start, `Some(after)` in the middle,
+        // `None` once the whole map has been looked at.
+        let mut walk = Some(None);
+        let mut reads = futures::stream::FuturesUnordered::new();
+        let (mut any, mut unavailable, mut changed, mut unpublished) = (false, false, false, 0);
+        loop {
+            while reads.len() < READ_CONCURRENCY {
+                if queue.is_empty()
+                    && let Some(after) = walk.take()
+                {
+                    let (due, more) = self.due_batch(full, Option::as_ref(&after));
+                    queue.extend(due);
+                    walk = more.map(Some);
+                }
+                let Some((name, lease)) = queue.pop_front() else {
+                    break;
+                };
+                reads.push(read_one(reader, name, lease));
+            }
+            let Some((name, result, renewal)) = reads.next().await else {
+                break;
+            };
+            any = true;
+            if let Some((lease, d)) = renewal {
+                self.renewed(&name, lease, d);
+            }
+            if let Some(result) = result {
+                unavailable |= result.is_err();
+                changed |= self.apply(&name, result);
+            }
+            unpublished += 1;
+            if changed && unpublished >= BATCH {
+                self.publish();
+                (changed, unpublished) = (false, 0);
+            }
+        }
+        if changed {
+            self.publish();
+        }
+        (any, unavailable)
     }
 
     /// Keeps every tracked name fresh until `shutdown`: a full pass every `interval`,
@@ -304,47 +502,18 @@ impl Store {
                 Ok(()) = authenticated.changed() => *authenticated.borrow_and_update(),
                 _ = crate::run::stopped(&mut shutdown) => return,
             };
-            let due = self.due(full);
-            if due.is_empty() {
+            let (any, unavailable) = tokio::select! {
+                done = self.pass(&reader, full) => done,
+                _ = crate::run::stopped(&mut shutdown) => return,
+            };
+            self.update_gauges();
+            let period = *interval.borrow();
+            if !any {
                 if full {
-                    next_full = Instant::now() + *interval.borrow();
+                    next_full = Instant::now() + period;
                 }
                 continue;
             }
-            let results: Vec<_> = futures::stream::iter(due)
-                .map(|(name, lease)| {
-                    let reader = &reader;
-                    async move {
-                        if let Some(lease) = lease.filter(|l| l.renewable) {
-                            match reader.renew_lease(&lease).await {
-                                Ok(d) if d >= lease.duration.mul_f64(0.5) => return (name, None, Some((lease, d))),
-                                // The lease can no longer grow: read a fresh secret instead.
-                                Ok(_) | Err(_) => debug!(secret.name = %name, "lease renewal short or failed; re-reading"),
-                            }
-                        }
-                        let result = reader.read(&name).await;
-                        (name, Some(result), None)
-                    }
-                })
-                .buffer_unordered(READ_CONCURRENCY)
-                .collect()
-                .await;
-            let mut changed = false;
-            let mut unavailable = false;
-            for (name, result, renewal) in results {
-                if let Some((lease, d)) = renewal {
-                    self.renewed(&name, lease, d);
-                }
-                if let Some(result) = result {
-                    unavailable |= result.is_err();
-                    changed |= self.apply(&name, result);
-                }
-            }
-            self.update_gauges();
-            if changed {
-                self.generation.send_modify(|g| *g += 1);
-            }
-            let period = *interval.borrow();
             if unavailable {
                 next_full = Instant::now() + backoff.next_delay().min(period);
                 not_before = next_full;
@@ -356,6 +525,30 @@ impl Store {
             }
         }
     }
+}
+
+/// Renews `name`'s lease when it has a renewable one that can still grow; otherwise
+/// reads the secret.
+async fn read_one(
+    reader: &VaultReader,
+    name: SecretName,
+    lease: Option<Lease>,
+) -> (
+    SecretName,
+    Option<Result<ReadOutcome, VaultError>>,
+    Option<(Lease, Duration)>,
+) {
+    if let Some(lease) = lease.filter(|l| l.renewable) {
+        match reader.renew_lease(&lease).await {
+            Ok(d) if d >= lease.duration.mul_f64(0.5) => return (name, None, Some((lease, d))),
+            // The lease can no longer grow: read a fresh secret instead.
+            Ok(_) | Err(_) => {
+                debug!(secret.name = %name, "lease renewal short or failed; re-reading");
+            }
+        }
+    }
+    let result = reader.read(&name).await;
+    (name, Some(result), None)
 }
 
 #[cfg(test)]

@@ -232,7 +232,7 @@ impl VaultReader {
             let text = std::str::from_utf8(value.expose()).map_err(|_| {
                 WriteError::Vault(VaultError::Decode(format!("field {key:?} is not UTF-8")))
             })?;
-            data.insert(key.clone(), serde_json::Value::String(text.to_owned()));
+            data.insert(key.to_owned(), serde_json::Value::String(text.to_owned()));
         }
         let (url, body) = match mount.kind {
             MountKind::Kv2 => {

@@ -16,7 +16,7 @@ fn store() -> Store {
 fn snapshot_waits_until_every_name_is_answered() {
     let s = store();
     let (a, b) = (name("consumer/a/jwt-auth"), name("consumer/b/jwt-auth"));
-    s.register(&[a.clone(), b.clone()]);
+    s.preload(&[a.clone(), b.clone()]);
     assert!(s.snapshot(&[a.clone(), b.clone()]).is_none());
     assert!(s.apply(
         &a,
@@ -28,15 +28,15 @@ fn snapshot_waits_until_every_name_is_answered() {
     );
     assert!(s.apply(&b, Ok(ReadOutcome::NotFound)));
     let snap = s.snapshot(&[a, b]).unwrap();
-    assert_eq!(snap[0].1.state, State::Loaded);
-    assert_eq!(snap[1].1.state, State::NotFound);
+    assert_eq!(snap[0].state, State::Loaded);
+    assert_eq!(snap[1].state, State::NotFound);
 }
 
 #[test]
 fn unchanged_value_keeps_version_and_change_bumps_it() {
     let s = store();
     let a = name("a");
-    s.register(std::slice::from_ref(&a));
+    s.preload(std::slice::from_ref(&a));
     s.apply(
         &a,
         Ok(ReadOutcome::Found(fields(r#"{"secret":"x"}"#), None)),
@@ -45,42 +45,39 @@ fn unchanged_value_keeps_version_and_change_bumps_it() {
         &a,
         Ok(ReadOutcome::Found(fields(r#"{"secret":"x"}"#), None))
     ));
-    assert_eq!(
-        s.snapshot(std::slice::from_ref(&a)).unwrap()[0].1.version,
-        1
-    );
+    assert_eq!(s.snapshot(std::slice::from_ref(&a)).unwrap()[0].version, 1);
     assert!(s.apply(
         &a,
         Ok(ReadOutcome::Found(fields(r#"{"secret":"y"}"#), None))
     ));
-    assert_eq!(s.snapshot(&[a]).unwrap()[0].1.version, 2);
+    assert_eq!(s.snapshot(&[a]).unwrap()[0].version, 2);
 }
 
 #[test]
 fn failures_keep_the_last_good_value_marked_stale() {
     let s = store();
     let a = name("a");
-    s.register(std::slice::from_ref(&a));
+    s.preload(std::slice::from_ref(&a));
     s.apply(
         &a,
         Ok(ReadOutcome::Found(fields(r#"{"secret":"x"}"#), None)),
     );
     assert!(s.apply(&a, Err(VaultError::NoToken)));
-    let e = &s.snapshot(std::slice::from_ref(&a)).unwrap()[0].1;
+    let e = &s.snapshot(std::slice::from_ref(&a)).unwrap()[0];
     assert!(e.stale);
     assert_eq!(e.state, State::Loaded);
     assert_eq!(e.fields.as_deref(), Some(&fields(r#"{"secret":"x"}"#)));
     // A 403 on a loaded secret is not trusted as a deletion either.
     s.apply(&a, Ok(ReadOutcome::Denied));
     assert_eq!(
-        s.snapshot(std::slice::from_ref(&a)).unwrap()[0].1.state,
+        s.snapshot(std::slice::from_ref(&a)).unwrap()[0].state,
         State::Loaded
     );
     assert!(s.apply(
         &a,
         Ok(ReadOutcome::Found(fields(r#"{"secret":"x"}"#), None))
     ));
-    let e = &s.snapshot(&[a]).unwrap()[0].1;
+    let e = &s.snapshot(&[a]).unwrap()[0];
     assert!(!e.stale);
     assert_eq!(e.version, 1);
 }
@@ -89,7 +86,62 @@ fn failures_keep_the_last_good_value_marked_stale() {
 fn failure_before_first_load_stays_pending() {
     let s = store();
     let a = name("a");
-    s.register(std::slice::from_ref(&a));
+    s.preload(std::slice::from_ref(&a));
     assert!(!s.apply(&a, Err(VaultError::NoToken)));
     assert!(s.snapshot(&[a]).is_none());
+}
+
+#[test]
+fn a_pass_walks_every_name_once_in_batches() {
+    let s = store();
+    let names: Vec<SecretName> = (0..BATCH * 2 + 10)
+        .map(|i| name(&format!("n/{i}")))
+        .collect();
+    s.preload(&names);
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let (due, more) = s.due_batch(true, after.as_ref());
+        assert!(due.len() <= BATCH);
+        seen.extend(due.into_iter().map(|(n, _)| n));
+        match more {
+            Some(last) => after = Some(last),
+            None => break,
+        }
+    }
+    let mut expected = names.clone();
+    expected.sort();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn names_nobody_holds_are_forgotten() {
+    let s = Arc::new(store());
+    let (kept, missing, loaded) = (name("pre"), name("made/up"), name("real"));
+    s.preload(std::slice::from_ref(&kept));
+    let held = s.hold(vec![missing.clone(), loaded.clone(), kept.clone()]);
+    let again = s.hold(vec![missing.clone()]);
+    s.apply(&missing, Ok(ReadOutcome::NotFound));
+    s.apply(&kept, Ok(ReadOutcome::NotFound));
+    s.apply(
+        &loaded,
+        Ok(ReadOutcome::Found(fields(r#"{"secret":"x"}"#), None)),
+    );
+    assert_eq!(s.len(), 3);
+    drop(held);
+    // Still held by the other call.
+    assert!(s.snapshot(std::slice::from_ref(&missing)).is_some());
+    drop(again);
+    // A name without a value goes at once; a loaded one stays until the next full pass
+    // (a client that reconnects finds it), a preloaded one stays.
+    assert!(s.snapshot(std::slice::from_ref(&missing)).is_none());
+    assert_eq!(s.len(), 2);
+    let (due, _) = s.due_batch(false, None);
+    assert!(due.is_empty());
+    assert_eq!(s.len(), 2);
+    let (due, _) = s.due_batch(true, None);
+    assert_eq!(due.len(), 1);
+    assert_eq!(s.len(), 1);
+    assert!(s.answered(&[kept]));
+    assert!(!s.answered(&[loaded]));
 }
