@@ -433,14 +433,14 @@ impl Store {
 
     /// One walk over the map: reads (or renews) what is due, [`READ_CONCURRENCY`] at
     /// a time, applying each answer as it comes and publishing changes every
-    /// [`BATCH`] answers. Returns whether anything was due, and whether Vault failed.
-    async fn pass(&self, reader: &VaultReader, full: bool) -> (bool, bool) {
+    /// [`BATCH`] answers. Returns how many names were due, and whether Vault failed.
+    async fn pass(&self, reader: &VaultReader, full: bool) -> (usize, bool) {
         let mut queue = std::collections::VecDeque::new();
         // Where the walk is: `Some(None)` at the start, `Some(after)` in the middle,
         // `None` once the whole map has been looked at.
         let mut walk = Some(None);
         let mut reads = futures::stream::FuturesUnordered::new();
-        let (mut any, mut unavailable, mut changed, mut unpublished) = (false, false, false, 0);
+        let (mut answered, mut unavailable, mut changed, mut unpublished) = (0, false, false, 0);
         loop {
             while reads.len() < READ_CONCURRENCY {
                 if queue.is_empty()
@@ -458,7 +458,7 @@ impl Store {
             let Some((name, result, renewal)) = reads.next().await else {
                 break;
             };
-            any = true;
+            answered += 1;
             if let Some((lease, d)) = renewal {
                 self.renewed(&name, lease, d);
             }
@@ -475,7 +475,7 @@ impl Store {
         if changed {
             self.publish();
         }
-        (any, unavailable)
+        (answered, unavailable)
     }
 
     /// Keeps every tracked name fresh until `shutdown`: a full pass every `interval`,
@@ -502,13 +502,17 @@ impl Store {
                 Ok(()) = authenticated.changed() => *authenticated.borrow_and_update(),
                 _ = crate::run::stopped(&mut shutdown) => return,
             };
-            let (any, unavailable) = tokio::select! {
+            let (answered, unavailable) = tokio::select! {
                 done = self.pass(&reader, full) => done,
                 _ = crate::run::stopped(&mut shutdown) => return,
             };
             self.update_gauges();
+            if answered >= BATCH {
+                // A big pass frees as much as it keeps (bodies, JSON, old values).
+                crate::hygiene::trim_heap();
+            }
             let period = *interval.borrow();
-            if !any {
+            if answered == 0 {
                 if full {
                     next_full = Instant::now() + period;
                 }
