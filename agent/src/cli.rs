@@ -10,6 +10,9 @@ use tonic::Code;
 use zeroize::Zeroize;
 
 /// Exit code for bad configuration or usage (sysexits EX_USAGE / EX_CONFIG family).
+/// Largest answer `get` accepts from the agent.
+const MAX_ANSWER_BYTES: usize = 256 << 20;
+
 pub const EXIT_CONFIG: u8 = 64;
 /// Exit code when the agent is unavailable (EX_UNAVAILABLE).
 pub const EXIT_UNAVAILABLE: u8 = 69;
@@ -102,12 +105,14 @@ pub async fn get(
     reveal: bool,
     json: bool,
 ) -> Result<String, GetError> {
-    let mut client = keygate_proto::connect(&socket)
+    let client = keygate_proto::connect(&socket)
         .await
         .map_err(|e| GetError {
             code: EXIT_UNAVAILABLE,
             message: format!("cannot connect to {}: {e}", socket.display()),
         })?;
+    // Many names (or certificates) can make an answer larger than tonic's 4 MiB default.
+    let mut client = client.max_decoding_message_size(MAX_ANSWER_BYTES);
     let response = client
         .get(GetRequest { names })
         .await

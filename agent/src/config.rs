@@ -69,7 +69,36 @@ pub struct Config {
     /// Certificates issued by Vault's PKI engine and re-issued before they expire.
     #[serde(default)]
     pub certificates: Vec<CertificateConfig>,
+    /// How many names one call, and one uid, may ask for.
+    #[serde(default)]
+    pub limits: Limits,
 }
+
+/// The `limits` block: bounds on what one peer can make the agent track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Most names one `Get` or `Watch` may ask for (INVALID_ARGUMENT beyond). A gateway
+    /// asks for all of its Vault-backed consumers in one Watch.
+    #[serde(default = "default_names_per_call")]
+    pub names_per_call: usize,
+    /// Most names the open calls of one uid may hold at once, each call counting its
+    /// own names (RESOURCE_EXHAUSTED beyond); released as calls and streams end.
+    #[serde(default = "default_names_per_uid")]
+    pub names_per_uid: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            names_per_call: default_names_per_call(),
+            names_per_uid: default_names_per_uid(),
+        }
+    }
+}
+
+/// Largest value either limit may be set to.
+pub const MAX_NAMES_LIMIT: usize = 1 << 20;
 
 /// One certificate the agent requests from a PKI mount (`<mount>/issue/<role>`) and
 /// re-issues at `renew_at` of its lifetime; served under the name `@pki/<name>`.
@@ -367,6 +396,8 @@ pub struct Settings {
     pub ops_listen: Option<SocketAddr>,
     /// Certificates to issue, by their served name.
     pub certificates: Vec<(SecretName, CertificateConfig)>,
+    /// Names per call and per uid.
+    pub limits: Limits,
 }
 
 impl Settings {
@@ -571,7 +602,28 @@ impl Settings {
             certificates.push((name, cert));
         }
 
+        let limits = config.limits;
+        if !(1..=MAX_NAMES_LIMIT).contains(&limits.names_per_uid) {
+            return Err(invalid(
+                "limits.names_per_uid",
+                format!(
+                    "{} is out of range: must be between 1 and {MAX_NAMES_LIMIT}",
+                    limits.names_per_uid
+                ),
+            ));
+        }
+        if !(1..=limits.names_per_uid).contains(&limits.names_per_call) {
+            return Err(invalid(
+                "limits.names_per_call",
+                format!(
+                    "{} is out of range: must be between 1 and limits.names_per_uid ({})",
+                    limits.names_per_call, limits.names_per_uid
+                ),
+            ));
+        }
+
         Ok(Self {
+            limits,
             certificates,
             vault_addr,
             timeout: vault.timeout,
@@ -594,6 +646,12 @@ fn default_timeout() -> Duration {
 }
 fn default_refresh() -> Duration {
     Duration::from_secs(30)
+}
+fn default_names_per_call() -> usize {
+    16_384
+}
+fn default_names_per_uid() -> usize {
+    65_536
 }
 fn default_pki_mount() -> String {
     "pki".to_owned()

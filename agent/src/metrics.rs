@@ -28,6 +28,9 @@ pub struct Metrics {
     pub secrets_loaded: AtomicI64,
     /// Loaded secrets whose last refresh failed.
     pub secrets_stale: AtomicI64,
+    /// Names the agent tracks (preloaded, asked for by an open call, or loaded and
+    /// kept until the next full refresh).
+    pub secrets_tracked: AtomicI64,
     /// Value changes seen on refresh (first loads included).
     pub secret_changes: AtomicU64,
     /// Open Watch streams.
@@ -48,7 +51,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
         let r = Ordering::Relaxed;
-        let gauges: [(&str, &str, i64); 7] = [
+        let gauges: [(&str, &str, i64); 8] = [
             (
                 "keygate_agent_ready",
                 "1 once authenticated, preloaded and listening",
@@ -73,6 +76,11 @@ impl Metrics {
                 "keygate_agent_secrets_stale",
                 "Loaded secrets whose last refresh failed",
                 self.secrets_stale.load(r),
+            ),
+            (
+                "keygate_agent_secrets_tracked",
+                "Names the agent tracks: preloaded, asked for by an open call, or loaded and kept until the next full refresh",
+                self.secrets_tracked.load(r),
             ),
             (
                 "keygate_agent_watchers",

@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// Longest name accepted, in bytes.
-const MAX_NAME_LEN: usize = 512;
+pub const MAX_NAME_LEN: usize = 512;
 
 /// A name that is not a valid secret path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

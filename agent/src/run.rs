@@ -91,6 +91,7 @@ pub async fn run(
         mut preload,
         timeout,
         certificates,
+        limits,
         ..
     } = settings;
     // Certificates are issued at start, and the agent is not ready before they are.
@@ -124,7 +125,9 @@ pub async fn run(
         timeout,
         metrics.clone(),
         stop_rx.clone(),
-    );
+    )
+    .with_limits(limits);
+    let max_request_bytes = service.max_request_bytes();
     let mut server_stop = stop_rx.clone();
     let admission = crate::server::admission::Admission::new(policies.clone(), metrics.clone());
     let incoming = UnixListenerStream::new(listener).filter_map(move |accepted| match accepted {
@@ -137,7 +140,9 @@ pub async fn run(
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
             .add_service(health_service)
-            .add_service(SecretAgentServer::new(service))
+            .add_service(
+                SecretAgentServer::new(service).max_decoding_message_size(max_request_bytes),
+            )
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = crate::run::stopped(&mut server_stop).await;
             }),

@@ -26,18 +26,16 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 use zeroize::Zeroize;
 
-use self::budget::NameBudget;
+use self::budget::{Charge, NameBudget};
 use self::peer::Peer;
 use self::throttle::{Refusal, Throttle};
-use crate::config::PeerPolicy;
+use crate::config::{Limits, PeerPolicy};
 use crate::metrics::Metrics;
 use crate::name::{NamePattern, SecretName};
 use crate::secret::{FieldValue, SecretFields};
 use crate::store::{Entry, Held, State, Store};
 use crate::vault::{VaultReader, WriteError};
 
-/// Most names one call may ask for.
-const MAX_NAMES: usize = 1024;
 /// How often a Watch stream re-checks that its peer process is still the same one.
 const PEER_CHECK: Duration = Duration::from_secs(1);
 /// Most Watch streams one uid may hold open: a flooding peer is refused before it can
@@ -56,6 +54,7 @@ pub struct AgentService {
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
     streams: Arc<Mutex<HashMap<u32, usize>>>,
+    names_per_call: usize,
     budget: NameBudget,
     throttle: Throttle,
 }
@@ -82,9 +81,28 @@ impl AgentService {
             metrics,
             shutdown,
             streams: Arc::default(),
-            budget: NameBudget::default(),
+            names_per_call: Limits::default().names_per_call,
+            budget: NameBudget::new(Limits::default().names_per_uid),
             throttle: Throttle::default(),
         }
+    }
+
+    /// The same service with these limits on names per call and per uid.
+    #[must_use]
+    pub fn with_limits(self, limits: Limits) -> Self {
+        Self {
+            names_per_call: limits.names_per_call,
+            budget: NameBudget::new(limits.names_per_uid),
+            ..self
+        }
+    }
+
+    /// The largest request message the limits allow: every name at its longest, plus
+    /// room for a `Put`'s fields.
+    pub fn max_request_bytes(&self) -> usize {
+        self.names_per_call
+            .saturating_mul(crate::name::MAX_NAME_LEN + 8)
+            .saturating_add(2 * MAX_PUT_BYTES)
     }
 
     /// Reserves one of `uid`'s Watch streams, released when the guard drops.
@@ -154,10 +172,11 @@ impl AgentService {
                 None => return Err(self.deny_peer(&peer)),
             }
         };
-        if names.is_empty() || names.len() > MAX_NAMES {
+        if names.is_empty() || names.len() > self.names_per_call {
             Metrics::inc(&self.metrics.denied_requests);
             return Err(Status::invalid_argument(format!(
-                "ask for between 1 and {MAX_NAMES} names"
+                "ask for between 1 and {} names (limits.names_per_call)",
+                self.names_per_call
             )));
         }
         let mut parsed = Vec::with_capacity(names.len());
@@ -165,7 +184,7 @@ impl AgentService {
         for raw in names {
             let name = SecretName::parse(raw).map_err(|e| {
                 Metrics::inc(&self.metrics.denied_requests);
-                Status::invalid_argument(format!("invalid name {raw:?}: {e}"))
+                Status::invalid_argument(format!("invalid name {}: {e}", shown(raw)))
             })?;
             if !allowed.iter().any(|p| p.matches(&name)) {
                 Metrics::inc(&self.metrics.denied_requests);
@@ -183,14 +202,15 @@ impl AgentService {
         Ok((peer, parsed))
     }
 
-    /// Counts `names` against `uid`'s budget of distinct names.
-    fn charge(&self, uid: u32, names: &[SecretName]) -> Result<(), Status> {
-        self.budget.charge(uid, names).inspect_err(|_| {
+    /// Counts a call's `names` against `uid`'s budget of names held at once, until
+    /// the charge is dropped.
+    fn charge(&self, uid: u32, names: &[SecretName]) -> Result<Charge, Status> {
+        self.budget.charge(uid, names.len()).inspect_err(|_| {
             Metrics::inc(&self.metrics.denied_requests);
             if self.throttle.allow(uid, Refusal::Names) {
                 warn!(
                     peer.uid = uid,
-                    "a peer asked for more distinct names than its budget"
+                    "a peer's open calls would hold more names than its budget"
                 );
             }
         })
@@ -232,11 +252,12 @@ impl SecretAgent for AgentService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (peer, names) = self.authorize(&request, &request.get_ref().names, Access::Read)?;
         let slot = self.reserve_stream(peer.uid)?;
-        self.charge(peer.uid, &names)?;
+        let charge = self.charge(peer.uid, &names)?;
         let held = self.store.hold(names);
         let (tx, rx) = mpsc::channel(4);
         let stream = WatchStream {
             _slot: slot,
+            _charge: charge,
             store: self.store.clone(),
             held,
             peer,
@@ -250,7 +271,7 @@ impl SecretAgent for AgentService {
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let (peer, names) = self.authorize(&request, &request.get_ref().names, Access::Read)?;
-        self.charge(peer.uid, &names)?;
+        let _charge = self.charge(peer.uid, &names)?;
         let held = self.store.hold(names);
         let mut generation = self.store.subscribe();
         let answer = tokio::time::timeout(self.get_timeout, async {
@@ -281,7 +302,7 @@ impl SecretAgent for AgentService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let names = [request.get_ref().name.clone()];
         let (peer, names) = self.authorize(&request, &names, Access::Write)?;
-        self.charge(peer.uid, &names)?;
+        let _charge = self.charge(peer.uid, &names)?;
         let [name] = <[SecretName; 1]>::try_from(names)
             .map_err(|_| Status::invalid_argument("exactly one name"))?;
         let mut fields = request.into_inner().fields;
@@ -346,6 +367,7 @@ impl Drop for StreamSlot {
 /// One open Watch call.
 struct WatchStream {
     _slot: StreamSlot,
+    _charge: Charge,
     store: Arc<Store>,
     held: Held,
     peer: Peer,
@@ -407,6 +429,20 @@ impl WatchStream {
     }
 }
 
+/// A peer's name as quoted in an error: at most 80 bytes of it (the whole message
+/// becomes a response header).
+fn shown(raw: &str) -> String {
+    const MAX: usize = 80;
+    if raw.len() <= MAX {
+        return format!("{raw:?}");
+    }
+    let cut = (0..=MAX)
+        .rev()
+        .find(|&i| raw.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{:?}... ({} bytes)", &raw[..cut], raw.len())
+}
+
 fn zeroize_all(fields: &mut HashMap<String, Vec<u8>>) {
     for value in fields.values_mut() {
         value.zeroize();
@@ -433,5 +469,19 @@ fn to_proto(name: &SecretName, entry: &Entry) -> Secret {
             .map(|(k, v)| (k.to_owned(), v.expose().to_vec()))
             .collect(),
         fetched_at_unix_ms: entry.fetched_at_unix_ms(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_are_cut_in_errors() {
+        assert_eq!(shown("consumer/jack"), "\"consumer/jack\"");
+        let long = "é".repeat(1000);
+        let cut = shown(&long);
+        assert!(cut.len() < 120, "{cut}");
+        assert!(cut.ends_with("... (2000 bytes)"), "{cut}");
     }
 }

@@ -176,12 +176,16 @@ impl Store {
         {
             let mut slots = self.slots();
             for name in &names {
-                let slot = slots.entry(name.clone()).or_insert_with(|| {
+                if let Some(SlotBox(slot)) = slots.get_mut(name) {
+                    slot.holders = slot.holders.saturating_add(1);
+                } else {
+                    let mut slot = Slot::new();
+                    slot.holders = 1;
+                    slots.insert(name.clone(), SlotBox(slot));
                     added = true;
-                    SlotBox(Slot::new())
-                });
-                slot.0.holders = slot.0.holders.saturating_add(1);
+                }
             }
+            self.tracked(slots.len());
         }
         if added {
             self.wake.notify_one();
@@ -203,6 +207,13 @@ impl Store {
                 slots.remove(name);
             }
         }
+        self.tracked(slots.len());
+    }
+
+    fn tracked(&self, len: usize) {
+        self.metrics
+            .secrets_tracked
+            .store(i64::try_from(len).unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 
     /// Makes `names` the preloaded ones: tracked whether or not anyone asks for them
@@ -216,12 +227,16 @@ impl Store {
                 slot.pinned = false;
             }
             for name in names {
-                let slot = slots.entry(name.clone()).or_insert_with(|| {
+                if let Some(SlotBox(slot)) = slots.get_mut(name) {
+                    slot.pinned = true;
+                } else {
+                    let mut slot = Slot::new();
+                    slot.pinned = true;
+                    slots.insert(name.clone(), SlotBox(slot));
                     added = true;
-                    SlotBox(Slot::new())
-                });
-                slot.0.pinned = true;
+                }
             }
+            self.tracked(slots.len());
         }
         if added {
             self.wake.notify_one();
@@ -381,6 +396,7 @@ impl Store {
         for name in &unwanted {
             slots.remove(name);
         }
+        self.tracked(slots.len());
         if !unwanted.is_empty() {
             debug!(
                 forgotten = unwanted.len(),

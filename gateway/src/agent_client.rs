@@ -14,6 +14,10 @@ use tokio::sync::watch;
 
 use crate::secrets::SecretSnapshot;
 
+/// Largest snapshot accepted from the agent (the agent is trusted; this only bounds
+/// what a broken one could make the gateway allocate).
+const MAX_SNAPSHOT_BYTES: usize = 512 << 20;
+
 /// Connection state, readable without locks (metrics, readiness).
 #[derive(Debug, Default)]
 pub struct AgentStatus {
@@ -73,7 +77,9 @@ pub async fn follow(
     sink: impl Fn(SecretSnapshot) + Send + Sync,
 ) {
     let client = match keygate_proto::connect_lazy(&socket) {
-        Ok(c) => c,
+        // One snapshot carries every watched secret: 10 000 consumers with RSA key
+        // pairs come to about 25 MB, far above tonic's 4 MiB default.
+        Ok(c) => c.max_decoding_message_size(MAX_SNAPSHOT_BYTES),
         Err(e) => {
             // Only a malformed endpoint fails here, never a missing agent.
             tracing::error!(socket = %socket.display(), error = %e, "cannot create the agent client");

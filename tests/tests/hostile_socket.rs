@@ -333,14 +333,20 @@ async fn a_flood_from_one_uid_is_bounded_and_others_are_served() -> Result<()> {
     Ok(())
 }
 
-/// Every name a peer asks for is tracked and re-read from Vault for the agent's
-/// lifetime: `nobody` asking for thousands of made-up names under its allowed prefix is
-/// stopped at 4096 (RESOURCE_EXHAUSTED), and our uid can still add names.
+/// Every name an open call asks for is tracked (read from Vault, re-read on each
+/// refresh) while the call lasts. One call may ask for at most `limits.names_per_call`
+/// names (INVALID_ARGUMENT beyond), and the open calls of one uid may hold at most
+/// `limits.names_per_uid` at once (RESOURCE_EXHAUSTED beyond), each call counting its
+/// own; the budget comes back when calls and streams end, and made-up names (nothing
+/// in Vault) are forgotten then, so a peer cycling through made-up names never makes
+/// the agent track more than its budget. Small limits here (300 per call, 1000 per
+/// uid) so that the bound is reached with few names.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_peer_cannot_make_the_agent_track_unbounded_names() -> Result<()> {
+    const TRACKED: &str = "keygate_agent_secrets_tracked";
     let uid = nix::unistd::getuid().as_raw();
     ensure!(uid == 0, "this test runs as root (it sets uids)");
-    let (_bao, agent, jack) = agent_refreshing(
+    let (_bao, mut agent, jack) = agent_refreshing(
         vec![
             Peer::uid("tests", uid, &["consumer/*"]),
             Peer::uid("flooder", NOBODY, &["consumer/*"]),
@@ -348,13 +354,91 @@ async fn a_peer_cannot_make_the_agent_track_unbounded_names() -> Result<()> {
         "5m",
     )
     .await?;
-    let mut names = HostilePeer::spawn(&["names", &socket(&agent)?, "6", "1000"], Some(NOBODY))?;
+    let mut config = std::fs::read_to_string(agent.config_path())?;
+    config.push_str("limits:\n  names_per_call: 300\n  names_per_uid: 1000\n");
+    std::fs::write(agent.config_path(), config)?;
+    agent.restart().await?;
+    let mut client = agent.client().await?;
+    get(&mut client, &[JACK]).await?;
+    let tracked = agent.metric(TRACKED).await?;
+
+    // nobody asks for 6 x 300 made-up names, one Get after the other: each Get gives
+    // its names back when it ends, so all are answered (NOT_FOUND), and the names are
+    // forgotten. One call of 301 names is refused.
+    let mut names = HostilePeer::spawn(&["names", &socket(&agent)?, "6", "300"], Some(NOBODY))?;
     let summary = names.expect_line("gets", Duration::from_secs(120)).await?;
     ensure!(
-        summary == "gets 4 exhausted 2 other 0",
-        "nobody's made-up names: {summary}"
+        summary == "gets 6 exhausted 0 other 0",
+        "nobody's made-up names, one call after the other: {summary}"
     );
-    let mut client = agent.client().await?;
+    let mut names = HostilePeer::spawn(&["names", &socket(&agent)?, "1", "301"], Some(NOBODY))?;
+    let summary = names.expect_line("gets", Duration::from_secs(30)).await?;
+    ensure!(
+        summary == "gets 0 exhausted 0 other 1",
+        "nobody's call of 301 names: {summary}"
+    );
+    eventually(Duration::from_secs(10), || async {
+        let now = agent.metric(TRACKED).await?;
+        ensure!(
+            now == tracked,
+            "{TRACKED} = {now}, expected {tracked}: made-up names kept"
+        );
+        Ok(())
+    })
+    .await?;
+
+    // Our uid holds made-up names in open Watch streams: three of 300 fit in 1000, a
+    // fourth is refused while they are open, and the others' budget is their own.
+    let made_up = |batch: usize| -> Vec<String> {
+        (0..300)
+            .map(|i| format!("consumer/held-{batch}-{i}/jwt-auth"))
+            .collect()
+    };
+    let mut streams = Vec::new();
+    for batch in 0..3 {
+        let names = made_up(batch);
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut stream = watch(&mut client, &names, Duration::from_secs(60))
+            .await?
+            .map_err(|s| anyhow!("Watch {batch}: {s}"))?;
+        keygate_tests::client::expect_snapshot(&mut stream, Duration::from_secs(60)).await?;
+        streams.push(stream);
+    }
+    let fourth = made_up(3);
+    let fourth: Vec<&str> = fourth.iter().map(String::as_str).collect();
+    let refused = get_error(&mut client, &fourth).await?;
+    ensure!(
+        refused == tonic::Code::ResourceExhausted,
+        "a fourth call of 300 names while 900 are held: {refused:?}"
+    );
+    ensure!(
+        agent.metric(TRACKED).await? == tracked + 900.0,
+        "the held names are not tracked"
+    );
+    let mut names = HostilePeer::spawn(&["names", &socket(&agent)?, "1", "300"], Some(NOBODY))?;
+    let summary = names.expect_line("gets", Duration::from_secs(60)).await?;
+    ensure!(
+        summary == "gets 1 exhausted 0 other 0",
+        "nobody while our uid's budget is spent: {summary}"
+    );
+
+    // One stream ends: its 300 names come back, and the fourth call goes through.
+    drop(streams.pop());
+    eventually(Duration::from_secs(10), || async {
+        let mut client = agent.client().await?;
+        get(&mut client, &fourth).await.map(drop)
+    })
+    .await?;
+    drop(streams);
+    eventually(Duration::from_secs(10), || async {
+        let now = agent.metric(TRACKED).await?;
+        ensure!(
+            now == tracked,
+            "{TRACKED} = {now}, expected {tracked} once every stream ended"
+        );
+        Ok(())
+    })
+    .await?;
     let answer = get(&mut client, &[JACK, "consumer/another/jwt-auth"]).await?;
     keygate_tests::secrets::expect_loaded(&answer.secrets, JACK, &jack)?;
     Ok(())
@@ -424,7 +508,9 @@ async fn malformed_and_oversized_messages_are_refused_and_the_agent_stays_up() -
         "the raw control call did not succeed"
     );
 
-    let five_mib = vec![0x0a_u8; 5 * 1024 * 1024];
+    // Above the agent's decode limit at its default limits: 16 384 names of at most
+    // 512 bytes, and 2 MiB for a Put's fields (about 10.5 MiB).
+    let twelve_mib = vec![0x0a_u8; 12 * 1024 * 1024];
     let mut big_name = vec![0x0a, 0x80, 0x80, 0x80, 0x03];
     big_name.extend(std::iter::repeat_n(b'a', 6 * 1024 * 1024));
     let rows: Vec<(&str, Headers<'_>, Vec<u8>)> = vec![
@@ -445,9 +531,9 @@ async fn malformed_and_oversized_messages_are_refused_and_the_agent_stays_up() -
             frame(false, 100 * 1024 * 1024, &valid),
         ),
         (
-            "a 5 MiB message (above the 4 MiB limit)",
+            "a 12 MiB message (above the decode limit)",
             header.to_vec(),
-            frame(false, u32::try_from(five_mib.len())?, &five_mib),
+            frame(false, u32::try_from(twelve_mib.len())?, &twelve_mib),
         ),
         (
             "a 6 MiB name",

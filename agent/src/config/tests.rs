@@ -145,3 +145,47 @@ fn env_fallbacks_are_used_only_when_fields_are_absent() {
     assert_eq!(s.vault_addr, "http://bao:8200");
     assert!(matches!(s.auth, AuthMethod::Token(_)));
 }
+
+#[test]
+fn name_limits_have_defaults_and_are_checked() {
+    let s = parse(SEED).unwrap();
+    assert_eq!(s.limits, Limits::default());
+    assert_eq!(s.limits.names_per_call, 16_384);
+    assert_eq!(s.limits.names_per_uid, 65_536);
+    let s = parse(&format!(
+        "{SEED}limits:\n  names_per_call: 10\n  names_per_uid: 30\n"
+    ))
+    .unwrap();
+    assert_eq!((s.limits.names_per_call, s.limits.names_per_uid), (10, 30));
+    // Only one given: the other keeps its default.
+    let s = parse(&format!("{SEED}limits:\n  names_per_uid: 100000\n")).unwrap();
+    assert_eq!(
+        (s.limits.names_per_call, s.limits.names_per_uid),
+        (16_384, 100_000)
+    );
+    for (bad, field) in [
+        ("names_per_call: 0", "limits.names_per_call"),
+        ("names_per_uid: 0", "limits.names_per_uid"),
+        ("names_per_uid: 2000000", "limits.names_per_uid"),
+        (
+            "names_per_call: 200\n  names_per_uid: 100",
+            "limits.names_per_call",
+        ),
+    ] {
+        let err = parse(&format!("{SEED}limits:\n  {bad}\n")).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { field: f, .. } if *f == field),
+            "{bad}: {err}"
+        );
+        assert!(err.to_string().contains("out of range"), "{err}");
+    }
+    for bad in ["names_per_call: -1", "names_per_call: lots", "names: 3"] {
+        assert!(
+            matches!(
+                parse(&format!("{SEED}limits:\n  {bad}\n")),
+                Err(ConfigError::Parse { .. })
+            ),
+            "{bad} accepted"
+        );
+    }
+}

@@ -1,39 +1,73 @@
-//! How many distinct names one uid may make the agent track. Every name a peer asks
-//! for is registered in the store and re-read from Vault on every refresh, for the
-//! agent's lifetime: without a bound, one peer allowed a prefix (`consumer/*`) could
-//! make the agent track any number of made-up names and multiply its load on Vault.
+//! How many names one uid may make the agent track. Every name a call asks for is
+//! tracked in the store (read from Vault, then re-read on every refresh) while the call
+//! lasts: without a bound, one peer allowed a prefix (`consumer/*`) could hold any
+//! number of made-up names open and multiply the agent's memory and its load on Vault.
+//!
+//! The budget counts what a uid's open calls hold now, each call its own names (a name
+//! in two streams counts twice), and gives it back when the call or stream ends. The
+//! store forgets a name as soon as no call holds it and Vault has no value for it
+//! (loaded secrets stay until the next full refresh), so the names the agent tracks
+//! are bounded by the sum of the budgets, the preload list and the secrets that exist.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, PoisonError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tonic::Status;
 
-use crate::name::SecretName;
-
-/// Distinct names one uid may have the agent track (four full requests; a gateway
-/// watches at most 1024 at a time, so this leaves room for reloads that change them).
-pub const MAX_NAMES_PER_UID: usize = 4096;
-
-/// The names each uid has asked for so far.
-#[derive(Debug, Default)]
+/// What each uid's open calls hold.
+#[derive(Debug)]
 pub struct NameBudget {
-    asked: Mutex<HashMap<u32, HashSet<SecretName>>>,
+    limit: usize,
+    held: Arc<Mutex<HashMap<u32, usize>>>,
+}
+
+/// One call's share of its uid's budget, given back when dropped.
+#[derive(Debug)]
+pub struct Charge {
+    uid: u32,
+    names: usize,
+    held: Arc<Mutex<HashMap<u32, usize>>>,
 }
 
 impl NameBudget {
-    /// Counts `names` against `uid`'s budget; RESOURCE_EXHAUSTED (and nothing counted)
-    /// when the new ones would take it past [`MAX_NAMES_PER_UID`].
-    pub fn charge(&self, uid: u32, names: &[SecretName]) -> Result<(), Status> {
-        let mut asked = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
-        let known = asked.entry(uid).or_default();
-        let new: Vec<&SecretName> = names.iter().filter(|n| !known.contains(*n)).collect();
-        if known.len() + new.len() > MAX_NAMES_PER_UID {
+    /// A budget of `limit` names held at once per uid.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            held: Arc::default(),
+        }
+    }
+
+    /// Counts a call's `names` against `uid`'s budget until the returned charge is
+    /// dropped; RESOURCE_EXHAUSTED (and nothing counted) when they would take it past
+    /// the limit.
+    pub fn charge(&self, uid: u32, names: usize) -> Result<Charge, Status> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = held.get(&uid).copied().unwrap_or(0);
+        if now.saturating_add(names) > self.limit {
             return Err(Status::resource_exhausted(format!(
-                "at most {MAX_NAMES_PER_UID} distinct names per uid"
+                "at most {} names held at once per uid (limits.names_per_uid); this uid's open calls hold {now}",
+                self.limit
             )));
         }
-        known.extend(new.into_iter().cloned());
-        Ok(())
+        held.insert(uid, now + names);
+        Ok(Charge {
+            uid,
+            names,
+            held: self.held.clone(),
+        })
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(now) = held.get_mut(&self.uid) {
+            *now = now.saturating_sub(self.names);
+            if *now == 0 {
+                held.remove(&self.uid);
+            }
+        }
     }
 }
 
@@ -41,23 +75,20 @@ impl NameBudget {
 mod tests {
     use super::*;
 
-    fn names(range: std::ops::Range<usize>) -> Vec<SecretName> {
-        range
-            .map(|i| SecretName::parse(&format!("consumer/u{i}/jwt-auth")).unwrap())
-            .collect()
-    }
-
     #[test]
-    fn distinct_names_are_bounded_per_uid() {
-        let budget = NameBudget::default();
-        budget.charge(1, &names(0..MAX_NAMES_PER_UID)).unwrap();
-        // Asking again for known names is free.
-        budget.charge(1, &names(0..10)).unwrap();
-        let err = budget
-            .charge(1, &names(MAX_NAMES_PER_UID..MAX_NAMES_PER_UID + 1))
-            .unwrap_err();
+    fn names_held_at_once_are_bounded_per_uid_and_given_back() {
+        let budget = NameBudget::new(100);
+        let a = budget.charge(1, 60).unwrap();
+        let b = budget.charge(1, 40).unwrap();
+        let err = budget.charge(1, 1).unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
         // Another uid has its own budget.
-        budget.charge(2, &names(0..100)).unwrap();
+        let other = budget.charge(2, 100).unwrap();
+        drop(a);
+        let c = budget.charge(1, 60).unwrap();
+        assert!(budget.charge(1, 1).is_err());
+        drop((b, c, other));
+        assert!(budget.held.lock().unwrap().is_empty());
+        budget.charge(1, 100).unwrap();
     }
 }
