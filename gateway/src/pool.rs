@@ -1,34 +1,34 @@
 //! Keep-alive connections to plain HTTP/1.1 upstream nodes, one idle list per node.
 //!
-//! The request path's own pool (in place of hyper-util's legacy client for `http`
-//! upstreams): a checkout is a lock and a `pop` on the node's list, nothing is hashed,
-//! and a connection goes back to its list when the response body has been read to the
-//! end, with no task spawned per request. A pooled connection the upstream closed is
-//! skipped; a request a pooled connection could not take is sent on another one, or on
-//! a new connection. A response body dropped before its end closes its connection.
+//! The request path's own HTTP/1.1 client for `http` upstreams (TLS upstreams use
+//! hyper-util's): a checkout is a lock and a `pop` on the node's list, nothing is
+//! hashed, the exchange runs in the request's own task (see [`exchange`]), and a
+//! connection goes back to its list when the response body has been read to the end.
+//! A pooled connection the upstream closed is skipped; a request a reused connection
+//! could not take (closed before a byte of response) goes out on a new one when that
+//! is safe. A response body dropped before its end closes its connection.
 
-use std::pin::Pin;
+mod body;
+mod exchange;
+
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
 use http::uri::Authority;
-use http::{Request, Response, Uri};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{Method, Request, Response};
 use tokio::net::TcpStream;
 
-use crate::body::ProxyBody;
+pub use self::body::PooledBody;
+use self::body::{Chunk, Decoder};
+use self::exchange::{Conn, Framing, Outgoing, Replay, ResponseHead};
+use crate::body::{BoxError, ProxyBody};
 
 /// Idle connections kept per node; more are closed when they come back.
 const MAX_IDLE_PER_NODE: usize = 256;
 /// An idle connection older than this is closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Why a request got no response.
+/// Why a request got no response, or its body ended early.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PoolError {
@@ -40,9 +40,18 @@ pub enum PoolError {
         /// Why.
         source: std::io::Error,
     },
-    /// The HTTP exchange failed.
-    #[error("{0}")]
-    Http(#[from] hyper::Error),
+    /// Reading from or writing to the connection failed.
+    #[error("upstream connection: {0}")]
+    Io(std::io::Error),
+    /// The upstream closed the connection without a byte of response.
+    #[error("the upstream closed the connection before responding")]
+    Closed,
+    /// The upstream's response is not valid HTTP/1.1 (or asks for an upgrade).
+    #[error("invalid upstream response: {0}")]
+    Malformed(String),
+    /// The client's request body failed or did not match its length.
+    #[error("request body: {0}")]
+    RequestBody(BoxError),
 }
 
 impl PoolError {
@@ -53,7 +62,7 @@ impl PoolError {
 }
 
 struct Idle {
-    sender: SendRequest<ProxyBody>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -101,37 +110,28 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still open.
-    fn checkout(&self, index: usize) -> Option<SendRequest<ProxyBody>> {
+    fn checkout(&self, index: usize) -> Option<Conn> {
         let mut idle = self.idle(index)?;
-        while let Some(entry) = idle.pop() {
-            if !entry.sender.is_closed() && entry.since.elapsed() < IDLE_TIMEOUT {
-                return Some(entry.sender);
+        while let Some(mut entry) = idle.pop() {
+            if entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.is_reusable() {
+                return Some(entry.conn);
             }
         }
         None
     }
 
-    fn checkin(&self, index: usize, sender: SendRequest<ProxyBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn checkin(&self, index: usize, conn: Conn) {
         if let Some(mut idle) = self.idle(index)
             && idle.len() < MAX_IDLE_PER_NODE
         {
             idle.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
     }
 
-    async fn connect(&self, index: usize) -> Result<SendRequest<ProxyBody>, PoolError> {
-        let Some(node) = self.nodes.get(index) else {
-            return Err(PoolError::Connect {
-                authority: Authority::from_static("invalid:0"),
-                source: std::io::Error::other("no such node"),
-            });
-        };
+    async fn connect(&self, node: &NodePool) -> Result<Conn, PoolError> {
         let failed = |source| PoolError::Connect {
             authority: node.authority.clone(),
             source,
@@ -147,204 +147,97 @@ impl Pool {
             .map_err(|_| failed(std::io::ErrorKind::TimedOut.into()))?
             .map_err(failed)?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Conn::new(stream))
     }
 
     /// Sends `request` to node `index` on a pooled connection, or a new one. The
-    /// request's URI is sent in origin form; a missing `Host` is the node's.
+    /// request goes in origin form; a missing `Host` is the node's.
     pub async fn send(
         self: &Arc<Self>,
         index: usize,
-        mut request: Request<ProxyBody>,
+        request: Request<ProxyBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
-        if let Some(pq) = request.uri().path_and_query().cloned()
-            && request.uri().authority().is_some()
-        {
-            *request.uri_mut() = Uri::from(pq);
-        }
-        if !request.headers().contains_key(header::HOST)
-            && let Some(node) = self.nodes.get(index)
-            && let Ok(host) = HeaderValue::from_str(node.authority.as_str())
-        {
-            request.headers_mut().insert(header::HOST, host);
-        }
-        while let Some(mut sender) = self.checkout(index) {
-            if sender.ready().await.is_err() {
-                continue;
+        let Some(node) = self.nodes.get(index) else {
+            return Err(PoolError::Connect {
+                authority: Authority::from_static("invalid:0"),
+                source: std::io::Error::other("no such node"),
+            });
+        };
+        let (parts, body) = request.into_parts();
+        let outgoing = Outgoing::of(&body);
+        let mut head = Vec::with_capacity(256);
+        exchange::encode_head(&mut head, &parts, outgoing, &node.authority);
+        let head_request = parts.method == Method::HEAD;
+        let idempotent = matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        );
+        let mut body = (outgoing != Outgoing::Empty).then_some(body);
+        loop {
+            let (mut conn, reused) = match self.checkout(index) {
+                Some(conn) => (conn, true),
+                None => (self.connect(node).await?, false),
+            };
+            match conn
+                .exchange(&head, &mut body, outgoing, head_request)
+                .await
+            {
+                Ok(head) => return Ok(self.respond(index, conn, head)),
+                Err(failure) => {
+                    let replay = match failure.replay {
+                        Replay::Unsent => true,
+                        Replay::NoResponse => idempotent && outgoing == Outgoing::Empty,
+                        Replay::Never => false,
+                    };
+                    if !(reused && replay) {
+                        return Err(failure.error);
+                    }
+                    tracing::debug!(node = %node.authority, error = %failure.error, "a reused upstream connection was closed; sending again");
+                }
             }
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.wrap(index, sender, response)),
-                Err(mut e) => match e.take_message() {
-                    // Not sent: this connection went away in the meantime.
-                    Some(unsent) => request = unsent,
-                    None => return Err(PoolError::Http(e.into_error())),
-                },
-            }
         }
-        let mut sender = self.connect(index).await?;
-        let response = sender.send_request(request).await?;
-        Ok(self.wrap(index, sender, response))
     }
 
-    fn wrap(
+    /// The response with its body; a body that came whole with the head leaves the
+    /// connection in the pool at once.
+    fn respond(
         self: &Arc<Self>,
         index: usize,
-        sender: SendRequest<ProxyBody>,
-        response: Response<Incoming>,
+        mut conn: Conn,
+        head: ResponseHead,
     ) -> Response<PooledBody> {
-        response.map(|inner| PooledBody {
-            inner,
-            home: Some((self.clone(), index, sender)),
-        })
-    }
-}
-
-/// A response body that gives its connection back to the pool once read to the end.
-pub struct PooledBody {
-    inner: Incoming,
-    home: Option<(Arc<Pool>, usize, SendRequest<ProxyBody>)>,
-}
-
-impl std::fmt::Debug for PooledBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledBody").finish_non_exhaustive()
-    }
-}
-
-impl PooledBody {
-    fn release(&mut self) {
-        if let Some((pool, index, sender)) = self.home.take() {
-            pool.checkin(index, sender);
-        }
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
-            Poll::Ready(Some(Err(_))) => self.home = None,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // Read to the end (or empty from the start, or never polled past its last
-        // frame): the connection can serve another request. Otherwise it closes.
-        if self.inner.is_end_stream() {
-            self.release();
-        }
+        let ResponseHead {
+            response,
+            framing,
+            keep_alive,
+        } = head;
+        let home = keep_alive.then(|| (self.clone(), index));
+        let body = match framing {
+            Framing::Empty => {
+                if keep_alive && conn.buf.is_empty() {
+                    self.checkin(index, conn);
+                }
+                PooledBody::whole(None)
+            }
+            Framing::Length(n) if conn.buf.len() as u64 >= n => {
+                let data = exchange::take(&mut conn.buf, n);
+                if keep_alive && conn.buf.is_empty() {
+                    self.checkin(index, conn);
+                }
+                PooledBody::whole(Some(data))
+            }
+            Framing::Length(n) => PooledBody::streaming(conn, Decoder::Length(n), home),
+            Framing::Chunked => PooledBody::streaming(conn, Decoder::Chunk(Chunk::Size), home),
+            Framing::UntilClose => PooledBody::streaming(conn, Decoder::UntilClose, None),
+        };
+        response.map(|()| body)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::convert::Infallible;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use http_body_util::BodyExt as _;
-    use hyper::service::service_fn;
-
-    /// An upstream counting its connections; `close` answers `Connection: close`.
-    async fn upstream(close: bool) -> (Authority, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| async move {
-                        let mut response =
-                            Response::new(crate::body::full(format!("{}", req.uri())));
-                        if close {
-                            response
-                                .headers_mut()
-                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                        }
-                        Ok::<_, Infallible>(response)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        (addr.to_string().parse().unwrap(), accepted)
-    }
-
-    fn get(authority: &Authority, path: &str) -> Request<ProxyBody> {
-        Request::get(format!("http://{authority}{path}"))
-            .body(crate::body::empty())
-            .unwrap()
-    }
-
-    async fn body(response: Response<PooledBody>) -> String {
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8(bytes.to_vec()).unwrap()
-    }
-
-    #[tokio::test]
-    async fn connections_are_reused_and_requests_go_in_origin_form() {
-        let (authority, accepted) = upstream(false).await;
-        let pool = Arc::new(Pool::new([authority.clone()], Duration::from_secs(5)));
-        for i in 0..5 {
-            let response = pool
-                .send(0, get(&authority, &format!("/a?i={i}")))
-                .await
-                .unwrap();
-            assert_eq!(body(response).await, format!("/a?i={i}"));
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
-        assert_eq!(pool.idle(0).unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn connections_the_upstream_closed_are_not_reused() {
-        let (authority, accepted) = upstream(true).await;
-        let pool = Arc::new(Pool::new([authority.clone()], Duration::from_secs(5)));
-        for _ in 0..3 {
-            let response = pool.send(0, get(&authority, "/c")).await.unwrap();
-            assert_eq!(body(response).await, "/c");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
-    }
-
-    #[tokio::test]
-    async fn a_refused_connection_is_a_connect_error() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
-        drop(listener);
-        let pool = Arc::new(Pool::new([authority.clone()], Duration::from_secs(5)));
-        let err = pool.send(0, get(&authority, "/")).await.unwrap_err();
-        assert!(err.is_connect(), "{err}");
-    }
-}
+mod tests;

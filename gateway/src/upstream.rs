@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::ProxyBody;
+use crate::body::{BoxError, ProxyBody};
 use crate::config::{
     ConfigError, HashOn, LbType, Nodes, PassHost, PassiveCheckConfig, UpstreamConfig, invalid,
 };
@@ -114,15 +114,15 @@ pub enum UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            Self::Pooled(b) => Pin::new(b).poll_frame(cx),
-            Self::Incoming(b) => Pin::new(b).poll_frame(cx),
+            Self::Pooled(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
 

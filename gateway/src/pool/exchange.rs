@@ -1,0 +1,504 @@
+//! One HTTP/1.1 exchange on an upstream connection, driven by the request's own task:
+//! no connection task and no channel between the two (hyper's client has both, and
+//! they cost a third of a proxied request). The head goes out in one write, a body
+//! streams while the response head is awaited (an upstream may answer early), and the
+//! response head is parsed into an `http` head whose header values share the bytes
+//! read, plus the framing of the body that follows.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request;
+use http::uri::Authority;
+use http::{Response, StatusCode, Version};
+use http_body_util::BodyExt as _;
+use hyper::body::Body as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+
+use super::PoolError;
+use crate::body::ProxyBody;
+use crate::proxy::is_hop_by_hop;
+
+/// Longest response head; hyper's client allows about as much.
+pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header fields in a response head (hyper's client default).
+const MAX_HEADERS: usize = 100;
+/// What one read asks for.
+pub(super) const READ_CHUNK: usize = 8 * 1024;
+
+/// A connection to a node and the bytes read from it but not consumed yet.
+pub(super) struct Conn {
+    pub(super) stream: TcpStream,
+    /// Kept across exchanges: once the previous response's bytes are dropped, its
+    /// allocation is reused rather than a new one made per request.
+    pub(super) buf: BytesMut,
+}
+
+/// How a request body goes upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outgoing {
+    /// No body.
+    Empty,
+    /// `content-length`.
+    Length(u64),
+    /// `transfer-encoding: chunked` (a body of unknown length).
+    Chunked,
+}
+
+impl Outgoing {
+    pub(super) fn of(body: &ProxyBody) -> Self {
+        if body.is_end_stream() {
+            Self::Empty
+        } else if let Some(n) = body.size_hint().exact() {
+            Self::Length(n)
+        } else {
+            Self::Chunked
+        }
+    }
+}
+
+/// How the response body is delimited (RFC 9112 section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// None (a HEAD request, 204, 304, `content-length: 0`).
+    Empty,
+    /// `content-length`.
+    Length(u64),
+    /// `transfer-encoding: chunked`.
+    Chunked,
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+pub(super) struct ResponseHead {
+    pub(super) response: Response<()>,
+    pub(super) framing: Framing,
+    /// The connection may carry another request once the body has been read.
+    pub(super) keep_alive: bool,
+}
+
+/// Why an exchange failed, and whether the request may go out again on another
+/// connection.
+pub(super) struct Failure {
+    pub(super) error: PoolError,
+    pub(super) replay: Replay,
+}
+
+/// What the upstream may have seen of a failed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Replay {
+    /// Nothing was written: safe to send again.
+    Unsent,
+    /// The head (and no body) was written, and the connection closed without a byte
+    /// of response: a reused connection the upstream had closed. Safe to send again
+    /// when the method is idempotent.
+    NoResponse,
+    /// Possibly processed.
+    Never,
+}
+
+impl Conn {
+    pub(super) fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+        }
+    }
+
+    /// Whether an idle connection can take a request: nothing arrived while it was
+    /// idle. An upstream that closes an idle connection sends a FIN, which the
+    /// reactor has usually seen by now; when it has not, the request fails with
+    /// [`Replay::NoResponse`] and goes out on another connection.
+    pub(super) fn is_reusable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            std::task::Poll::Pending => true,
+            std::task::Poll::Ready(Err(_)) => false,
+            // Readable while idle: EOF, an error or bytes nobody asked for, unless the
+            // readiness is stale, which a read that would block tells.
+            std::task::Poll::Ready(Ok(())) => matches!(
+                self.stream.try_read(&mut [0u8; 1]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+            ),
+        }
+    }
+
+    /// Sends `head` (and `body`, taken only once the head is out) and reads the
+    /// response head. 1xx responses other than 101 are skipped.
+    pub(super) async fn exchange(
+        &mut self,
+        head: &[u8],
+        body: &mut Option<ProxyBody>,
+        outgoing: Outgoing,
+        head_request: bool,
+    ) -> Result<ResponseHead, Failure> {
+        let Self { stream, buf } = self;
+        let (mut reader, mut writer) = stream.split();
+        if let Err(e) = writer.write_all(head).await {
+            return Err(Failure {
+                error: PoolError::Io(e),
+                replay: Replay::Unsent,
+            });
+        }
+        let Some(mut body) = body.take() else {
+            return read_head(&mut reader, buf, head_request)
+                .await
+                .map_err(|error| Failure {
+                    replay: if matches!(error, PoolError::Closed) {
+                        Replay::NoResponse
+                    } else {
+                        Replay::Never
+                    },
+                    error,
+                });
+        };
+        let never = |error| Failure {
+            error,
+            replay: Replay::Never,
+        };
+        let send = write_body(&mut writer, &mut body, outgoing);
+        let read = read_head(&mut reader, buf, head_request);
+        tokio::pin!(send, read);
+        tokio::select! {
+            biased;
+            head = &mut read => {
+                // An early answer: the rest of the body is not sent, and the
+                // connection cannot carry another request.
+                let mut head = head.map_err(never)?;
+                head.keep_alive = false;
+                Ok(head)
+            }
+            sent = &mut send => match sent {
+                Ok(()) => read.await.map_err(never),
+                // The upstream may have answered and stopped reading.
+                Err(error) => match read.await {
+                    Ok(mut head) => {
+                        head.keep_alive = false;
+                        Ok(head)
+                    }
+                    Err(_) => Err(never(error)),
+                },
+            },
+        }
+    }
+}
+
+/// The request head in origin form; `Host` is the node's when the request has none,
+/// and the body's framing is the one [`Outgoing`] says (a client's own
+/// `content-length` is replaced by the length the body will have).
+pub(super) fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &request::Parts,
+    outgoing: Outgoing,
+    authority: &Authority,
+) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(header::HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(authority.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &parts.headers {
+        if outgoing != Outgoing::Empty && name == header::CONTENT_LENGTH {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match outgoing {
+        Outgoing::Empty => {}
+        Outgoing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Outgoing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(at..).unwrap_or_default());
+}
+
+fn push_hex(out: &mut Vec<u8>, n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = HEX[(n & 0xf) as usize];
+        }
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(at..).unwrap_or_default());
+}
+
+async fn write_body(
+    writer: &mut WriteHalf<'_>,
+    body: &mut ProxyBody,
+    outgoing: Outgoing,
+) -> Result<(), PoolError> {
+    let mut sent: u64 = 0;
+    let mut chunk = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(PoolError::RequestBody)?;
+        // Trailers are not forwarded.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent = sent.saturating_add(data.len() as u64);
+        match outgoing {
+            Outgoing::Length(n) => {
+                if sent > n {
+                    return Err(PoolError::RequestBody(
+                        "the request body is longer than its content-length".into(),
+                    ));
+                }
+                writer.write_all(&data).await.map_err(PoolError::Io)?;
+            }
+            Outgoing::Chunked => {
+                chunk.clear();
+                push_hex(&mut chunk, data.len() as u64);
+                chunk.extend_from_slice(b"\r\n");
+                chunk.extend_from_slice(&data);
+                chunk.extend_from_slice(b"\r\n");
+                writer.write_all(&chunk).await.map_err(PoolError::Io)?;
+            }
+            Outgoing::Empty => {}
+        }
+    }
+    match outgoing {
+        Outgoing::Chunked => writer
+            .write_all(b"0\r\n\r\n")
+            .await
+            .map_err(PoolError::Io)?,
+        Outgoing::Length(n) if sent != n => {
+            return Err(PoolError::RequestBody(
+                "the request body ended before its content-length".into(),
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn read_head(
+    reader: &mut ReadHalf<'_>,
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<ResponseHead, PoolError> {
+    let mut received = !buf.is_empty();
+    loop {
+        if !buf.is_empty() {
+            match parse_head(buf, head_request)? {
+                Parsed::Final(head) => return Ok(head),
+                Parsed::Informational => continue,
+                Parsed::Partial if buf.len() >= MAX_HEAD_BYTES => {
+                    return Err(PoolError::Malformed("response head too large".into()));
+                }
+                Parsed::Partial => {}
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        let n = reader.read_buf(buf).await.map_err(PoolError::Io)?;
+        if n == 0 {
+            return Err(if received {
+                PoolError::Malformed("connection closed in the middle of the response head".into())
+            } else {
+                PoolError::Closed
+            });
+        }
+        received = true;
+    }
+}
+
+enum Parsed {
+    Partial,
+    /// A 1xx head, consumed.
+    Informational,
+    Final(ResponseHead),
+}
+
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, PoolError> {
+    // Parsed twice: once in place to find the head's end, then once it is frozen, so
+    // that header values share its bytes (no copy, no allocation per value). The slots
+    // are left uninitialised: zeroing them cost more than the second parse.
+    let parser = httparse::ParserConfig::default();
+    let (len, code, version) = {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut raw = httparse::Response::new(&mut []);
+        match parser.parse_response_with_uninit_headers(&mut raw, buf, &mut slots) {
+            Ok(httparse::Status::Complete(len)) => (len, raw.code, raw.version),
+            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+            Err(e) => return Err(PoolError::Malformed(e.to_string())),
+        }
+    };
+    let code = code.unwrap_or_default();
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| PoolError::Malformed(format!("status code {code}")))?;
+    let version = match version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(PoolError::Malformed(
+                "101 Switching Protocols: protocol upgrades are not proxied".into(),
+            ));
+        }
+        let _ = buf.split_to(len);
+        return Ok(Parsed::Informational);
+    }
+    let head = buf.split_to(len).freeze();
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut raw = httparse::Response::new(&mut []);
+    parser
+        .parse_response_with_uninit_headers(&mut raw, &head, &mut slots)
+        .map_err(|e| PoolError::Malformed(e.to_string()))?;
+    let fields = &*raw.headers;
+    let count = fields.len();
+
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut content_length: Option<u64> = None;
+    let (mut transfer_encoding, mut chunked) = (false, false);
+    let (mut close, mut keep_alive_token, mut names_listed) = (false, false, false);
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| PoolError::Malformed("invalid header name".into()))?;
+        let value = field.value;
+        if name == header::CONNECTION {
+            for token in tokens(value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive_token = true;
+                } else {
+                    names_listed = true;
+                }
+            }
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
+            transfer_encoding = true;
+            chunked = tokens(value)
+                .last()
+                .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+            continue;
+        }
+        if name == header::CONTENT_LENGTH {
+            for token in tokens(value) {
+                let n = std::str::from_utf8(token)
+                    .ok()
+                    .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .ok_or_else(|| PoolError::Malformed("invalid content-length".into()))?;
+                if content_length.is_some_and(|c| c != n) {
+                    return Err(PoolError::Malformed("conflicting content-length".into()));
+                }
+                content_length = Some(n);
+            }
+        }
+        if is_hop_by_hop(&name) {
+            continue;
+        }
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(value))
+            .map_err(|_| PoolError::Malformed("invalid header value".into()))?;
+        headers.append(name, value);
+    }
+    if names_listed {
+        // Headers the Connection header names describe the connection too.
+        for field in fields {
+            if field.name.eq_ignore_ascii_case("connection") {
+                for token in tokens(field.value) {
+                    if let Ok(name) = HeaderName::from_bytes(token) {
+                        headers.remove(name);
+                    }
+                }
+            }
+        }
+    }
+    if transfer_encoding {
+        // Transfer-Encoding wins over Content-Length (RFC 9112 6.3), which must not
+        // reach the client.
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let framing =
+        if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Empty
+        } else if transfer_encoding {
+            if chunked {
+                Framing::Chunked
+            } else {
+                Framing::UntilClose
+            }
+        } else {
+            match content_length {
+                Some(0) => Framing::Empty,
+                Some(n) => Framing::Length(n),
+                None => Framing::UntilClose,
+            }
+        };
+    let keep_alive = !close
+        && (version == Version::HTTP_11 || keep_alive_token)
+        && framing != Framing::UntilClose
+        && !(transfer_encoding && content_length.is_some());
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Parsed::Final(ResponseHead {
+        response,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// The comma-separated elements of a header value, trimmed, empty ones skipped.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Bytes handed out as body data.
+pub(super) fn take(buf: &mut BytesMut, at_most: u64) -> Bytes {
+    let n = usize::try_from(at_most)
+        .unwrap_or(usize::MAX)
+        .min(buf.len());
+    buf.split_to(n).freeze()
+}

@@ -1,0 +1,450 @@
+use super::*;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::HeaderValue;
+use http::header;
+use http_body_util::BodyExt as _;
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// An upstream counting its connections; `close` answers `Connection: close`.
+async fn upstream(close: bool) -> (Authority, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| async move {
+                    let mut response = Response::new(crate::body::full(format!("{}", req.uri())));
+                    if close {
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr.to_string().parse().unwrap(), accepted)
+}
+
+fn get(authority: &Authority, path: &str) -> Request<ProxyBody> {
+    Request::get(format!("http://{authority}{path}"))
+        .body(crate::body::empty())
+        .unwrap()
+}
+
+async fn body(response: Response<PooledBody>) -> String {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn connections_are_reused_and_requests_go_in_origin_form() {
+    let (authority, accepted) = upstream(false).await;
+    let pool = Arc::new(Pool::new([authority.clone()], Duration::from_secs(5)));
+    for i in 0..5 {
+        let response = pool
+            .send(0, get(&authority, &format!("/a?i={i}")))
+            .await
+            .unwrap();
+        assert_eq!(body(response).await, format!("/a?i={i}"));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(pool.idle(0).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn connections_the_upstream_closed_are_not_reused() {
+    let (authority, accepted) = upstream(true).await;
+    let pool = Arc::new(Pool::new([authority.clone()], Duration::from_secs(5)));
+    for _ in 0..3 {
+        let response = pool.send(0, get(&authority, "/c")).await.unwrap();
+        assert_eq!(body(response).await, "/c");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_connect_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+    drop(listener);
+    let pool = Arc::new(Pool::new([authority.clone()], Duration::from_secs(5)));
+    let err = pool.send(0, get(&authority, "/")).await.unwrap_err();
+    assert!(err.is_connect(), "{err}");
+}
+
+/// An upstream on one connection at a time that answers the n-th request head with
+/// `script[n]` verbatim, and reports each request it read (head and body, as bytes).
+async fn scripted(
+    script: Vec<&'static [u8]>,
+) -> (Authority, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut script = script.into_iter();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut seen = Vec::new();
+            loop {
+                let mut chunk = [0u8; 4096];
+                let n = match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                seen.extend_from_slice(&chunk[..n]);
+                // A request is complete at its blank line, or at its chunked end.
+                let text = String::from_utf8_lossy(&seen).to_string();
+                let Some(head_end) = text.find("\r\n\r\n") else {
+                    continue;
+                };
+                let head = &text[..head_end].to_ascii_lowercase();
+                let body = &text[head_end + 4..];
+                let complete = if head.contains("transfer-encoding: chunked") {
+                    body.ends_with("0\r\n\r\n")
+                } else if let Some(at) = head.find("content-length: ") {
+                    let n: usize = head[at + 16..]
+                        .lines()
+                        .next()
+                        .unwrap()
+                        .trim()
+                        .parse()
+                        .unwrap();
+                    body.len() >= n
+                } else {
+                    true
+                };
+                if !complete {
+                    continue;
+                }
+                tx.send(std::mem::take(&mut seen)).unwrap();
+                let Some(answer) = script.next() else { return };
+                if answer.is_empty() {
+                    break; // close without answering
+                }
+                stream.write_all(answer).await.unwrap();
+            }
+        }
+    });
+    (authority, rx)
+}
+
+fn request(method: &str, authority: &Authority, path: &str, body: ProxyBody) -> Request<ProxyBody> {
+    Request::builder()
+        .method(method)
+        .uri(format!("http://{authority}{path}"))
+        .body(body)
+        .unwrap()
+}
+
+async fn text(response: Response<PooledBody>) -> Result<String, PoolError> {
+    let bytes = response.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+fn pool(authority: &Authority) -> Arc<Pool> {
+    Arc::new(Pool::new([authority.clone()], Duration::from_secs(5)))
+}
+
+#[tokio::test]
+async fn chunked_bodies_are_decoded_and_the_connection_reused() {
+    let (authority, mut seen) = scripted(vec![
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 99\r\n\r\n5;x=y\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    ])
+    .await;
+    let pool = pool(&authority);
+    let response = pool
+        .send(0, request("GET", &authority, "/a", crate::body::empty()))
+        .await
+        .unwrap();
+    assert!(
+        response.headers().get(header::CONTENT_LENGTH).is_none(),
+        "content-length next to chunked must not reach the client"
+    );
+    assert!(response.headers().get(header::TRANSFER_ENCODING).is_none());
+    assert_eq!(text(response).await.unwrap(), "hello, world");
+    // Transfer-Encoding next to Content-Length: the connection is not trusted again.
+    assert_eq!(pool.idle(0).unwrap().len(), 0);
+    let first = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+    assert!(first.starts_with("GET /a HTTP/1.1\r\nhost: "), "{first}");
+}
+
+#[tokio::test]
+async fn a_clean_chunked_body_gives_its_connection_back() {
+    let (authority, _seen) = scripted(vec![
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    ])
+    .await;
+    let pool = pool(&authority);
+    let response = pool
+        .send(0, request("GET", &authority, "/", crate::body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(text(response).await.unwrap(), "abc");
+    assert_eq!(pool.idle(0).unwrap().len(), 1);
+    let response = pool
+        .send(0, request("GET", &authority, "/", crate::body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(text(response).await.unwrap(), "ok");
+}
+
+#[tokio::test]
+async fn a_body_without_length_runs_until_close_and_is_not_reused() {
+    let (authority, _seen) =
+        scripted(vec![b"HTTP/1.0 200 OK\r\nx-a: 1\r\n\r\nuntil the end", b""]).await;
+    let pool = pool(&authority);
+    let response = pool
+        .send(0, request("GET", &authority, "/", crate::body::empty()))
+        .await;
+    // The scripted upstream keeps the connection open after its answer until the next
+    // request: close it by reading what arrived so far in a task, then dropping.
+    let response = response.unwrap();
+    assert_eq!(response.headers()["x-a"], "1");
+    let body = tokio::time::timeout(Duration::from_millis(300), text(response)).await;
+    // Still open: the body has no end yet (this is what "until close" means).
+    assert!(body.is_err());
+    assert_eq!(pool.idle(0).unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn head_204_and_304_have_no_body_whatever_their_headers_say() {
+    let (authority, _seen) = scripted(vec![
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\ncontent-length: 7\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlast",
+    ])
+    .await;
+    let pool = pool(&authority);
+    let response = pool
+        .send(0, request("HEAD", &authority, "/", crate::body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()[header::CONTENT_LENGTH], "5");
+    assert_eq!(text(response).await.unwrap(), "");
+    for expected in [204, 304] {
+        let response = pool
+            .send(0, request("GET", &authority, "/", crate::body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected);
+        assert_eq!(text(response).await.unwrap(), "");
+    }
+    let response = pool
+        .send(0, request("GET", &authority, "/", crate::body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(text(response).await.unwrap(), "last");
+}
+
+#[tokio::test]
+async fn informational_responses_are_skipped_and_upgrades_refused() {
+    let (authority, _seen) = scripted(vec![
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 1\r\n\r\nx",
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+    ])
+    .await;
+    let pool = pool(&authority);
+    let response = pool
+        .send(0, request("GET", &authority, "/", crate::body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(text(response).await.unwrap(), "x");
+    let err = pool
+        .send(0, request("GET", &authority, "/", crate::body::empty()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PoolError::Malformed(_)), "{err}");
+}
+
+#[tokio::test]
+async fn malformed_heads_and_lengths_are_errors() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n",
+        b"NOT HTTP\r\n\r\n",
+        b"HTTP/1.1 999999 Nope\r\n\r\n",
+    ] {
+        let (authority, _seen) = scripted(vec![answer]).await;
+        let err = pool(&authority)
+            .send(0, request("GET", &authority, "/", crate::body::empty()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PoolError::Malformed(_)), "{err}");
+    }
+    // A body cut short is an error of the body, and the connection is not reused.
+    let (authority, _seen) = scripted(vec![
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
+        b"",
+    ])
+    .await;
+    let pool = pool(&authority);
+    let response = pool
+        .send(0, request("GET", &authority, "/", crate::body::empty()))
+        .await
+        .unwrap();
+    // The upstream closes when the next request... there is none: close it ourselves
+    // by waiting for the body with a bound.
+    let cut = tokio::time::timeout(Duration::from_millis(300), text(response)).await;
+    assert!(cut.is_err(), "the body waits for its missing bytes");
+    assert_eq!(pool.idle(0).unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn request_bodies_go_with_their_length_or_chunked() {
+    let (authority, mut seen) = scripted(vec![
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+    ])
+    .await;
+    let pool = pool(&authority);
+    let mut post = request(
+        "POST",
+        &authority,
+        "/p?q=1",
+        crate::body::full("0123456789"),
+    );
+    // A client's own (wrong) content-length is replaced by the body's.
+    post.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+    let response = pool.send(0, post).await.unwrap();
+    assert_eq!(text(response).await.unwrap(), "");
+    let sent = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+    assert!(sent.starts_with("POST /p?q=1 HTTP/1.1\r\n"), "{sent}");
+    assert!(
+        sent.contains("content-length: 10\r\n") && !sent.contains("content-length: 3"),
+        "{sent}"
+    );
+    assert!(sent.ends_with("\r\n\r\n0123456789"), "{sent}");
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+    let stream = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    tx.send(Ok(Frame::data(Bytes::from_static(b"abc"))))
+        .await
+        .unwrap();
+    tx.send(Ok(Frame::data(Bytes::from_static(b"defgh"))))
+        .await
+        .unwrap();
+    drop(tx);
+    let response = pool
+        .send(
+            0,
+            request("PUT", &authority, "/c", crate::body::boxed(stream)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(text(response).await.unwrap(), "");
+    let sent = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+    assert!(sent.contains("transfer-encoding: chunked\r\n"), "{sent}");
+    assert!(
+        sent.ends_with("\r\n\r\n3\r\nabc\r\n5\r\ndefgh\r\n0\r\n\r\n"),
+        "{sent}"
+    );
+}
+
+#[tokio::test]
+async fn an_early_answer_ends_the_exchange_and_closes_the_connection() {
+    // The upstream answers 413 after the head, without reading the body.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut chunk = [0u8; 1024];
+        let _ = stream.read(&mut chunk).await.unwrap();
+        stream
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+    let stream = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let pool = pool(&authority);
+    let response = tokio::time::timeout(
+        Duration::from_secs(2),
+        pool.send(
+            0,
+            request("POST", &authority, "/", crate::body::boxed(stream)),
+        ),
+    )
+    .await
+    .expect("the answer does not wait for the body")
+    .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(text(response).await.unwrap(), "big");
+    assert_eq!(pool.idle(0).unwrap().len(), 0);
+    drop(tx);
+}
+
+#[tokio::test]
+async fn a_reused_connection_closed_by_the_upstream_is_replaced_for_idempotent_requests() {
+    // The first connection answers once and then closes when the next request comes,
+    // without a byte: the pool sees it only then, and sends the GET again on a new one.
+    let (authority, mut seen) = scripted(vec![
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na",
+        b"",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb",
+    ])
+    .await;
+    let pool = pool(&authority);
+    let response = pool
+        .send(0, request("GET", &authority, "/", crate::body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(text(response).await.unwrap(), "a");
+    let response = pool
+        .send(0, request("GET", &authority, "/", crate::body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(text(response).await.unwrap(), "b");
+    for _ in 0..3 {
+        seen.recv().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_post_on_a_connection_closed_without_answer_is_not_sent_again() {
+    let (authority, mut seen) = scripted(vec![
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na",
+        b"",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb",
+    ])
+    .await;
+    let pool = pool(&authority);
+    let response = pool
+        .send(0, request("GET", &authority, "/", crate::body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(text(response).await.unwrap(), "a");
+    let err = pool
+        .send(0, request("POST", &authority, "/", crate::body::empty()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PoolError::Closed), "{err}");
+    seen.recv().await.unwrap();
+    seen.recv().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), seen.recv())
+            .await
+            .is_err(),
+        "sent twice"
+    );
+}
