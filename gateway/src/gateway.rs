@@ -521,8 +521,10 @@ async fn handle(
             https,
         },
     );
-    let method = parts.method.clone();
-    let uri = parts.uri.clone();
+    // Kept only for the access log: cloning the URI is not free.
+    let logged = runtime
+        .access_log
+        .then(|| (parts.method.clone(), parts.uri.clone()));
     let upstream_started = Instant::now();
     let response = match proxy::forward(&route.upstream, parts, incoming, hash).await {
         Ok(response) => {
@@ -556,7 +558,7 @@ async fn handle(
         ),
     };
     route.count(response.status().as_u16());
-    if runtime.access_log {
+    if let Some((method, uri)) = logged {
         tracing::info!(
             target: "keygate_gateway::access",
             client = %remote.ip(), %method, path = uri.path(), route = %route.id,

@@ -112,14 +112,11 @@ pub fn prepare_head(parts: &mut Parts, client: ClientInfo) {
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     strip_hop_by_hop(&mut parts.headers);
+    // Up to four headers are added: room for them at once rather than growing twice.
+    parts.headers.reserve(4);
     // The address is formatted on the stack: one allocation for the header value.
     let mut buf = [0u8; 48];
-    let ip = {
-        let mut cursor = std::io::Cursor::new(&mut buf[..]);
-        let _ = write!(cursor, "{}", client.ip);
-        let len = usize::try_from(cursor.position()).unwrap_or(0);
-        buf.get(..len).unwrap_or_default()
-    };
+    let ip = format_ip(client.ip, &mut buf);
     let xff = match parts
         .headers
         .get(&X_FORWARDED_FOR)
@@ -151,6 +148,38 @@ pub fn prepare_head(parts: &mut Parts, client: ClientInfo) {
         }
         None => {
             parts.headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// `ip` as text in `buf`; IPv4 by hand (`fmt` costs a third of this function's time).
+fn format_ip(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    buf[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    buf[len] = b'0' + (octet / 10) % 10;
+                    len += 1;
+                }
+                buf[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            &buf[..len]
+        }
+        IpAddr::V6(_) => {
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cursor, "{ip}");
+            let len = usize::try_from(cursor.position()).unwrap_or(0);
+            buf.get(..len).unwrap_or_default()
         }
     }
 }
@@ -326,6 +355,15 @@ mod tests {
         assert_eq!(p.headers["x-forwarded-proto"], "http");
         assert_eq!(p.headers["x-forwarded-host"], "api.example.com");
         assert_eq!(p.headers["host"], "api.example.com");
+    }
+
+    #[test]
+    fn addresses_are_formatted_like_display() {
+        for ip in ["0.0.0.0", "1.2.3.4", "10.20.30.40", "192.168.100.255", "255.255.255.255", "::1", "2001:db8::7"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut buf = [0u8; 48];
+            assert_eq!(format_ip(ip, &mut buf), ip.to_string().as_bytes());
+        }
     }
 
     #[test]

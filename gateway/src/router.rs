@@ -240,7 +240,7 @@ impl<T> Router<T> {
 
 /// The request's host for matching: the `Host` header (or the HTTP/2 authority),
 /// lower-cased, port removed.
-pub fn request_host(req: &http::request::Parts) -> Option<String> {
+pub fn request_host(req: &http::request::Parts) -> Option<std::borrow::Cow<'_, str>> {
     let raw = req
         .headers
         .get(http::header::HOST)
@@ -252,7 +252,12 @@ pub fn request_host(req: &http::request::Parts) -> Option<String> {
     } else {
         raw.rsplit_once(':').map_or(raw, |(h, _)| h)
     };
-    Some(without_port.to_ascii_lowercase())
+    // Hosts are almost always lower case already: no copy then.
+    Some(if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(without_port.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(without_port)
+    })
 }
 
 #[cfg(test)]

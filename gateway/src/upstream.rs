@@ -394,7 +394,7 @@ impl Upstream {
                     .uri
                     .path_and_query()
                     .map(|pq| pq.as_str().as_bytes().to_vec()),
-                "host" => crate::router::request_host(parts).map(String::into_bytes),
+                "host" => crate::router::request_host(parts).map(|h| h.into_owned().into_bytes()),
                 _ => {
                     if let Some(arg) = key.strip_prefix("arg_") {
                         parts

@@ -353,19 +353,40 @@ enum Parsed {
     Final(ResponseHead),
 }
 
+/// Where a header's name and value sit in the head.
+#[derive(Clone, Copy, Default)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, PoolError> {
-    // Parsed twice: once in place to find the head's end, then once it is frozen, so
-    // that header values share its bytes (no copy, no allocation per value). The slots
-    // are left uninitialised: zeroing them cost more than the second parse.
-    let parser = httparse::ParserConfig::default();
-    let (len, code, version) = {
+    // The slots are left uninitialised (zeroing them costs more than parsing); the
+    // fields' offsets are kept so that, once the head is frozen, header values share
+    // its bytes (no copy, no allocation per value).
+    let mut spans = [Span::default(); MAX_HEADERS];
+    let (len, code, version, count) = {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut raw = httparse::Response::new(&mut []);
-        match parser.parse_response_with_uninit_headers(&mut raw, buf, &mut slots) {
-            Ok(httparse::Status::Complete(len)) => (len, raw.code, raw.version),
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut raw,
+            buf,
+            &mut slots,
+        ) {
+            Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
             Err(e) => return Err(PoolError::Malformed(e.to_string())),
+        };
+        let base = buf.as_ptr() as usize;
+        let at = |part: &[u8]| {
+            let offset = u32::try_from(part.as_ptr() as usize - base).unwrap_or(u32::MAX);
+            (offset, u32::try_from(part.len()).unwrap_or(0))
+        };
+        for (span, field) in spans.iter_mut().zip(raw.headers.iter()) {
+            span.name = at(field.name.as_bytes());
+            span.value = at(field.value);
         }
+        (len, raw.code, raw.version, raw.headers.len())
     };
     let code = code.unwrap_or_default();
     let status = StatusCode::from_u16(code)
@@ -384,22 +405,20 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, PoolErro
         return Ok(Parsed::Informational);
     }
     let head = buf.split_to(len).freeze();
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut raw = httparse::Response::new(&mut []);
-    parser
-        .parse_response_with_uninit_headers(&mut raw, &head, &mut slots)
-        .map_err(|e| PoolError::Malformed(e.to_string()))?;
-    let fields = &*raw.headers;
-    let count = fields.len();
+    let part = |(at, len): (u32, u32)| {
+        let (at, len) = (at as usize, len as usize);
+        head.get(at..at + len).unwrap_or_default()
+    };
+    let spans = spans.get(..count).unwrap_or_default();
 
     let mut headers = HeaderMap::with_capacity(count);
     let mut content_length: Option<u64> = None;
     let (mut transfer_encoding, mut chunked) = (false, false);
     let (mut close, mut keep_alive_token, mut names_listed) = (false, false, false);
-    for field in fields {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
+    for span in spans {
+        let name = HeaderName::from_bytes(part(span.name))
             .map_err(|_| PoolError::Malformed("invalid header name".into()))?;
-        let value = field.value;
+        let value = part(span.value);
         if name == header::CONNECTION {
             for token in tokens(value) {
                 if token.eq_ignore_ascii_case(b"close") {
@@ -441,9 +460,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, PoolErro
     }
     if names_listed {
         // Headers the Connection header names describe the connection too.
-        for field in fields {
-            if field.name.eq_ignore_ascii_case("connection") {
-                for token in tokens(field.value) {
+        for span in spans {
+            if part(span.name).eq_ignore_ascii_case(b"connection") {
+                for token in tokens(part(span.value)) {
                     if let Ok(name) = HeaderName::from_bytes(token) {
                         headers.remove(name);
                     }
