@@ -1,6 +1,7 @@
 //! The jwt-auth plugin on a route: find the token in the request, find the consumer
 //! by the token's key claim, verify, and answer as APISIX 3.x does.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -248,10 +249,14 @@ pub fn authenticate(
     parts: &mut Parts,
     now: u64,
 ) -> Result<Arc<str>, Failure> {
-    let token = find_token(conf, parts)?;
-    if conf.hide_credentials {
+    // Borrowed from the request unless the request is about to lose it.
+    let token = if conf.hide_credentials {
+        let token = find_token(conf, parts)?.map(|t| Cow::Owned(t.into_owned()));
         hide(conf, parts);
-    }
+        token
+    } else {
+        find_token(conf, parts)?
+    };
     let token = token.ok_or(Failure::Missing)?;
     if let Some(hit) = conf.verified.get(&token)
         && let Some(consumer) = hit
@@ -296,7 +301,7 @@ pub fn authenticate(
         alg: parsed.alg.into_boxed_str(),
         claims: parsed.claims,
         by,
-        token: token.into_boxed_str(),
+        token: token.into_owned().into_boxed_str(),
     });
     Ok(username)
 }
@@ -307,18 +312,21 @@ pub fn authenticate(
 /// parameters or two `jwt` cookies that differ would let the gateway check one token
 /// while the upstream reads the other. A value longer than [`jwt::MAX_TOKEN_BYTES`] is
 /// refused before it is decoded or copied.
-fn find_token(conf: &JwtAuthRoute, parts: &Parts) -> Result<Option<String>, Failure> {
-    let mut found: Option<String> = None;
-    let mut offer = |raw: &str| -> Result<(), Failure> {
+fn find_token<'a>(
+    conf: &'a JwtAuthRoute,
+    parts: &'a Parts,
+) -> Result<Option<Cow<'a, str>>, Failure> {
+    let mut found: Option<Cow<'a, str>> = None;
+    let mut offer = |raw: Cow<'a, str>| -> Result<(), Failure> {
         if raw.len() > jwt::MAX_TOKEN_BYTES {
             return Err(Failure::Malformed);
         }
         match &found {
             _ if raw.is_empty() => Ok(()),
-            Some(first) if first != raw => Err(Failure::Multiple),
+            Some(first) if *first != raw => Err(Failure::Multiple),
             Some(_) => Ok(()),
             None => {
-                found = Some(raw.to_owned());
+                found = Some(raw);
                 Ok(())
             }
         }
@@ -327,9 +335,9 @@ fn find_token(conf: &JwtAuthRoute, parts: &Parts) -> Result<Option<String>, Fail
         if value.len() > jwt::MAX_TOKEN_BYTES + 16 {
             return Err(Failure::Malformed);
         }
-        offer(strip_bearer(
+        offer(Cow::Borrowed(strip_bearer(
             value.to_str().map_err(|_| Failure::Malformed)?,
-        ))?;
+        )))?;
     }
     if let Some(query) = parts.uri.query() {
         for pair in query.split('&') {
@@ -340,11 +348,11 @@ fn find_token(conf: &JwtAuthRoute, parts: &Parts) -> Result<Option<String>, Fail
             if v.len() > 3 * jwt::MAX_TOKEN_BYTES {
                 return Err(Failure::Malformed);
             }
-            offer(&query::decode(v).ok_or(Failure::Malformed)?)?;
+            offer(Cow::Owned(query::decode(v).ok_or(Failure::Malformed)?))?;
         }
     }
     for value in cookies(&parts.headers, &conf.cookie) {
-        offer(value)?;
+        offer(Cow::Borrowed(value))?;
     }
     Ok(found)
 }

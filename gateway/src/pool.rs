@@ -165,7 +165,7 @@ impl Pool {
         };
         let (parts, body) = request.into_parts();
         let outgoing = Outgoing::of(&body);
-        let mut head = Vec::with_capacity(256);
+        let mut head = Vec::new();
         exchange::encode_head(&mut head, &parts, outgoing, &node.authority);
         let head_request = parts.method == Method::HEAD;
         let idempotent = matches!(

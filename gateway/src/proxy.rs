@@ -359,7 +359,15 @@ mod tests {
 
     #[test]
     fn addresses_are_formatted_like_display() {
-        for ip in ["0.0.0.0", "1.2.3.4", "10.20.30.40", "192.168.100.255", "255.255.255.255", "::1", "2001:db8::7"] {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.20.30.40",
+            "192.168.100.255",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
             let ip: IpAddr = ip.parse().unwrap();
             let mut buf = [0u8; 48];
             assert_eq!(format_ip(ip, &mut buf), ip.to_string().as_bytes());

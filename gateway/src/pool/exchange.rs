@@ -199,9 +199,16 @@ pub(super) fn encode_head(
     outgoing: Outgoing,
     authority: &Authority,
 ) {
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    // Sized once: growing the buffer midway copies the head.
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    out.reserve(64 + target.len() + authority.as_str().len() + fields);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if !parts.headers.contains_key(header::HOST) {
@@ -368,11 +375,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, PoolErro
     let (len, code, version, count) = {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut raw = httparse::Response::new(&mut []);
-        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut raw,
-            buf,
-            &mut slots,
-        ) {
+        let len = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut raw, buf, &mut slots)
+        {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
             Err(e) => return Err(PoolError::Malformed(e.to_string())),
