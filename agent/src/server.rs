@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod budget;
 pub mod peer;
+mod pidfd;
 pub mod throttle;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 use zeroize::Zeroize;
 
+use self::admission::ConnectedPeer;
 use self::budget::{Charge, NameBudget};
 use self::peer::Peer;
 use self::throttle::{Refusal, Throttle};
@@ -146,12 +148,17 @@ impl AgentService {
                 "missing metadata header {REQUEST_HEADER}: true"
             )));
         }
-        let Some(peer) = request
-            .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred.as_ref())
-            .and_then(Peer::from_cred)
-        else {
+        // Looked up once per connection (with a pidfd) when it came through
+        // admission; a connection that did not is looked up now.
+        let peer = match request.extensions().get::<ConnectedPeer>() {
+            Some(connected) => connected.peer.clone().filter(Peer::still_alive),
+            None => request
+                .extensions()
+                .get::<UdsConnectInfo>()
+                .and_then(|info| info.peer_cred.as_ref())
+                .and_then(Peer::from_cred),
+        };
+        let Some(peer) = peer else {
             Metrics::inc(&self.metrics.denied_peers);
             return Err(Status::permission_denied("peer credentials unavailable"));
         };

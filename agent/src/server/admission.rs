@@ -13,11 +13,12 @@ use std::task::{Context, Poll};
 use arc_swap::ArcSwap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
-use tonic::transport::server::{Connected, UdsConnectInfo};
+use tonic::transport::server::Connected;
 use tracing::debug;
 
 use crate::config::PeerPolicy;
 use crate::metrics::Metrics;
+use crate::server::peer::Peer;
 
 /// Open connections one admitted uid may hold.
 pub const MAX_CONNECTIONS_PER_UID: usize = 64;
@@ -107,11 +108,22 @@ impl Drop for Admitted {
     }
 }
 
-impl Connected for Admitted {
-    type ConnectInfo = UdsConnectInfo;
+/// What each call on an admitted connection learns about its peer: looked up once,
+/// when tonic takes the connection.
+#[derive(Debug, Clone)]
+pub struct ConnectedPeer {
+    /// The peer with a handle on its process, or `None` if its process could not be
+    /// found when it connected.
+    pub peer: Option<Peer>,
+}
 
-    fn connect_info(&self) -> UdsConnectInfo {
-        self.inner.connect_info()
+impl Connected for Admitted {
+    type ConnectInfo = ConnectedPeer;
+
+    fn connect_info(&self) -> ConnectedPeer {
+        ConnectedPeer {
+            peer: Peer::of_stream(&self.inner),
+        }
     }
 }
 
