@@ -200,6 +200,9 @@ impl Handle {
 pub struct Gateway {
     shared: Arc<Shared>,
     listener: TcpListener,
+    /// More sockets on the proxy listener's address (`SO_REUSEPORT`), one per extra
+    /// worker thread.
+    worker_listeners: Vec<std::net::TcpListener>,
     status_listener: Option<TcpListener>,
     admin_listener: Option<TcpListener>,
     tls_listener: Option<(TcpListener, server::Tls)>,
@@ -211,6 +214,18 @@ pub struct Gateway {
 impl Gateway {
     /// Validates `config` and binds its listeners (port 0 picks a free port).
     pub async fn bind(config: Config) -> Result<Self, Error> {
+        Self::bind_with_workers(config, 1).await
+    }
+
+    /// [`Gateway::bind`] for `workers` threads serving the proxy listener, each with
+    /// its own single-threaded runtime and its own socket on the listener's address
+    /// (`SO_REUSEPORT`: the kernel spreads connections over them), as nginx and
+    /// HAProxy do: no work stealing, and upstream connections stay on the thread that
+    /// opened them. Everything else (Admin API, status, HTTPS, the agent stream)
+    /// runs on the calling runtime, which serves proxy connections as well.
+    pub async fn bind_with_workers(config: Config, workers: usize) -> Result<Self, Error> {
+        let workers = workers.max(1);
+        crate::pool::set_workers(workers);
         let store = match &config.admin {
             Some(admin) => Some(Store::open(&admin.state_dir)?),
             None => None,
@@ -221,12 +236,26 @@ impl Gateway {
         let auth = runtime.consumers.resolve(None);
         let certs = Arc::new(ArcSwap::from_pointee(runtime.resolve_tls(None, None)));
         let tls_counters = Arc::new(TlsCounters::default());
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let bind_failed = |source| Error::Bind {
+            addr: config.listen,
+            source,
+        };
+        let (listener, worker_listeners) = if workers == 1 {
+            let listener = TcpListener::bind(config.listen)
+                .await
+                .map_err(bind_failed)?;
+            (listener, Vec::new())
+        } else {
+            let listener = reuse_port_listener(config.listen).map_err(bind_failed)?;
+            // The same port for all, also when the configuration asked for port 0.
+            let addr = listener.local_addr().map_err(bind_failed)?;
+            let mut extra = Vec::with_capacity(workers - 1);
+            for _ in 1..workers {
+                let socket = reuse_port_listener(addr).map_err(bind_failed)?;
+                extra.push(socket.into_std().map_err(bind_failed)?);
+            }
+            (listener, extra)
+        };
         let status_listener = match config.status_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -305,6 +334,7 @@ impl Gateway {
         Ok(Self {
             shared,
             listener,
+            worker_listeners,
             status_listener,
             admin_listener,
             tls_listener,
@@ -406,8 +436,28 @@ impl Gateway {
                 self.limits.clone(),
             ))
         });
+        // One connection limit for the proxy port, whichever worker accepted.
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
+        let workers: Vec<_> = self
+            .worker_listeners
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, listener)| {
+                spawn_worker(
+                    i + 1,
+                    listener,
+                    shared.clone(),
+                    proxy_stopping.clone(),
+                    Listening {
+                        grace: self.grace,
+                        limits: self.limits.clone(),
+                        slots: slots.clone(),
+                    },
+                )
+            })
+            .collect();
         let handler_shared = shared.clone();
-        server::serve_with(
+        server::serve_shared(
             self.listener,
             move |req, remote| handle(handler_shared.clone(), req, remote),
             async move {
@@ -416,8 +466,12 @@ impl Gateway {
             },
             self.grace,
             self.limits,
+            slots,
         )
         .await;
+        for worker in workers {
+            let _ = worker.await;
+        }
         if let Some(task) = tls_task {
             let _ = task.await;
         }
@@ -429,6 +483,92 @@ impl Gateway {
             task.abort();
         }
         tracing::info!("gateway stopped");
+    }
+}
+
+/// A listening socket with `SO_REUSEPORT`, so that each worker can have its own.
+fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// How a worker serves its socket: like the main listener, under the same
+/// connection limit.
+struct Listening {
+    grace: Duration,
+    limits: Limits,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// Worker `index`: a thread with its own single-threaded runtime serving `listener`
+/// until `stopping` turns true, then draining like the main listener. Completes the
+/// returned receiver when done; `None` if the thread could not start (its socket is
+/// closed, and the kernel sends its connections to the other sockets).
+fn spawn_worker(
+    index: usize,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stopping: watch::Receiver<bool>,
+    listening: Listening,
+) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    let Listening {
+        grace,
+        limits,
+        slots,
+    } = listening;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(format!("keygate-worker-{index}"))
+        .spawn(move || {
+            crate::pool::enter_worker(index);
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    tracing::error!(worker = index, error = %e, "cannot start a worker runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match listener
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpListener::from_std(listener))
+                {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::error!(worker = index, error = %e, "cannot listen on a worker socket");
+                        return;
+                    }
+                };
+                server::serve_shared(
+                    listener,
+                    move |req, remote| handle(shared.clone(), req, remote),
+                    async move {
+                        let _ = stopping.wait_for(|s| *s).await;
+                    },
+                    grace,
+                    limits,
+                    slots,
+                )
+                .await;
+            });
+            let _ = done.send(());
+        });
+    match spawned {
+        Ok(_) => Some(finished),
+        Err(e) => {
+            tracing::error!(worker = index, error = %e, "cannot start a worker thread");
+            None
+        }
     }
 }
 

@@ -22,8 +22,8 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
-    /// Worker threads serving requests: 1 runs everything on one thread (no
-    /// work-stealing); the default is one per CPU.
+    /// Worker threads serving proxy requests, each with its own runtime and socket
+    /// (SO_REUSEPORT); the default is one per CPU, 1 runs everything on one thread.
     #[arg(long, global = true, env = "KEYGATE_GATEWAY_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
     #[command(subcommand)]
@@ -93,16 +93,16 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn run(path: PathBuf, config: Config, threads: Option<u16>) -> ExitCode {
-    let mut builder = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(usize::from(n));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = match builder.enable_all().build() {
+    // Thread per core: this thread and each extra worker run their own single-threaded
+    // runtime (see `Gateway::bind_with_workers`).
+    let workers = threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        usize::from,
+    );
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keygate-gateway: cannot start the async runtime: {e}");
@@ -110,7 +110,7 @@ fn run(path: PathBuf, config: Config, threads: Option<u16>) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let gateway = match Gateway::bind(config).await {
+        let gateway = match Gateway::bind_with_workers(config, workers).await {
             Ok(g) => g,
             Err(keygate_gateway::Error::Config(e)) => {
                 tracing::error!(error = %e, "bad configuration");
@@ -122,7 +122,7 @@ fn run(path: PathBuf, config: Config, threads: Option<u16>) -> ExitCode {
             }
         };
         if let Ok(addr) = gateway.local_addr() {
-            tracing::info!(%addr, status = ?gateway.status_addr(), admin = ?gateway.admin_addr(), tls = ?gateway.tls_addr(), "gateway listening");
+            tracing::info!(%addr, workers, status = ?gateway.status_addr(), admin = ?gateway.admin_addr(), tls = ?gateway.tls_addr(), "gateway listening");
         }
         tokio::spawn(reload_on_change(path, gateway.handle()));
         gateway.serve(shutdown_signal()).await;

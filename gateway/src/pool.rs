@@ -11,6 +11,8 @@
 mod body;
 mod exchange;
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,6 +63,28 @@ impl PoolError {
     }
 }
 
+/// Worker threads that serve requests, each on its own runtime (see
+/// [`set_workers`]).
+static WORKERS: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// This thread's worker index; 0 outside worker threads.
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Declares how many worker threads serve requests, before any pool is built. Each
+/// worker runs its own runtime, and a connection belongs to the reactor of the runtime
+/// that opened it: every worker keeps its own idle lists, so a connection is only ever
+/// used by the thread that opened it (and the lock on a list is never contended).
+pub fn set_workers(workers: usize) {
+    WORKERS.store(workers.max(1), Ordering::Relaxed);
+}
+
+/// Marks the current thread as worker `index` (0 is the main thread).
+pub fn enter_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
 struct Idle {
     conn: Conn,
     since: Instant,
@@ -68,7 +92,8 @@ struct Idle {
 
 struct NodePool {
     authority: Authority,
-    idle: Mutex<Vec<Idle>>,
+    /// One idle list per worker thread.
+    idle: Box<[Mutex<Vec<Idle>>]>,
 }
 
 /// The pool of one upstream: one idle list per node, by node index.
@@ -97,16 +122,21 @@ impl Pool {
                 .into_iter()
                 .map(|authority| NodePool {
                     authority,
-                    idle: Mutex::new(Vec::new()),
+                    idle: (0..WORKERS.load(Ordering::Relaxed))
+                        .map(|_| Mutex::new(Vec::new()))
+                        .collect(),
                 })
                 .collect(),
             connect_timeout,
         }
     }
 
+    /// This thread's idle list for node `index`.
     fn idle(&self, index: usize) -> Option<std::sync::MutexGuard<'_, Vec<Idle>>> {
         let node = self.nodes.get(index)?;
-        Some(node.idle.lock().unwrap_or_else(|p| p.into_inner()))
+        let lists = node.idle.len().max(1);
+        let list = node.idle.get(WORKER.with(Cell::get) % lists)?;
+        Some(list.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The most recently used idle connection that is still open.

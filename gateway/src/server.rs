@@ -74,7 +74,24 @@ pub async fn serve_with<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    serve_inner(listener, None, handler, shutdown, grace, limits).await;
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    serve_inner(listener, None, handler, shutdown, grace, limits, slots).await;
+}
+
+/// [`serve_with`] for one of several listeners that together hold at most
+/// `limits.max_connections` connections: `slots` is shared by all of them.
+pub async fn serve_shared<H, F>(
+    listener: TcpListener,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    limits: Limits,
+    slots: Arc<Semaphore>,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    serve_inner(listener, None, handler, shutdown, grace, limits, slots).await;
 }
 
 /// [`serve_with`] over TLS: each connection's handshake runs in its own task (bounded
@@ -91,7 +108,8 @@ pub async fn serve_tls<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    serve_inner(listener, Some(tls), handler, shutdown, grace, limits).await;
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    serve_inner(listener, Some(tls), handler, shutdown, grace, limits, slots).await;
 }
 
 async fn serve_inner<H, F>(
@@ -101,13 +119,13 @@ async fn serve_inner<H, F>(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     limits: Limits,
+    slots: Arc<Semaphore>,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let builder = builder(&limits);
     let secure = tls.is_some();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let max_uri = limits.max_uri_bytes;
     let idle = limits.idle_timeout;
     let (stop_tx, stop_rx) = watch::channel(false);
