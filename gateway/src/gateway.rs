@@ -601,7 +601,6 @@ async fn handle(
     let Some(route) = runtime
         .router
         .find(&parts.method, host.as_deref(), parts.uri.path())
-        .cloned()
     else {
         shared.metrics.no_route.fetch_add(1, Ordering::Relaxed);
         let response = body::json(

@@ -431,6 +431,10 @@ impl Upstream {
                     usable(*i).then_some(*i)
                 })
             }
+            (LbType::Roundrobin | LbType::Chash, _) if self.nodes.len() == 1 => {
+                // Nothing to balance: no shared counter to bump.
+                usable(0).then_some(0)
+            }
             (LbType::Roundrobin | LbType::Chash, _) => {
                 // At most one cycle: every healthy untried node appears in it.
                 (0..self.schedule.len()).find_map(|_| {
@@ -463,12 +467,16 @@ impl Upstream {
 
     /// Counts a request in flight on `index` until the guard drops.
     pub fn start(&self, index: usize) -> InFlight<'_> {
-        if let Some(node) = self.nodes.get(index) {
+        // Only least_conn reads the count: other balancers skip two atomic writes
+        // per request on a line every worker touches.
+        let counted = self.lb == LbType::LeastConn;
+        if counted && let Some(node) = self.nodes.get(index) {
             node.inflight.fetch_add(1, Ordering::Relaxed);
         }
         InFlight {
             upstream: self,
             index,
+            counted,
         }
     }
 
@@ -502,11 +510,14 @@ impl Upstream {
 pub struct InFlight<'a> {
     upstream: &'a Upstream,
     index: usize,
+    counted: bool,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Some(node) = self.upstream.nodes.get(self.index) {
+        if self.counted
+            && let Some(node) = self.upstream.nodes.get(self.index)
+        {
             node.inflight.fetch_sub(1, Ordering::Relaxed);
         }
     }
