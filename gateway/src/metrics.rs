@@ -35,6 +35,7 @@ pub struct Metrics {
     pub admin_writes: AtomicU64,
     /// Time spent in applied admin writes (validate, persist, swap), microseconds.
     pub admin_write_micros: AtomicU64,
+    /// Observations per bucket, not cumulative: (previous bound, bound].
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -43,11 +44,15 @@ pub struct Metrics {
 impl Metrics {
     /// Records the time to the upstream's response head.
     pub fn observe_upstream(&self, elapsed: Duration) {
+        // One bucket per observation (summed when rendered): each bucket is a write
+        // every worker makes on a shared line, and most requests fall in the first.
         let secs = elapsed.as_secs_f64();
-        for (bound, bucket) in BUCKETS.iter().zip(&self.latency_buckets) {
-            if secs <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(bucket) = BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .and_then(|i| self.latency_buckets.get(i))
+        {
+            bucket.fetch_add(1, Ordering::Relaxed);
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us.fetch_add(
@@ -184,8 +189,10 @@ impl Metrics {
         let name = "keygate_gateway_upstream_latency_seconds";
         let _ = writeln!(out, "# HELP {name} Time to the upstream's response head.");
         let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
         for (bound, c) in BUCKETS.iter().zip(&self.latency_buckets) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", get(c));
+            cumulative += get(c);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
         let count = get(&self.latency_count);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
@@ -204,4 +211,31 @@ pub fn counter(out: &mut String, name: &str, help: &str) {
 pub fn gauge(out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} gauge");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latency_histogram_renders_cumulative_buckets() {
+        let metrics = Metrics::default();
+        for ms in [0.5, 0.9, 3.0, 20_000.0] {
+            metrics.observe_upstream(Duration::from_secs_f64(ms / 1000.0));
+        }
+        let mut out = String::new();
+        metrics.render(&mut out);
+        let bucket = |le: &str| {
+            let prefix = format!("keygate_gateway_upstream_latency_seconds_bucket{{le=\"{le}\"}} ");
+            out.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("no bucket {le} in {out}"))
+                .to_owned()
+        };
+        assert_eq!(bucket("0.001"), "2");
+        assert_eq!(bucket("0.0025"), "2");
+        assert_eq!(bucket("0.005"), "3");
+        assert_eq!(bucket("10"), "3");
+        assert_eq!(bucket("+Inf"), "4");
+    }
 }
