@@ -98,7 +98,7 @@ pub async fn run(
     preload.extend(certificates.into_iter().map(|(name, _)| name));
     let manager_task = tokio::spawn(manager.run(stop_rx.clone()));
 
-    let store = Arc::new(Store::new(metrics.clone()));
+    let store = Arc::new(Store::new(metrics.clone()).with_max_idle(limits.names_per_uid));
     store.preload(&preload);
     let refresher = tokio::spawn(store.clone().refresh(
         reader.clone(),

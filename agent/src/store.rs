@@ -27,6 +27,10 @@ const READ_CONCURRENCY: usize = 8;
 /// How many names a refresh takes from the map at a time: a pass walks the map in
 /// steps instead of holding every due name (and every answer) in memory at once.
 const BATCH: usize = 256;
+/// How long a name nobody holds is kept (and refreshed) before a full refresh
+/// forgets it: a gateway that restarts or reconnects, even while Vault is down, finds
+/// its names still answered.
+const KEEP_IDLE: Duration = Duration::from_secs(600);
 
 /// What is known about a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +91,9 @@ struct Slot {
     holders: u32,
     /// Named in the configuration's `preload`: kept whether or not anyone asks.
     pinned: bool,
+    /// When it became unwanted (seconds since the store was made, plus one); 0 while
+    /// held or preloaded.
+    idle_since: u32,
 }
 
 impl Slot {
@@ -96,6 +103,7 @@ impl Slot {
             lease: None,
             holders: 0,
             pinned: false,
+            idle_since: 0,
         }
     }
 
@@ -106,16 +114,40 @@ impl Slot {
 }
 
 /// The names the agent tracks, and their entries: those preloaded, those some open
-/// call asks for, and loaded secrets nobody asks for any more until the next full
-/// refresh (so a client that reconnects finds them still there). A name nobody holds
-/// that Vault has no value for is forgotten as soon as its last call ends, so names
-/// made up by a peer do not accumulate.
+/// call asks for, and those nobody asks for any more ("idle"), kept for
+/// [`KEEP_IDLE`] so that a client that reconnects (even while Vault is down) finds
+/// them still answered. Idle names are bounded: once there are more than the idle
+/// limit (`limits.names_per_uid`), those without a value are forgotten at once (names
+/// a peer made up), then the others, so made-up names cannot accumulate.
 #[derive(Debug)]
 pub struct Store {
-    slots: Mutex<BTreeMap<SecretName, SlotBox>>,
+    slots: Mutex<Slots>,
     generation: watch::Sender<u64>,
     wake: Notify,
     metrics: Arc<Metrics>,
+    started: Instant,
+    max_idle: usize,
+    keep_idle: Duration,
+}
+
+/// The map, and how many of its names are idle.
+#[derive(Debug, Default)]
+struct Slots {
+    map: BTreeMap<SecretName, SlotBox>,
+    idle: usize,
+}
+
+impl std::ops::Deref for Slots {
+    type Target = BTreeMap<SecretName, SlotBox>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl std::ops::DerefMut for Slots {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
+    }
 }
 
 /// Wrapped so `Debug` on the store can stay silent about entries.
@@ -155,14 +187,30 @@ impl Store {
     /// An empty store.
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
-            slots: Mutex::new(BTreeMap::new()),
+            slots: Mutex::new(Slots::default()),
             generation: watch::channel(0).0,
             wake: Notify::new(),
             metrics,
+            started: Instant::now(),
+            max_idle: crate::config::Limits::default().names_per_uid,
+            keep_idle: KEEP_IDLE,
         }
     }
 
-    fn slots(&self) -> MutexGuard<'_, BTreeMap<SecretName, SlotBox>> {
+    /// The same store keeping at most `max_idle` names nobody holds.
+    #[must_use]
+    pub fn with_max_idle(self, max_idle: usize) -> Self {
+        Self { max_idle, ..self }
+    }
+
+    /// Seconds since the store was made, plus one (0 means "not idle").
+    fn now_mark(&self) -> u32 {
+        u32::try_from(self.started.elapsed().as_secs())
+            .unwrap_or(u32::MAX - 1)
+            .saturating_add(1)
+    }
+
+    fn slots(&self) -> MutexGuard<'_, Slots> {
         // A poisoned lock only means a panic elsewhere; the map itself is still consistent.
         self.slots
             .lock()
@@ -174,9 +222,14 @@ impl Store {
     pub fn hold(self: &Arc<Self>, names: Vec<SecretName>) -> Held {
         let mut added = false;
         {
-            let mut slots = self.slots();
+            let mut guard = self.slots();
+            let slots = &mut *guard;
             for name in &names {
-                if let Some(SlotBox(slot)) = slots.get_mut(name) {
+                if let Some(SlotBox(slot)) = slots.map.get_mut(name) {
+                    if slot.idle_since != 0 {
+                        slot.idle_since = 0;
+                        slots.idle -= 1;
+                    }
                     slot.holders = slot.holders.saturating_add(1);
                 } else {
                     let mut slot = Slot::new();
@@ -197,15 +250,32 @@ impl Store {
     }
 
     fn release(&self, names: &[SecretName]) {
-        let mut slots = self.slots();
+        let now = self.now_mark();
+        let mut guard = self.slots();
+        let slots = &mut *guard;
         for name in names {
-            let Some(SlotBox(slot)) = slots.get_mut(name) else {
+            let Some(SlotBox(slot)) = slots.map.get_mut(name) else {
                 continue;
             };
             slot.holders = slot.holders.saturating_sub(1);
-            if slot.unwanted() && slot.entry.state != State::Loaded {
-                slots.remove(name);
+            if slot.unwanted() && slot.idle_since == 0 {
+                slot.idle_since = now;
+                slots.idle += 1;
             }
+        }
+        if slots.idle > self.max_idle {
+            // Too many names nobody holds: first those Vault has no value for (names
+            // made up by a peer), then, if that is not enough, the others.
+            let before = slots.len();
+            slots.retain(|_, s| !(s.0.idle_since != 0 && s.0.entry.state != State::Loaded));
+            if count_idle(slots) > self.max_idle {
+                slots.retain(|_, s| s.0.idle_since == 0);
+            }
+            slots.idle = count_idle(slots);
+            debug!(
+                forgotten = before - slots.len(),
+                "forgot idle names over the limit"
+            );
         }
         self.tracked(slots.len());
     }
@@ -222,6 +292,7 @@ impl Store {
     pub fn preload(&self, names: &[SecretName]) {
         let mut added = false;
         {
+            let now = self.now_mark();
             let mut slots = self.slots();
             for SlotBox(slot) in slots.values_mut() {
                 slot.pinned = false;
@@ -236,6 +307,14 @@ impl Store {
                     added = true;
                 }
             }
+            for SlotBox(slot) in slots.values_mut() {
+                match (slot.unwanted(), slot.idle_since) {
+                    (true, 0) => slot.idle_since = now,
+                    (false, _) => slot.idle_since = 0,
+                    (true, _) => {}
+                }
+            }
+            slots.idle = count_idle(&slots);
             self.tracked(slots.len());
         }
         if added {
@@ -361,8 +440,11 @@ impl Store {
     fn due_batch(
         &self,
         full: bool,
+        forget: bool,
         after: Option<&SecretName>,
     ) -> (Vec<(SecretName, Option<Lease>)>, Option<SecretName>) {
+        let now = self.now_mark();
+        let keep = u32::try_from(self.keep_idle.as_secs()).unwrap_or(u32::MAX);
         let mut slots = self.slots();
         let range = match after {
             Some(name) => slots.range((Bound::Excluded(name), Bound::Unbounded)),
@@ -376,7 +458,7 @@ impl Store {
                 break;
             }
             last = Some(name);
-            if full && slot.unwanted() {
+            if forget && slot.idle_since != 0 && now.saturating_sub(slot.idle_since) >= keep {
                 unwanted.push(name.clone());
                 continue;
             }
@@ -396,11 +478,12 @@ impl Store {
         for name in &unwanted {
             slots.remove(name);
         }
+        slots.idle -= unwanted.len();
         self.tracked(slots.len());
         if !unwanted.is_empty() {
             debug!(
                 forgotten = unwanted.len(),
-                "forgot secrets nobody asks for any more"
+                "forgot names nobody asked for in a while"
             );
         }
         (due, more)
@@ -450,7 +533,7 @@ impl Store {
     /// One walk over the map: reads (or renews) what is due, [`READ_CONCURRENCY`] at
     /// a time, applying each answer as it comes and publishing changes every
     /// [`BATCH`] answers. Returns how many names were due, and whether Vault failed.
-    async fn pass(&self, reader: &VaultReader, full: bool) -> (usize, bool) {
+    async fn pass(&self, reader: &VaultReader, full: bool, forget: bool) -> (usize, bool) {
         let mut queue = std::collections::VecDeque::new();
         // Where the walk is: `Some(None)` at the start, `Some(after)` in the middle,
         // `None` once the whole map has been looked at.
@@ -462,7 +545,7 @@ impl Store {
                 if queue.is_empty()
                     && let Some(after) = walk.take()
                 {
-                    let (due, more) = self.due_batch(full, Option::as_ref(&after));
+                    let (due, more) = self.due_batch(full, forget, Option::as_ref(&after));
                     queue.extend(due);
                     walk = more.map(Some);
                 }
@@ -507,6 +590,9 @@ impl Store {
         let mut next_full = Instant::now();
         // After a failure nothing is retried before this, whatever is due.
         let mut not_before = Instant::now();
+        // Idle names are not forgotten while Vault is unreachable: a client that comes
+        // back then could not have them read again.
+        let mut reachable = true;
         loop {
             let wake = self
                 .next_lease_deadline()
@@ -519,7 +605,7 @@ impl Store {
                 _ = crate::run::stopped(&mut shutdown) => return,
             };
             let (answered, unavailable) = tokio::select! {
-                done = self.pass(&reader, full) => done,
+                done = self.pass(&reader, full, full && reachable) => done,
                 _ = crate::run::stopped(&mut shutdown) => return,
             };
             self.update_gauges();
@@ -534,6 +620,7 @@ impl Store {
                 }
                 continue;
             }
+            reachable = !unavailable;
             if unavailable {
                 next_full = Instant::now() + backoff.next_delay().min(period);
                 not_before = next_full;
@@ -545,6 +632,10 @@ impl Store {
             }
         }
     }
+}
+
+fn count_idle(slots: &BTreeMap<SecretName, SlotBox>) -> usize {
+    slots.values().filter(|s| s.0.idle_since != 0).count()
 }
 
 /// Renews `name`'s lease when it has a renewable one that can still grow; otherwise

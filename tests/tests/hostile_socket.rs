@@ -337,10 +337,12 @@ async fn a_flood_from_one_uid_is_bounded_and_others_are_served() -> Result<()> {
 /// refresh) while the call lasts. One call may ask for at most `limits.names_per_call`
 /// names (INVALID_ARGUMENT beyond), and the open calls of one uid may hold at most
 /// `limits.names_per_uid` at once (RESOURCE_EXHAUSTED beyond), each call counting its
-/// own; the budget comes back when calls and streams end, and made-up names (nothing
-/// in Vault) are forgotten then, so a peer cycling through made-up names never makes
-/// the agent track more than its budget. Small limits here (300 per call, 1000 per
-/// uid) so that the bound is reached with few names.
+/// own; the budget comes back when calls and streams end. Names nobody holds any more
+/// are kept a while (a client that reconnects finds them), but at most
+/// `names_per_uid` of them: beyond, those without a value (made-up names) are
+/// forgotten, so a peer cycling through made-up names cannot make the agent track
+/// more than the held names plus that bound. Small limits here (300 per call, 1000
+/// per uid) so that the bounds are reached with few names.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_peer_cannot_make_the_agent_track_unbounded_names() -> Result<()> {
     const TRACKED: &str = "keygate_agent_secrets_tracked";
@@ -361,14 +363,25 @@ async fn a_peer_cannot_make_the_agent_track_unbounded_names() -> Result<()> {
     let mut client = agent.client().await?;
     get(&mut client, &[JACK]).await?;
     let tracked = agent.metric(TRACKED).await?;
+    let at_most = |extra: f64| {
+        let agent = &agent;
+        async move {
+            let now = agent.metric(TRACKED).await?;
+            ensure!(
+                now <= tracked + extra,
+                "{TRACKED} = {now}: more than {tracked} + {extra} names tracked"
+            );
+            Ok(())
+        }
+    };
 
-    // nobody asks for 6 x 300 made-up names, one Get after the other: each Get gives
-    // its names back when it ends, so all are answered (NOT_FOUND), and the names are
-    // forgotten. One call of 301 names is refused.
-    let mut names = HostilePeer::spawn(&["names", &socket(&agent)?, "6", "300"], Some(NOBODY))?;
+    // nobody asks for 8 x 300 made-up names, one Get after the other: each Get gives
+    // its names back when it ends, so all are answered (NOT_FOUND), and the agent
+    // keeps at most 1000 of the names nobody holds. One call of 301 names is refused.
+    let mut names = HostilePeer::spawn(&["names", &socket(&agent)?, "8", "300"], Some(NOBODY))?;
     let summary = names.expect_line("gets", Duration::from_secs(120)).await?;
     ensure!(
-        summary == "gets 6 exhausted 0 other 0",
+        summary == "gets 8 exhausted 0 other 0",
         "nobody's made-up names, one call after the other: {summary}"
     );
     let mut names = HostilePeer::spawn(&["names", &socket(&agent)?, "1", "301"], Some(NOBODY))?;
@@ -377,15 +390,7 @@ async fn a_peer_cannot_make_the_agent_track_unbounded_names() -> Result<()> {
         summary == "gets 0 exhausted 0 other 1",
         "nobody's call of 301 names: {summary}"
     );
-    eventually(Duration::from_secs(10), || async {
-        let now = agent.metric(TRACKED).await?;
-        ensure!(
-            now == tracked,
-            "{TRACKED} = {now}, expected {tracked}: made-up names kept"
-        );
-        Ok(())
-    })
-    .await?;
+    at_most(1000.0).await?;
 
     // Our uid holds made-up names in open Watch streams: three of 300 fit in 1000, a
     // fourth is refused while they are open, and the others' budget is their own.
@@ -412,9 +417,10 @@ async fn a_peer_cannot_make_the_agent_track_unbounded_names() -> Result<()> {
         "a fourth call of 300 names while 900 are held: {refused:?}"
     );
     ensure!(
-        agent.metric(TRACKED).await? == tracked + 900.0,
+        agent.metric(TRACKED).await? >= tracked + 900.0,
         "the held names are not tracked"
     );
+    at_most(1900.0).await?;
     let mut names = HostilePeer::spawn(&["names", &socket(&agent)?, "1", "300"], Some(NOBODY))?;
     let summary = names.expect_line("gets", Duration::from_secs(60)).await?;
     ensure!(
@@ -430,15 +436,7 @@ async fn a_peer_cannot_make_the_agent_track_unbounded_names() -> Result<()> {
     })
     .await?;
     drop(streams);
-    eventually(Duration::from_secs(10), || async {
-        let now = agent.metric(TRACKED).await?;
-        ensure!(
-            now == tracked,
-            "{TRACKED} = {now}, expected {tracked} once every stream ended"
-        );
-        Ok(())
-    })
-    .await?;
+    eventually(Duration::from_secs(10), || at_most(1000.0)).await?;
     let answer = get(&mut client, &[JACK, "consumer/another/jwt-auth"]).await?;
     keygate_tests::secrets::expect_loaded(&answer.secrets, JACK, &jack)?;
     Ok(())

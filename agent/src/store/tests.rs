@@ -101,7 +101,7 @@ fn a_pass_walks_every_name_once_in_batches() {
     let mut seen = Vec::new();
     let mut after = None;
     loop {
-        let (due, more) = s.due_batch(true, after.as_ref());
+        let (due, more) = s.due_batch(true, true, after.as_ref());
         assert!(due.len() <= BATCH);
         seen.extend(due.into_iter().map(|(n, _)| n));
         match more {
@@ -115,8 +115,8 @@ fn a_pass_walks_every_name_once_in_batches() {
 }
 
 #[test]
-fn names_nobody_holds_are_forgotten() {
-    let s = Arc::new(store());
+fn idle_names_are_kept_for_a_while_and_bounded() {
+    let s = Arc::new(store().with_max_idle(3));
     let (kept, missing, loaded) = (name("pre"), name("made/up"), name("real"));
     s.preload(std::slice::from_ref(&kept));
     let held = s.hold(vec![missing.clone(), loaded.clone(), kept.clone()]);
@@ -127,21 +127,46 @@ fn names_nobody_holds_are_forgotten() {
         &loaded,
         Ok(ReadOutcome::Found(fields(r#"{"secret":"x"}"#), None)),
     );
+    drop((held, again));
+    // Nobody holds `missing` and `loaded` any more: kept (a client that reconnects
+    // finds them answered), and refreshed with the rest on a full pass.
     assert_eq!(s.len(), 3);
+    assert!(s.snapshot(&[missing.clone(), loaded.clone()]).is_some());
+    let (due, _) = s.due_batch(true, true, None);
+    assert_eq!(due.len(), 3);
+    // Held again: not idle any more.
+    let held = s.hold(vec![missing.clone()]);
+    assert_eq!(s.slots().idle, 1);
     drop(held);
-    // Still held by the other call.
-    assert!(s.snapshot(std::slice::from_ref(&missing)).is_some());
-    drop(again);
-    // A name without a value goes at once; a loaded one stays until the next full pass
-    // (a client that reconnects finds it), a preloaded one stays.
+    assert_eq!(s.slots().idle, 2);
+
+    // More idle names than the limit: those without a value go first.
+    let made_up: Vec<SecretName> = (0..2).map(|i| name(&format!("made/up/{i}"))).collect();
+    drop(s.hold(made_up.clone()));
+    assert_eq!(
+        s.slots().idle,
+        1,
+        "the made-up names and `missing` forgotten"
+    );
+    assert!(s.snapshot(std::slice::from_ref(&loaded)).is_some());
     assert!(s.snapshot(std::slice::from_ref(&missing)).is_none());
     assert_eq!(s.len(), 2);
-    let (due, _) = s.due_batch(false, None);
-    assert!(due.is_empty());
-    assert_eq!(s.len(), 2);
-    let (due, _) = s.due_batch(true, None);
+    assert_eq!(s.slots().len(), 2);
+
+    // After a while a full pass forgets idle names, unless Vault is unreachable.
+    let s = Arc::new(Store {
+        keep_idle: Duration::ZERO,
+        ..store()
+    });
+    s.preload(std::slice::from_ref(&kept));
+    drop(s.hold(vec![loaded.clone()]));
+    let (due, _) = s.due_batch(true, false, None);
+    assert_eq!(due.len(), 2, "kept while Vault is unreachable");
+    let (due, _) = s.due_batch(false, false, None);
+    assert_eq!(due.len(), 2, "pending names are due");
+    let (due, _) = s.due_batch(true, true, None);
     assert_eq!(due.len(), 1);
     assert_eq!(s.len(), 1);
-    assert!(s.answered(&[kept]));
-    assert!(!s.answered(&[loaded]));
+    assert_eq!(s.slots().idle, 0);
+    assert!(!s.answered(&[kept]));
 }
