@@ -14,6 +14,7 @@ pub mod config;
 pub mod consumers;
 pub mod control;
 mod gateway;
+pub mod heap;
 pub mod jwt;
 pub mod jwt_auth;
 pub mod key_auth;

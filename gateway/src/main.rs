@@ -121,6 +121,8 @@ fn run(path: PathBuf, config: Config, threads: Option<u16>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // The file's parse is done and dropped: give its peak back.
+        keygate_gateway::heap::trim();
         if let Ok(addr) = gateway.local_addr() {
             tracing::info!(%addr, workers, status = ?gateway.status_addr(), admin = ?gateway.admin_addr(), tls = ?gateway.tls_addr(), "gateway listening");
         }
@@ -183,5 +185,6 @@ async fn reload_on_change(path: PathBuf, handle: Handle) {
                 tracing::error!(error = %e, "new configuration rejected; keeping the old one")
             }
         }
+        keygate_gateway::heap::trim();
     }
 }
