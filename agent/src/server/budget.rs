@@ -5,9 +5,9 @@
 //!
 //! The budget counts what a uid's open calls hold now, each call its own names (a name
 //! in two streams counts twice), and gives it back when the call or stream ends. The
-//! store forgets a name as soon as no call holds it and Vault has no value for it
-//! (loaded secrets stay until the next full refresh), so the names the agent tracks
-//! are bounded by the sum of the budgets, the preload list and the secrets that exist.
+//! store keeps names nobody holds for a while, but at most as many as one uid's budget
+//! (made-up names, without a value, go first), so the names the agent tracks are
+//! bounded by the names held, that many idle ones and the preload list.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
