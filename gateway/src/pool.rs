@@ -16,13 +16,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
 use http::{Method, Request, Response};
 use tokio::net::TcpStream;
 
 pub use self::body::PooledBody;
-use self::body::{Chunk, Decoder};
-use self::exchange::{Conn, Framing, Outgoing, Replay, ResponseHead};
+use self::body::{Chunk, Decoder, Step};
+pub use self::exchange::Framing;
+use self::exchange::{Conn, Outgoing, Replay, ResponseHead};
 use crate::body::{BoxError, ProxyBody};
 
 /// Idle connections kept per node; more are closed when they come back.
@@ -267,6 +269,53 @@ impl Pool {
         };
         response.map(|()| body)
     }
+}
+
+/// What the client makes of `bytes`, all an upstream sent before closing the
+/// connection: the response head (1xx skipped), its body decoded by its framing, and
+/// whether the connection could have carried another request. The same parsing and
+/// decoding as on a live connection; for tests and the fuzz target.
+pub fn decode_response(
+    bytes: &[u8],
+    head_request: bool,
+) -> Result<(Response<Bytes>, Framing, bool), PoolError> {
+    let mut buf = BytesMut::from(bytes);
+    let head = loop {
+        match exchange::parse_head(&mut buf, head_request)? {
+            exchange::Parsed::Final(head) => break head,
+            exchange::Parsed::Informational => {}
+            exchange::Parsed::Partial => return Err(PoolError::Closed),
+        }
+    };
+    let mut decoder = match head.framing {
+        Framing::Empty => Decoder::Done,
+        Framing::Length(n) => Decoder::Length(n),
+        Framing::Chunked => Decoder::Chunk(Chunk::Size),
+        Framing::UntilClose => Decoder::UntilClose,
+    };
+    let mut body = BytesMut::new();
+    loop {
+        match decoder.step(&mut buf)? {
+            Step::Data(data) => body.extend_from_slice(&data),
+            Step::End => break,
+            // The connection is closed: only a body that runs until then is complete.
+            Step::NeedMore if matches!(decoder, Decoder::UntilClose) => break,
+            Step::NeedMore => {
+                return Err(PoolError::Malformed(
+                    "the upstream closed the connection before the body ended".into(),
+                ));
+            }
+        }
+        if matches!(decoder, Decoder::Done) {
+            break;
+        }
+    }
+    let reusable = head.keep_alive && buf.is_empty();
+    Ok((
+        head.response.map(|()| body.freeze()),
+        head.framing,
+        reusable,
+    ))
 }
 
 #[cfg(test)]

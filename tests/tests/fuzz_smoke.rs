@@ -25,6 +25,8 @@ mod jwt;
 )]
 #[path = "../../fuzz/checks/router.rs"]
 mod router;
+#[path = "../../fuzz/checks/upstream_response.rs"]
+mod upstream_response;
 
 /// Mutated inputs per target.
 const ROUNDS: usize = 20_000;
@@ -83,6 +85,22 @@ fn jwt_smoke() {
             b"a.b.c",
         ],
         jwt::check,
+    );
+}
+
+#[test]
+fn upstream_response_smoke() {
+    smoke(
+        "upstream_response",
+        &[
+            b"\x00HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhello",
+            b"\x00HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;e=1\r\nhello\r\n0\r\nt: 1\r\n\r\n",
+            b"\x00HTTP/1.0 200 OK\r\nconnection: keep-alive, x-b\r\nx-b: 2\r\n\r\nuntil close",
+            b"\x01HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n",
+            b"\x00HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+            b"\x00HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ],
+        upstream_response::check,
     );
 }
 

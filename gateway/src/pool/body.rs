@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::exchange::{Conn, READ_CHUNK, take};
@@ -60,10 +60,92 @@ pub(super) enum Chunk {
     Trailers(usize),
 }
 
-enum Step {
+pub(super) enum Step {
     Data(Bytes),
     NeedMore,
     End,
+}
+
+impl Decoder {
+    /// Decodes what `buf` holds: the next piece of body data, the end, or the need
+    /// for more bytes.
+    pub(super) fn step(&mut self, buf: &mut BytesMut) -> Result<Step, PoolError> {
+        loop {
+            match self {
+                Decoder::Done => return Ok(Step::End),
+                Decoder::UntilClose | Decoder::Length(_) if buf.is_empty() => {
+                    return Ok(Step::NeedMore);
+                }
+                Decoder::UntilClose => return Ok(Step::Data(buf.split().freeze())),
+                Decoder::Length(left) => {
+                    let data = take(buf, *left);
+                    *left -= data.len() as u64;
+                    if *left == 0 {
+                        *self = Decoder::Done;
+                    }
+                    return Ok(Step::Data(data));
+                }
+                Decoder::Chunk(Chunk::Size) => {
+                    let Some(eol) = buf.iter().position(|b| *b == b'\n') else {
+                        if buf.len() > MAX_CHUNK_LINE {
+                            return Err(PoolError::Malformed("chunk size line too long".into()));
+                        }
+                        return Ok(Step::NeedMore);
+                    };
+                    let line = buf.split_to(eol + 1);
+                    let size = chunk_size(&line)?;
+                    *self = Decoder::Chunk(if size == 0 {
+                        Chunk::Trailers(0)
+                    } else {
+                        Chunk::Data(size)
+                    });
+                }
+                Decoder::Chunk(Chunk::Data(left)) => {
+                    if buf.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    let data = take(buf, *left);
+                    *left -= data.len() as u64;
+                    if *left == 0 {
+                        *self = Decoder::Chunk(Chunk::DataEnd);
+                    }
+                    return Ok(Step::Data(data));
+                }
+                Decoder::Chunk(Chunk::DataEnd) => {
+                    if buf.starts_with(b"\r\n") {
+                        let _ = buf.split_to(2);
+                    } else if buf.starts_with(b"\n") {
+                        let _ = buf.split_to(1);
+                    } else if buf.is_empty() || buf.as_ref() == b"\r" {
+                        return Ok(Step::NeedMore);
+                    } else {
+                        return Err(PoolError::Malformed(
+                            "chunk data longer than its size".into(),
+                        ));
+                    }
+                    *self = Decoder::Chunk(Chunk::Size);
+                }
+                Decoder::Chunk(Chunk::Trailers(seen)) => {
+                    let Some(eol) = buf.iter().position(|b| *b == b'\n') else {
+                        if *seen + buf.len() > MAX_TRAILER_BYTES {
+                            return Err(PoolError::Malformed("chunked trailers too large".into()));
+                        }
+                        return Ok(Step::NeedMore);
+                    };
+                    let line = buf.split_to(eol + 1);
+                    // Trailers are not forwarded; the empty line ends the body.
+                    if line.as_ref() == b"\r\n" || line.as_ref() == b"\n" {
+                        *self = Decoder::Done;
+                        return Ok(Step::End);
+                    }
+                    *seen += line.len();
+                    if *seen > MAX_TRAILER_BYTES {
+                        return Err(PoolError::Malformed("chunked trailers too large".into()));
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl PooledBody {
@@ -104,95 +186,16 @@ impl Streaming {
         Poll::Ready(Some(Err(error)))
     }
 
-    /// Decodes what the buffer holds.
-    fn step(&mut self) -> Result<Step, PoolError> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Ok(Step::End);
-        };
-        let buf = &mut conn.buf;
-        loop {
-            match &mut self.decoder {
-                Decoder::Done => return Ok(Step::End),
-                Decoder::UntilClose | Decoder::Length(_) if buf.is_empty() => {
-                    return Ok(Step::NeedMore);
-                }
-                Decoder::UntilClose => return Ok(Step::Data(buf.split().freeze())),
-                Decoder::Length(left) => {
-                    let data = take(buf, *left);
-                    *left -= data.len() as u64;
-                    if *left == 0 {
-                        self.decoder = Decoder::Done;
-                    }
-                    return Ok(Step::Data(data));
-                }
-                Decoder::Chunk(Chunk::Size) => {
-                    let Some(eol) = buf.iter().position(|b| *b == b'\n') else {
-                        if buf.len() > MAX_CHUNK_LINE {
-                            return Err(PoolError::Malformed("chunk size line too long".into()));
-                        }
-                        return Ok(Step::NeedMore);
-                    };
-                    let line = buf.split_to(eol + 1);
-                    let size = chunk_size(&line)?;
-                    self.decoder = Decoder::Chunk(if size == 0 {
-                        Chunk::Trailers(0)
-                    } else {
-                        Chunk::Data(size)
-                    });
-                }
-                Decoder::Chunk(Chunk::Data(left)) => {
-                    if buf.is_empty() {
-                        return Ok(Step::NeedMore);
-                    }
-                    let data = take(buf, *left);
-                    *left -= data.len() as u64;
-                    if *left == 0 {
-                        self.decoder = Decoder::Chunk(Chunk::DataEnd);
-                    }
-                    return Ok(Step::Data(data));
-                }
-                Decoder::Chunk(Chunk::DataEnd) => {
-                    if buf.starts_with(b"\r\n") {
-                        let _ = buf.split_to(2);
-                    } else if buf.starts_with(b"\n") {
-                        let _ = buf.split_to(1);
-                    } else if buf.is_empty() || buf.as_ref() == b"\r" {
-                        return Ok(Step::NeedMore);
-                    } else {
-                        return Err(PoolError::Malformed(
-                            "chunk data longer than its size".into(),
-                        ));
-                    }
-                    self.decoder = Decoder::Chunk(Chunk::Size);
-                }
-                Decoder::Chunk(Chunk::Trailers(seen)) => {
-                    let Some(eol) = buf.iter().position(|b| *b == b'\n') else {
-                        if *seen + buf.len() > MAX_TRAILER_BYTES {
-                            return Err(PoolError::Malformed("chunked trailers too large".into()));
-                        }
-                        return Ok(Step::NeedMore);
-                    };
-                    let line = buf.split_to(eol + 1);
-                    // Trailers are not forwarded; the empty line ends the body.
-                    if line.as_ref() == b"\r\n" || line.as_ref() == b"\n" {
-                        self.decoder = Decoder::Done;
-                        return Ok(Step::End);
-                    }
-                    *seen += line.len();
-                    if *seen > MAX_TRAILER_BYTES {
-                        return Err(PoolError::Malformed("chunked trailers too large".into()));
-                    }
-                }
-            }
-        }
-    }
-
     fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, PoolError>>> {
         loop {
-            match self.step() {
+            let step = match self.conn.as_mut() {
+                Some(conn) => self.decoder.step(&mut conn.buf),
+                None => Ok(Step::End),
+            };
+            match step {
                 Ok(Step::Data(data)) => {
                     if matches!(self.decoder, Decoder::Done) {
                         self.finish();

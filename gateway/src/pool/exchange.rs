@@ -62,7 +62,7 @@ impl Outgoing {
 
 /// How the response body is delimited (RFC 9112 section 6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Framing {
+pub enum Framing {
     /// None (a HEAD request, 204, 304, `content-length: 0`).
     Empty,
     /// `content-length`.
@@ -353,7 +353,7 @@ async fn read_head(
     }
 }
 
-enum Parsed {
+pub(super) enum Parsed {
     Partial,
     /// A 1xx head, consumed.
     Informational,
@@ -367,7 +367,7 @@ struct Span {
     value: (u32, u32),
 }
 
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, PoolError> {
+pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, PoolError> {
     // The slots are left uninitialised (zeroing them costs more than parsing); the
     // fields' offsets are kept so that, once the head is frozen, header values share
     // its bytes (no copy, no allocation per value).

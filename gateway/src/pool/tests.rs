@@ -448,3 +448,38 @@ async fn a_post_on_a_connection_closed_without_answer_is_not_sent_again() {
         "sent twice"
     );
 }
+
+#[test]
+fn decoding_what_an_upstream_sent_before_closing() {
+    let (response, framing, reusable) =
+        decode_response(b"HTTP/1.0 200 OK\r\nx-a: 1\r\n\r\nuntil the end", false).unwrap();
+    assert_eq!(framing, Framing::UntilClose);
+    assert_eq!(response.body().as_ref(), b"until the end");
+    assert!(!reusable);
+
+    let (response, framing, reusable) =
+        decode_response(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc", false).unwrap();
+    assert_eq!(
+        (framing, response.body().as_ref(), reusable),
+        (Framing::Length(3), &b"abc"[..], true)
+    );
+
+    // Bytes beyond the body: the connection is not trusted again.
+    let (_, _, reusable) =
+        decode_response(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nab", false).unwrap();
+    assert!(!reusable);
+
+    // Cut short: a length or chunked body without its end is an error.
+    for cut in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"[..],
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    ] {
+        assert!(
+            decode_response(cut, false).is_err(),
+            "{}",
+            String::from_utf8_lossy(cut)
+        );
+    }
+}

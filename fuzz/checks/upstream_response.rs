@@ -1,0 +1,48 @@
+//! Upstream responses: bytes an upstream sent before closing its connection, parsed and
+//! decoded by the gateway's HTTP/1.1 client (`keygate_gateway::pool::decode_response`).
+//! The first byte says whether the request was a HEAD. Nothing may panic, and what is
+//! accepted must be consistent: a body never longer than the input, exactly its
+//! content-length when framed by one, no `content-length` or hop-by-hop header handed
+//! on, and a connection reusable only when its body had an end.
+//!
+//! Shared by the cargo-fuzz target `fuzz/fuzz_targets/upstream_response.rs` and the CI
+//! smoke run `tests/tests/fuzz_smoke.rs`.
+
+use keygate_gateway::pool::{Framing, decode_response};
+
+/// One input: must not panic (and must keep the invariants asserted below).
+pub fn check(data: &[u8]) {
+    let Some((&flag, bytes)) = data.split_first() else {
+        return;
+    };
+    let head_request = flag & 1 == 1;
+    let Ok((response, framing, reusable)) = decode_response(bytes, head_request) else {
+        return;
+    };
+    let body = response.body();
+    assert!(body.len() <= bytes.len(), "a body longer than the input");
+    match framing {
+        Framing::Empty => assert!(body.is_empty(), "a body where none may be"),
+        Framing::Length(n) => assert_eq!(body.len() as u64, n, "a body not of its length"),
+        Framing::Chunked => {
+            assert!(
+                !response.headers().contains_key("content-length"),
+                "content-length next to chunked handed on"
+            );
+        }
+        Framing::UntilClose => assert!(!reusable, "a body without an end, reused"),
+    }
+    for name in [
+        "connection",
+        "transfer-encoding",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+    ] {
+        assert!(!response.headers().contains_key(name), "{name} handed on");
+    }
+    if head_request {
+        assert!(body.is_empty(), "a body in the answer to HEAD");
+    }
+}
