@@ -155,6 +155,17 @@ async fn text(response: Response<PooledBody>) -> Result<String, PoolError> {
     Ok(String::from_utf8(bytes.to_vec()).unwrap())
 }
 
+/// A bodiless `method` request for `path`, sent through `pool` to its first node.
+async fn send_empty(
+    pool: &Arc<Pool>,
+    method: &str,
+    path: &str,
+) -> Result<Response<PooledBody>, PoolError> {
+    let authority = pool.nodes[0].authority.clone();
+    pool.send(0, request(method, &authority, path, crate::body::empty()))
+        .await
+}
+
 fn pool(authority: &Authority) -> Arc<Pool> {
     Arc::new(Pool::new([authority.clone()], Duration::from_secs(5)))
 }
@@ -167,10 +178,7 @@ async fn chunked_bodies_are_decoded_and_the_connection_reused() {
     ])
     .await;
     let pool = pool(&authority);
-    let response = pool
-        .send(0, request("GET", &authority, "/a", crate::body::empty()))
-        .await
-        .unwrap();
+    let response = send_empty(&pool, "GET", "/a").await.unwrap();
     assert!(
         response.headers().get(header::CONTENT_LENGTH).is_none(),
         "content-length next to chunked must not reach the client"
@@ -191,16 +199,10 @@ async fn a_clean_chunked_body_gives_its_connection_back() {
     ])
     .await;
     let pool = pool(&authority);
-    let response = pool
-        .send(0, request("GET", &authority, "/", crate::body::empty()))
-        .await
-        .unwrap();
+    let response = send_empty(&pool, "GET", "/").await.unwrap();
     assert_eq!(text(response).await.unwrap(), "abc");
     assert_eq!(pool.idle(0).unwrap().len(), 1);
-    let response = pool
-        .send(0, request("GET", &authority, "/", crate::body::empty()))
-        .await
-        .unwrap();
+    let response = send_empty(&pool, "GET", "/").await.unwrap();
     assert_eq!(text(response).await.unwrap(), "ok");
 }
 
@@ -209,9 +211,7 @@ async fn a_body_without_length_runs_until_close_and_is_not_reused() {
     let (authority, _seen) =
         scripted(vec![b"HTTP/1.0 200 OK\r\nx-a: 1\r\n\r\nuntil the end", b""]).await;
     let pool = pool(&authority);
-    let response = pool
-        .send(0, request("GET", &authority, "/", crate::body::empty()))
-        .await;
+    let response = send_empty(&pool, "GET", "/").await;
     // The scripted upstream keeps the connection open after its answer until the next
     // request: close it by reading what arrived so far in a task, then dropping.
     let response = response.unwrap();
@@ -232,24 +232,15 @@ async fn head_204_and_304_have_no_body_whatever_their_headers_say() {
     ])
     .await;
     let pool = pool(&authority);
-    let response = pool
-        .send(0, request("HEAD", &authority, "/", crate::body::empty()))
-        .await
-        .unwrap();
+    let response = send_empty(&pool, "HEAD", "/").await.unwrap();
     assert_eq!(response.headers()[header::CONTENT_LENGTH], "5");
     assert_eq!(text(response).await.unwrap(), "");
     for expected in [204, 304] {
-        let response = pool
-            .send(0, request("GET", &authority, "/", crate::body::empty()))
-            .await
-            .unwrap();
+        let response = send_empty(&pool, "GET", "/").await.unwrap();
         assert_eq!(response.status(), expected);
         assert_eq!(text(response).await.unwrap(), "");
     }
-    let response = pool
-        .send(0, request("GET", &authority, "/", crate::body::empty()))
-        .await
-        .unwrap();
+    let response = send_empty(&pool, "GET", "/").await.unwrap();
     assert_eq!(text(response).await.unwrap(), "last");
 }
 
@@ -261,16 +252,10 @@ async fn informational_responses_are_skipped_and_upgrades_refused() {
     ])
     .await;
     let pool = pool(&authority);
-    let response = pool
-        .send(0, request("GET", &authority, "/", crate::body::empty()))
-        .await
-        .unwrap();
+    let response = send_empty(&pool, "GET", "/").await.unwrap();
     assert_eq!(response.status(), 201);
     assert_eq!(text(response).await.unwrap(), "x");
-    let err = pool
-        .send(0, request("GET", &authority, "/", crate::body::empty()))
-        .await
-        .unwrap_err();
+    let err = send_empty(&pool, "GET", "/").await.unwrap_err();
     assert!(matches!(err, PoolError::Malformed(_)), "{err}");
 }
 
@@ -284,10 +269,7 @@ async fn malformed_heads_and_lengths_are_errors() {
         b"HTTP/1.1 999999 Nope\r\n\r\n",
     ] {
         let (authority, _seen) = scripted(vec![answer]).await;
-        let err = pool(&authority)
-            .send(0, request("GET", &authority, "/", crate::body::empty()))
-            .await
-            .unwrap_err();
+        let err = send_empty(&pool(&authority), "GET", "/").await.unwrap_err();
         assert!(matches!(err, PoolError::Malformed(_)), "{err}");
     }
     // A body cut short is an error of the body, and the connection is not reused.
@@ -297,10 +279,7 @@ async fn malformed_heads_and_lengths_are_errors() {
     ])
     .await;
     let pool = pool(&authority);
-    let response = pool
-        .send(0, request("GET", &authority, "/", crate::body::empty()))
-        .await
-        .unwrap();
+    let response = send_empty(&pool, "GET", "/").await.unwrap();
     // The upstream closes when the next request... there is none: close it ourselves
     // by waiting for the body with a bound.
     let cut = tokio::time::timeout(Duration::from_millis(300), text(response)).await;
@@ -394,26 +373,29 @@ async fn an_early_answer_ends_the_exchange_and_closes_the_connection() {
     drop(tx);
 }
 
-#[tokio::test]
-async fn a_reused_connection_closed_by_the_upstream_is_replaced_for_idempotent_requests() {
-    // The first connection answers once and then closes when the next request comes,
-    // without a byte: the pool sees it only then, and sends the GET again on a new one.
-    let (authority, mut seen) = scripted(vec![
+/// A pool whose upstream answers "a" (read by this function), then closes that
+/// connection without a byte when the next request comes, then answers "b" on a new
+/// connection.
+async fn answering_once_then_closing() -> (Arc<Pool>, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>)
+{
+    let (authority, seen) = scripted(vec![
         b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na",
         b"",
         b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb",
     ])
     .await;
     let pool = pool(&authority);
-    let response = pool
-        .send(0, request("GET", &authority, "/", crate::body::empty()))
-        .await
-        .unwrap();
+    let response = send_empty(&pool, "GET", "/").await.unwrap();
     assert_eq!(text(response).await.unwrap(), "a");
-    let response = pool
-        .send(0, request("GET", &authority, "/", crate::body::empty()))
-        .await
-        .unwrap();
+    (pool, seen)
+}
+
+#[tokio::test]
+async fn a_reused_connection_closed_by_the_upstream_is_replaced_for_idempotent_requests() {
+    // The first connection answers once and then closes when the next request comes,
+    // without a byte: the pool sees it only then, and sends the GET again on a new one.
+    let (pool, mut seen) = answering_once_then_closing().await;
+    let response = send_empty(&pool, "GET", "/").await.unwrap();
     assert_eq!(text(response).await.unwrap(), "b");
     for _ in 0..3 {
         seen.recv().await.unwrap();
@@ -422,22 +404,8 @@ async fn a_reused_connection_closed_by_the_upstream_is_replaced_for_idempotent_r
 
 #[tokio::test]
 async fn a_post_on_a_connection_closed_without_answer_is_not_sent_again() {
-    let (authority, mut seen) = scripted(vec![
-        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na",
-        b"",
-        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb",
-    ])
-    .await;
-    let pool = pool(&authority);
-    let response = pool
-        .send(0, request("GET", &authority, "/", crate::body::empty()))
-        .await
-        .unwrap();
-    assert_eq!(text(response).await.unwrap(), "a");
-    let err = pool
-        .send(0, request("POST", &authority, "/", crate::body::empty()))
-        .await
-        .unwrap_err();
+    let (pool, mut seen) = answering_once_then_closing().await;
+    let err = send_empty(&pool, "POST", "/").await.unwrap_err();
     assert!(matches!(err, PoolError::Closed), "{err}");
     seen.recv().await.unwrap();
     seen.recv().await.unwrap();
