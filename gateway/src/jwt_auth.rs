@@ -43,10 +43,25 @@ const VERIFIED_MAX: usize = 4096;
 /// claim is the very object that verified it: a new key (rotation, a new agent
 /// snapshot, a reload) makes a new consumer object, and the token is verified again.
 /// Entries hold the consumer weakly, so an old key is not kept alive by the cache.
-#[derive(Default)]
+///
+/// One map per worker thread (a token is verified once per worker), so the request
+/// path takes no lock another worker can hold.
 struct VerifiedTokens {
     /// By a hash of the token's end (its signature); the entry holds the whole token.
-    entries: Mutex<HashMap<u64, Arc<Verified>>>,
+    /// Indexed by worker.
+    entries: Box<[Mutex<VerifiedMap>]>,
+}
+
+type VerifiedMap = HashMap<u64, Arc<Verified>>;
+
+impl Default for VerifiedTokens {
+    fn default() -> Self {
+        Self {
+            entries: (0..crate::pool::workers())
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
 }
 
 struct Verified {
@@ -59,7 +74,11 @@ struct Verified {
 // Tokens are credentials: never printed.
 impl std::fmt::Debug for VerifiedTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let len = self.lock().len();
+        let len: usize = self
+            .entries
+            .iter()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum();
         f.debug_struct("VerifiedTokens")
             .field("entries", &len)
             .finish_non_exhaustive()
@@ -67,18 +86,24 @@ impl std::fmt::Debug for VerifiedTokens {
 }
 
 impl VerifiedTokens {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Verified>>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    /// This worker's map.
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, VerifiedMap>> {
+        let map = self
+            .entries
+            .get(crate::pool::worker() % self.entries.len().max(1))?;
+        Some(map.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn get(&self, token: &str) -> Option<Arc<Verified>> {
-        let hit = self.lock().get(&token_hash(token)).cloned()?;
+        let hit = self.lock()?.get(&token_hash(token)).cloned()?;
         (*hit.token == *token).then_some(hit)
     }
 
     fn insert(&self, entry: Verified) {
         let hash = token_hash(&entry.token);
-        let mut entries = self.lock();
+        let Some(mut entries) = self.lock() else {
+            return;
+        };
         if entries.len() >= VERIFIED_MAX {
             entries.clear();
         }

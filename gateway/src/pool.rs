@@ -87,6 +87,17 @@ pub fn enter_worker(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
+/// How many workers serve requests (what [`set_workers`] was told).
+pub fn workers() -> usize {
+    WORKERS.load(Ordering::Relaxed).max(1)
+}
+
+/// The current thread's worker index (0 outside worker threads): the index into
+/// per-worker state such as idle lists and caches.
+pub fn worker() -> usize {
+    WORKER.with(Cell::get)
+}
+
 struct Idle {
     conn: Conn,
     since: Instant,
@@ -124,9 +135,7 @@ impl Pool {
                 .into_iter()
                 .map(|authority| NodePool {
                     authority,
-                    idle: (0..WORKERS.load(Ordering::Relaxed))
-                        .map(|_| Mutex::new(Vec::new()))
-                        .collect(),
+                    idle: (0..workers()).map(|_| Mutex::new(Vec::new())).collect(),
                 })
                 .collect(),
             connect_timeout,
@@ -137,7 +146,7 @@ impl Pool {
     fn idle(&self, index: usize) -> Option<std::sync::MutexGuard<'_, Vec<Idle>>> {
         let node = self.nodes.get(index)?;
         let lists = node.idle.len().max(1);
-        let list = node.idle.get(WORKER.with(Cell::get) % lists)?;
+        let list = node.idle.get(worker() % lists)?;
         Some(list.lock().unwrap_or_else(|p| p.into_inner()))
     }
 

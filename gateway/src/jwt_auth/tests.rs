@@ -407,7 +407,7 @@ fn verified_tokens_are_remembered_but_time_claims_are_checked_every_time() {
     let t = bob(json!({"key": "bob-key", "exp": NOW + 60}));
     let req = || request("/", &[("authorization", t.as_str())]);
     assert_eq!(run(&f, &conf, req()), Ok("bob".into()));
-    assert_eq!(conf.verified.lock().len(), 1);
+    assert_eq!(conf.verified.lock().unwrap().len(), 1);
     // From the cache.
     assert_eq!(run(&f, &conf, req()), Ok("bob".into()));
     // Still expires (grace 10 s).
@@ -468,7 +468,29 @@ fn a_new_key_verifies_remembered_tokens_again() {
     assert!(
         conf.verified
             .lock()
+            .unwrap()
             .values()
             .all(|v| v.by.upgrade().is_some())
     );
+}
+
+#[test]
+fn each_worker_remembers_its_own_verified_tokens() {
+    crate::pool::set_workers(2);
+    let tokens = VerifiedTokens::default();
+    crate::pool::set_workers(1);
+    assert_eq!(tokens.entries.len(), 2);
+    tokens.insert(Verified {
+        token: "a.b.c".into(),
+        alg: "HS256".into(),
+        claims: Map::new(),
+        by: Weak::new(),
+    });
+    assert!(tokens.get("a.b.c").is_some(), "this thread is worker 0");
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            crate::pool::enter_worker(1);
+            assert!(tokens.get("a.b.c").is_none(), "worker 1 has its own map");
+        });
+    });
 }
