@@ -209,16 +209,7 @@ impl GatewayProcess {
         if let Some(body) = body {
             req = req.body(body.to_owned());
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("{method} {url}"))?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .text()
-            .await
-            .with_context(|| format!("reading {method} {url}"))?;
-        Ok((status, text))
+        crate::process::send_for_text(req, &format!("{method} {url}")).await
     }
 
     /// Rewrites the config file (same ports); the gateway reloads it on change/SIGHUP.

@@ -11,16 +11,17 @@ use nix::unistd::Pid;
 
 /// `GET url` on a child process's HTTP endpoint: status code and body text.
 pub async fn http_get(http: &reqwest::Client, url: &str) -> Result<(u16, String)> {
-    let resp = http
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
+    send_for_text(http.get(url), &format!("GET {url}")).await
+}
+
+/// Sends `request` (described as `what` in errors): status code and body text.
+pub async fn send_for_text(request: reqwest::RequestBuilder, what: &str) -> Result<(u16, String)> {
+    let resp = request.send().await.with_context(|| what.to_owned())?;
     let status = resp.status().as_u16();
     let body = resp
         .text()
         .await
-        .with_context(|| format!("reading GET {url}"))?;
+        .with_context(|| format!("reading {what}"))?;
     Ok((status, body))
 }
 
