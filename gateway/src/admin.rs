@@ -30,10 +30,9 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited};
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use crate::body::{self, ProxyBody};
+use crate::body::{self, ProxyBody, RequestBody};
 use crate::catalog::Entry;
 use crate::consumers::digest;
 use crate::control::{Control, WriteError, Written};
@@ -96,7 +95,7 @@ fn not_found() -> Answer {
 /// Answers one Admin API request.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     remote: SocketAddr,
 ) -> Response<ProxyBody> {
     let (parts, incoming) = req.into_parts();
@@ -181,7 +180,7 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 /// The request, once authorized.
-async fn serve(shared: &Arc<Shared>, parts: &Parts, incoming: Incoming) -> Answer {
+async fn serve(shared: &Arc<Shared>, parts: &Parts, incoming: RequestBody) -> Answer {
     let path = parts.uri.path();
     let Some(rest) = path.strip_prefix(PREFIX) else {
         return error(StatusCode::NOT_FOUND, "404 Route Not Found");
@@ -260,7 +259,7 @@ fn id_word(kind: Kind) -> &'static str {
 }
 
 /// Reads the body (at most `max` bytes) as a JSON object.
-async fn read_json(incoming: Incoming, max: usize) -> Result<Value, Answer> {
+async fn read_json(incoming: RequestBody, max: usize) -> Result<Value, Answer> {
     let bytes = match Limited::new(incoming, max).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {

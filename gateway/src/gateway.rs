@@ -14,13 +14,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use secrecy::ExposeSecret as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::agent_client::{self, AgentStatus, Backoff};
-use crate::body::{self, ProxyBody};
+use crate::body::{self, ProxyBody, RequestBody};
 use crate::config::{Config, ConfigError};
 use crate::consumers::APISIX_EXAMPLE_ADMIN_KEY;
 use crate::consumers::AuthState;
@@ -583,7 +582,7 @@ const X_CONSUMER_USERNAME: http::HeaderName = http::HeaderName::from_static("x-c
 /// The request path.
 async fn handle(
     shared: Arc<Shared>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     remote: SocketAddr,
 ) -> Response<ProxyBody> {
     let started = Instant::now();

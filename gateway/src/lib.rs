@@ -33,6 +33,7 @@ mod status;
 pub mod store;
 pub mod tls;
 pub mod upstream;
+mod wire;
 
 use std::future::Future;
 

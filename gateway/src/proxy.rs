@@ -8,9 +8,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::{self, PathAndQuery};
 use http::{Method, Request, Response, Uri};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 
-use crate::body::{self, IdleTimeout, ProxyBody};
+use crate::body::{self, IdleTimeout, ProxyBody, RequestBody};
 use crate::config::PassHost;
 use crate::upstream::Upstream;
 
@@ -191,7 +191,7 @@ fn format_ip(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
 pub async fn forward(
     upstream: &Upstream,
     parts: Parts,
-    body: Incoming,
+    body: RequestBody,
     hash: Option<u64>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let Parts {

@@ -6,6 +6,8 @@
 //! the grace period.
 
 mod activity;
+mod http1;
+mod prefixed;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,7 +27,9 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use self::activity::{Activity, Tracked};
-use crate::body::{self, ProxyBody};
+use self::http1::Ended;
+use self::prefixed::Prefixed;
+use crate::body::{self, ProxyBody, RequestBody};
 use crate::limits::Limits;
 use crate::tls::TlsCounters;
 
@@ -56,7 +60,7 @@ pub async fn serve<H, F>(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     serve_with(listener, handler, shutdown, grace, Limits::default()).await;
@@ -71,7 +75,7 @@ pub async fn serve_with<H, F>(
     grace: Duration,
     limits: Limits,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -88,7 +92,7 @@ pub async fn serve_shared<H, F>(
     limits: Limits,
     slots: Arc<Semaphore>,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     serve_inner(listener, None, handler, shutdown, grace, limits, slots).await;
@@ -105,7 +109,7 @@ pub async fn serve_tls<H, F>(
     grace: Duration,
     limits: Limits,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -121,13 +125,14 @@ async fn serve_inner<H, F>(
     limits: Limits,
     slots: Arc<Semaphore>,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let builder = builder(&limits);
     let secure = tls.is_some();
     let max_uri = limits.max_uri_bytes;
     let idle = limits.idle_timeout;
+    let fast = http1::Settings::new(&limits);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -151,29 +156,21 @@ async fn serve_inner<H, F>(
                     let stop = stop_rx.clone();
                     let tls = tls.clone();
                     connections.spawn(async move {
-                        let service = service_fn(move |mut req: Request<Incoming>| {
-                            if secure {
-                                req.extensions_mut().insert(Secure);
-                            }
-                            let too_long = req
-                                .uri()
-                                .path_and_query()
-                                .is_some_and(|pq| pq.as_str().len() > max_uri);
-                            let fut = (!too_long).then(|| handler(req, remote));
-                            async move {
-                                Ok::<_, Infallible>(match fut {
-                                    Some(fut) => fut.await,
-                                    None => uri_too_long(),
-                                })
-                            }
-                        });
                         match tls {
                             None => {
-                                serve_connection(&builder, stream, service, idle, stop, remote)
-                                    .await;
+                                let mut stream = stream;
+                                let ended =
+                                    http1::serve(&mut stream, &handler, remote, fast, &stop).await;
+                                if let Ended::HandOver(read) = ended {
+                                    let service = hyper_service(handler, false, max_uri, remote);
+                                    let stream = Prefixed::new(read, stream);
+                                    serve_connection(&builder, stream, service, idle, stop, remote)
+                                        .await;
+                                }
                             }
                             Some(tls) => {
                                 if let Some(stream) = handshake(&tls, stream, remote).await {
+                                    let service = hyper_service(handler, true, max_uri, remote);
                                     serve_connection(&builder, stream, service, idle, stop, remote)
                                         .await;
                                 }
@@ -208,6 +205,43 @@ async fn serve_inner<H, F>(
         );
         connections.shutdown().await;
     }
+}
+
+/// The handler as hyper calls it: requests marked [`Secure`] over TLS, targets longer
+/// than `max_uri` answered 414.
+fn hyper_service<H, F>(
+    handler: H,
+    secure: bool,
+    max_uri: usize,
+    remote: SocketAddr,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Send
++ 'static
+where
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    service_fn(move |req: Request<Incoming>| {
+        let mut req = req.map(RequestBody::Streamed);
+        if secure {
+            req.extensions_mut().insert(Secure);
+        }
+        let too_long = req
+            .uri()
+            .path_and_query()
+            .is_some_and(|pq| pq.as_str().len() > max_uri);
+        let fut = (!too_long).then(|| handler(req, remote));
+        async move {
+            Ok::<_, Infallible>(match fut {
+                Some(fut) => fut.await,
+                None => uri_too_long(),
+            })
+        }
+    })
 }
 
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {

@@ -5,14 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 
-use crate::body::{self, ProxyBody};
+use crate::body::{self, ProxyBody, RequestBody};
 use crate::gateway::Shared;
 use crate::metrics::{counter, gauge};
 
 /// Answers one status request.
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(shared: Arc<Shared>, req: Request<RequestBody>) -> Response<ProxyBody> {
     match req.uri().path() {
         "/healthz" => body::text(StatusCode::OK, "ok\n"),
         "/readyz" => readyz(&shared),

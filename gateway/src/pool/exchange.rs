@@ -21,6 +21,7 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use super::PoolError;
 use crate::body::ProxyBody;
 use crate::proxy::is_hop_by_hop;
+use crate::wire::{self, Span, push_decimal, push_hex, span_in, tokens};
 
 /// Longest response head; hyper's client allows about as much.
 pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -237,40 +238,6 @@ pub(super) fn encode_head(
     out.extend_from_slice(b"\r\n");
 }
 
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        if let Some(d) = digits.get_mut(at) {
-            *d = b'0' + (n % 10) as u8;
-        }
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(digits.get(at..).unwrap_or_default());
-}
-
-fn push_hex(out: &mut Vec<u8>, n: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 16];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        if let Some(d) = digits.get_mut(at) {
-            *d = HEX[(n & 0xf) as usize];
-        }
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(digits.get(at..).unwrap_or_default());
-}
-
 async fn write_body(
     writer: &mut WriteHalf<'_>,
     body: &mut ProxyBody,
@@ -360,13 +327,6 @@ pub(super) enum Parsed {
     Final(ResponseHead),
 }
 
-/// Where a header's name and value sit in the head.
-#[derive(Clone, Copy, Default)]
-struct Span {
-    name: (u32, u32),
-    value: (u32, u32),
-}
-
 pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, PoolError> {
     // The slots are left uninitialised (zeroing them costs more than parsing); the
     // fields' offsets are kept so that, once the head is frozen, header values share
@@ -382,14 +342,9 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parse
             Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
             Err(e) => return Err(PoolError::Malformed(e.to_string())),
         };
-        let base = buf.as_ptr() as usize;
-        let at = |part: &[u8]| {
-            let offset = u32::try_from(part.as_ptr() as usize - base).unwrap_or(u32::MAX);
-            (offset, u32::try_from(part.len()).unwrap_or(0))
-        };
         for (span, field) in spans.iter_mut().zip(raw.headers.iter()) {
-            span.name = at(field.name.as_bytes());
-            span.value = at(field.value);
+            span.name = span_in(buf, field.name.as_bytes());
+            span.value = span_in(buf, field.value);
         }
         (len, raw.code, raw.version, raw.headers.len())
     };
@@ -410,10 +365,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parse
         return Ok(Parsed::Informational);
     }
     let head = buf.split_to(len).freeze();
-    let part = |(at, len): (u32, u32)| {
-        let (at, len) = (at as usize, len as usize);
-        head.get(at..at + len).unwrap_or_default()
-    };
+    let part = |span| wire::part(&head, span);
     let spans = spans.get(..count).unwrap_or_default();
 
     let mut headers = HeaderMap::with_capacity(count);
@@ -509,14 +461,6 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parse
         framing,
         keep_alive,
     }))
-}
-
-/// The comma-separated elements of a header value, trimmed, empty ones skipped.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|b| *b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
 }
 
 /// Bytes handed out as body data.

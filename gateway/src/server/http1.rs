@@ -1,0 +1,425 @@
+//! The gateway's own HTTP/1.1 loop for the requests that make up nearly all of an API
+//! gateway's traffic: HTTP/1.1, no body, the whole head in one read. hyper's server
+//! cost about a third of a proxied request's user-space instructions (its dispatcher,
+//! a header-read timer armed per request, the response encoder); this loop parses the
+//! head with httparse into an `http` head whose values share the bytes read, calls the
+//! handler inline, and writes the response head with the first body bytes in one write.
+//!
+//! Anything else hands the connection, with every byte read so far, to hyper for the
+//! rest of its life: a request with a body, HTTP/1.0, HEAD, CONNECT, an upgrade,
+//! `Expect` or `TE`, a target that is not a path or is longer than the limit, a head
+//! that does not parse, is too large, has too many fields or did not come whole in one
+//! read, and HTTP/2's preface. hyper then answers as the limits say (400, 414, 431, the
+//! header read timeout), as it did for every request before this loop.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt as _;
+use hyper::body::Body as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::body::{ProxyBody, RequestBody};
+use crate::limits::Limits;
+use crate::wire::{self, Span, push_decimal, push_hex, span_in, tokens};
+
+/// Most header fields this loop takes; a request with more goes to hyper, which
+/// applies `limits.max_headers`.
+const MAX_HEADERS: usize = 100;
+/// What one read asks for (hyper's first read buffer is as large).
+const READ_CHUNK: usize = 8 * 1024;
+/// Response bytes gathered before they are written, while the body has more at hand.
+const WRITE_AT: usize = 64 * 1024;
+/// Header fields the request path may add (forwarding headers, the consumer name):
+/// room for them up front, so the map does not grow and rehash midway.
+const ADDED_HEADERS: usize = 6;
+
+/// The limits this loop applies itself.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Settings {
+    max_head: usize,
+    max_headers: usize,
+    max_uri: usize,
+    /// How long a connection may wait for its next request: the shorter of the idle
+    /// timeout and the header read timeout (hyper's header read timer also covers the
+    /// wait for the next request).
+    quiet: Duration,
+}
+
+impl Settings {
+    pub(super) fn new(limits: &Limits) -> Self {
+        Self {
+            max_head: limits.max_header_bytes,
+            max_headers: limits.max_headers.min(MAX_HEADERS),
+            max_uri: limits.max_uri_bytes,
+            quiet: limits.idle_timeout.min(limits.header_read_timeout),
+        }
+    }
+}
+
+/// How the loop left the connection.
+#[derive(Debug)]
+pub(super) enum Ended {
+    /// Done with: closed by either side, an error, idle, or the gateway stopping.
+    Closed,
+    /// A request this loop does not serve: hyper takes the connection with these bytes.
+    HandOver(BytesMut),
+}
+
+/// A request head that passed every check, by offsets into the read buffer.
+struct Parsed {
+    len: usize,
+    method: Method,
+    target: (u32, u32),
+    fields: usize,
+    /// The client asked for the connection to close after this response.
+    close: bool,
+}
+
+/// Serves `stream` until it closes or a request needs hyper.
+pub(super) async fn serve<H, F>(
+    stream: &mut TcpStream,
+    handler: &H,
+    remote: SocketAddr,
+    settings: Settings,
+    stop: &watch::Receiver<bool>,
+) -> Ended
+where
+    H: Fn(Request<RequestBody>, SocketAddr) -> F,
+    F: Future<Output = Response<ProxyBody>>,
+{
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    let mut spans = [Span::default(); MAX_HEADERS];
+    // A stop that came after this connection began: checked after each response (an
+    // atomic load, no lock), waited for only while the connection is idle.
+    let stopping = stop.clone();
+    let mut waiter = stop.clone();
+    let stopped = waiter.wait_for(|stop| *stop);
+    tokio::pin!(stopped);
+    let period = (settings.quiet / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut check = tokio::time::interval_at(Instant::now() + period, period);
+    check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last = Instant::now();
+    loop {
+        while buf.is_empty() {
+            // Once the previous heads are gone this takes their allocation back.
+            buf.reserve(READ_CHUNK);
+            tokio::select! {
+                biased;
+                read = stream.read_buf(&mut buf) => match read {
+                    Ok(0) | Err(_) => return Ended::Closed,
+                    Ok(_) => last = Instant::now(),
+                },
+                _ = &mut stopped => return Ended::Closed,
+                _ = check.tick() => {
+                    if last.elapsed() >= settings.quiet {
+                        tracing::debug!(%remote, "closing an idle connection");
+                        return Ended::Closed;
+                    }
+                }
+            }
+        }
+        let Some(parsed) = parse(&buf, settings, &mut spans) else {
+            return Ended::HandOver(buf);
+        };
+        let close = parsed.close;
+        let Some(request) = build(&mut buf, &parsed, &spans) else {
+            // What hyper answers a head the `http` types refuse.
+            let _ = stream
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+            return Ended::Closed;
+        };
+        let response = handler(request, remote).await;
+        let close = close || stopping.has_changed().unwrap_or(true);
+        let kept = respond(stream, &mut out, response, close).await;
+        last = Instant::now();
+        if !kept || close {
+            let _ = stream.shutdown().await;
+            return Ended::Closed;
+        }
+    }
+}
+
+/// The head at the start of `buf`, if it is complete and one this loop serves.
+fn parse(buf: &[u8], settings: Settings, spans: &mut [Span; MAX_HEADERS]) -> Option<Parsed> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let slots = slots.get_mut(..settings.max_headers)?;
+    let mut raw = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut raw, buf, slots)
+    {
+        Ok(httparse::Status::Complete(len)) => len,
+        _ => return None,
+    };
+    if len > settings.max_head || raw.version != Some(1) {
+        return None;
+    }
+    let method = Method::from_bytes(raw.method?.as_bytes()).ok()?;
+    if method == Method::HEAD || method == Method::CONNECT {
+        return None;
+    }
+    let target = raw.path?;
+    if !target.starts_with('/') || target.len() > settings.max_uri {
+        return None;
+    }
+    let mut close = false;
+    for (span, field) in spans.iter_mut().zip(raw.headers.iter()) {
+        let name = field.name.as_bytes();
+        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        if is("content-length") {
+            if field.value.trim_ascii() != b"0" {
+                return None;
+            }
+        } else if is("transfer-encoding") || is("expect") || is("upgrade") || is("te") {
+            return None;
+        } else if is("connection") {
+            for token in tokens(field.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return None;
+                }
+            }
+        }
+        span.name = span_in(buf, name);
+        span.value = span_in(buf, field.value);
+    }
+    Some(Parsed {
+        len,
+        method,
+        target: span_in(buf, target.as_bytes()),
+        fields: raw.headers.len(),
+        close,
+    })
+}
+
+/// The request, its head taken off `buf`; `None` if the `http` types refuse a part.
+fn build(
+    buf: &mut BytesMut,
+    parsed: &Parsed,
+    spans: &[Span; MAX_HEADERS],
+) -> Option<Request<RequestBody>> {
+    let head = buf.split_to(parsed.len).freeze();
+    let share = |span| head.slice_ref(wire::part(&head, span));
+    let uri = Uri::from_maybe_shared(share(parsed.target)).ok()?;
+    let mut headers = HeaderMap::with_capacity(parsed.fields + ADDED_HEADERS);
+    for span in spans.get(..parsed.fields)? {
+        let name = HeaderName::from_bytes(wire::part(&head, span.name)).ok()?;
+        let value = HeaderValue::from_maybe_shared(share(span.value)).ok()?;
+        headers.append(name, value);
+    }
+    let mut request = Request::new(RequestBody::Empty);
+    *request.method_mut() = parsed.method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Some(request)
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes `response`; whether the connection can carry another request.
+async fn respond(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    response: Response<ProxyBody>,
+    close: bool,
+) -> bool {
+    let (parts, mut body) = response.into_parts();
+    out.clear();
+    let status = parts.status;
+    let declared = parts.headers.get(header::CONTENT_LENGTH).map(|v| {
+        std::str::from_utf8(v.as_bytes())
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    });
+    let framing = if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Empty
+    } else {
+        match declared {
+            Some(Some(n)) => Framing::Length(n),
+            // A length nobody can parse: the connection cannot be delimited.
+            Some(None) => return false,
+            None => match body.size_hint().exact() {
+                Some(n) => Framing::Length(n),
+                None => Framing::Chunked,
+            },
+        }
+    };
+    encode_head(
+        out,
+        status,
+        &parts.headers,
+        framing,
+        declared.is_some(),
+        close,
+    );
+    if framing == Framing::Empty {
+        drop(body);
+        return stream.write_all(out).await.is_ok();
+    }
+    let mut sent: u64 = 0;
+    loop {
+        // Frames already at hand join the head in one write; the buffer goes out
+        // before waiting for more.
+        let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)));
+        let frame = match polled.await {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    if stream.write_all(out).await.is_err() {
+                        return false;
+                    }
+                    out.clear();
+                }
+                body.frame().await
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                // Trailers are not forwarded.
+                Err(_) => continue,
+            },
+            Some(Err(e)) => {
+                // Cut short: what was sent cannot be taken back; the client sees the
+                // connection close before the body's end.
+                tracing::debug!(error = %e, "response body failed");
+                let _ = stream.write_all(out).await;
+                return false;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent = sent.saturating_add(data.len() as u64);
+        match framing {
+            Framing::Length(n) if sent > n => {
+                let _ = stream.write_all(out).await;
+                return false;
+            }
+            Framing::Chunked => {
+                push_hex(out, data.len() as u64);
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+            }
+            _ => out.extend_from_slice(&data),
+        }
+        if out.len() >= WRITE_AT {
+            if stream.write_all(out).await.is_err() {
+                return false;
+            }
+            out.clear();
+        }
+    }
+    drop(body);
+    let complete = match framing {
+        Framing::Chunked => {
+            out.extend_from_slice(b"0\r\n\r\n");
+            true
+        }
+        Framing::Length(n) => sent == n,
+        Framing::Empty => true,
+    };
+    stream.write_all(out).await.is_ok() && complete
+}
+
+/// The status line and fields. Transfer-Encoding and Connection are the loop's own.
+fn encode_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: Framing,
+    declared: bool,
+    close: bool,
+) {
+    let fields: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    out.reserve(128 + fields);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(n) if !declared => {
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    if !headers.contains_key(header::DATE) {
+        push_date(out);
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `date: <IMF-fixdate>\r\n`, formatted once a second per worker thread.
+fn push_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let text = DATE.with(|cached| {
+        let (at, text) = cached.get();
+        if at == second {
+            return text;
+        }
+        let mut text = [0u8; 29];
+        let formatted = httpdate::fmt_http_date(now);
+        if let Some(dst) = text.get_mut(..formatted.len()) {
+            dst.copy_from_slice(formatted.as_bytes());
+        }
+        cached.set((second, text));
+        text
+    });
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(&text);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests;

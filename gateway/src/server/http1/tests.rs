@@ -1,0 +1,285 @@
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::StreamBody;
+use hyper::body::Frame;
+use tokio::io::AsyncReadExt as _;
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::body;
+
+fn settings() -> Settings {
+    Settings::new(&Limits::default())
+}
+
+fn parsed(head: &[u8]) -> Option<Parsed> {
+    parse(head, settings(), &mut [Span::default(); MAX_HEADERS])
+}
+
+#[test]
+fn a_bodiless_http11_request_is_served_here() {
+    let p = parsed(b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\r\n").unwrap();
+    assert_eq!(p.method, Method::GET);
+    assert_eq!(p.fields, 2);
+    assert!(!p.close);
+    let p =
+        parsed(b"DELETE /a HTTP/1.1\r\nContent-Length: 0\r\nConnection: keep-alive, close\r\n\r\n")
+            .unwrap();
+    assert!(p.close, "connection: close is honoured");
+}
+
+#[test]
+fn everything_else_goes_to_hyper() {
+    let mut few = settings();
+    few.max_headers = 2;
+    few.max_head = 40;
+    few.max_uri = 8;
+    let cases: &[(&str, &[u8], Settings)] = &[
+        (
+            "a body",
+            b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            settings(),
+        ),
+        (
+            "chunked",
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            settings(),
+        ),
+        ("HTTP/1.0", b"GET /a HTTP/1.0\r\n\r\n", settings()),
+        ("HEAD", b"HEAD /a HTTP/1.1\r\n\r\n", settings()),
+        ("CONNECT", b"CONNECT x:443 HTTP/1.1\r\n\r\n", settings()),
+        (
+            "upgrade",
+            b"GET /a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            settings(),
+        ),
+        (
+            "expect",
+            b"GET /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            settings(),
+        ),
+        ("te", b"GET /a HTTP/1.1\r\nTE: trailers\r\n\r\n", settings()),
+        (
+            "absolute form",
+            b"GET http://x/a HTTP/1.1\r\n\r\n",
+            settings(),
+        ),
+        (
+            "partial head",
+            b"GET /a HTTP/1.1\r\nHost: x\r\n",
+            settings(),
+        ),
+        (
+            "malformed",
+            b"GET /a HTTP/1.1\r\nBad Header\r\n\r\n",
+            settings(),
+        ),
+        (
+            "HTTP/2 preface",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            settings(),
+        ),
+        (
+            "too many fields",
+            b"GET /a HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n",
+            few,
+        ),
+        (
+            "head too large",
+            b"GET / HTTP/1.1\r\nA: 0123456789012345678901\r\n\r\n",
+            few,
+        ),
+        ("target too long", b"GET /123456789 HTTP/1.1\r\n\r\n", few),
+    ];
+    for (name, head, settings) in cases {
+        let p = parse(head, *settings, &mut [Span::default(); MAX_HEADERS]);
+        assert!(p.is_none(), "{name}: served by the loop");
+    }
+}
+
+#[test]
+fn the_head_is_taken_off_and_a_pipelined_request_stays() {
+    let mut buf = BytesMut::from(
+        &b"GET /x?y=1 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nX-A: 2\r\n\r\nGET /next HTTP/1.1\r\n"[..],
+    );
+    let mut spans = [Span::default(); MAX_HEADERS];
+    let p = parse(&buf, settings(), &mut spans).unwrap();
+    let request = build(&mut buf, &p, &spans).unwrap();
+    assert_eq!(request.uri(), "/x?y=1");
+    assert_eq!(request.version(), Version::HTTP_11);
+    assert_eq!(request.headers()["host"], "h");
+    let values: Vec<_> = request.headers().get_all("x-a").iter().collect();
+    assert_eq!(values, ["1", "2"]);
+    assert!(request.body().is_end_stream());
+    assert_eq!(&buf[..], b"GET /next HTTP/1.1\r\n");
+}
+
+/// A connected pair of loopback TCP streams.
+async fn pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap());
+    let (client, accepted) = tokio::join!(client, listener.accept());
+    (client.unwrap(), accepted.unwrap().0)
+}
+
+/// What `respond` writes for `response`, and whether it kept the connection.
+async fn written(response: Response<ProxyBody>, close: bool) -> (String, bool) {
+    let (mut client, mut server) = pair().await;
+    let mut out = Vec::new();
+    let kept = respond(&mut server, &mut out, response, close).await;
+    drop(server);
+    let mut text = String::new();
+    client.read_to_string(&mut text).await.unwrap();
+    (text, kept)
+}
+
+#[tokio::test]
+async fn a_known_length_body_gets_content_length_and_a_date() {
+    let (text, kept) = written(body::json(StatusCode::UNAUTHORIZED, r#"{"m":1}"#), false).await;
+    assert!(kept);
+    assert!(text.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{text}");
+    assert!(
+        text.contains("content-type: application/json\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("content-length: 7\r\n"), "{text}");
+    assert!(
+        text.contains("\r\ndate: ") && text.contains(" GMT\r\n"),
+        "{text}"
+    );
+    assert!(!text.contains("connection:"), "{text}");
+    assert!(text.ends_with("\r\n\r\n{\"m\":1}"), "{text}");
+}
+
+#[tokio::test]
+async fn a_body_of_unknown_length_is_chunked() {
+    let frames = futures_stream([Bytes::from_static(b"hello "), Bytes::from_static(b"world")]);
+    let (text, kept) = written(Response::new(body::boxed(StreamBody::new(frames))), true).await;
+    assert!(kept);
+    assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn no_content_has_no_body_and_a_short_body_closes() {
+    let mut response = Response::new(body::full("ignored"));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let (text, kept) = written(response, false).await;
+    assert!(kept);
+    assert!(
+        text.ends_with("\r\n\r\n") && !text.contains("ignored"),
+        "{text}"
+    );
+
+    // The declared length is more than the body has: the connection cannot go on.
+    let mut response = Response::new(body::full("abc"));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+    let (text, kept) = written(response, false).await;
+    assert!(!kept);
+    assert!(text.ends_with("\r\n\r\nabc"), "{text}");
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_then_a_body_hands_over() {
+    let (mut client, mut server) = pair().await;
+    client
+        .write_all(
+            b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n\
+              POST /3 HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi",
+        )
+        .await
+        .unwrap();
+    let (_tx, stop) = watch::channel(false);
+    let handler = |req: Request<RequestBody>, _| async move {
+        body::text(StatusCode::OK, req.uri().path().to_owned())
+    };
+    let remote: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let ended = serve(&mut server, &handler, remote, settings(), &stop).await;
+    let Ended::HandOver(rest) = ended else {
+        panic!("the POST was not handed over: {ended:?}");
+    };
+    assert_eq!(
+        &rest[..],
+        b"POST /3 HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
+    );
+    drop(server);
+    let mut text = String::new();
+    client.read_to_string(&mut text).await.unwrap();
+    let first = text.find("\r\n\r\n/1").expect("first answer");
+    let second = text.find("\r\n\r\n/2").expect("second answer");
+    assert!(first < second, "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+}
+
+#[tokio::test]
+async fn a_stop_ends_a_busy_connection_after_its_answer_and_an_idle_one_at_once() {
+    let remote: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let (tx, stop) = watch::channel(false);
+    // The gateway begins to stop while a request is being handled.
+    let (mut client, mut server) = pair().await;
+    let handler = |_: Request<RequestBody>, _| {
+        let _ = tx.send(true);
+        async { body::text(StatusCode::OK, "ok") }
+    };
+    client
+        .write_all(b"GET / HTTP/1.1\r\n\r\nGET /again HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let ended = serve(&mut server, &handler, remote, settings(), &stop).await;
+    assert!(matches!(ended, Ended::Closed));
+    drop(server);
+    let mut text = String::new();
+    client.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text}");
+
+    // Already stopping, nothing in flight: closed without waiting for a request.
+    let (_client, mut server) = pair().await;
+    let ended = tokio::time::timeout(
+        Duration::from_secs(5),
+        serve(&mut server, &handler, remote, settings(), &stop),
+    )
+    .await;
+    assert!(matches!(ended, Ok(Ended::Closed)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_connection_is_closed_after_the_shorter_timeout() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(3),
+        idle_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let (_tx, stop) = watch::channel(false);
+    let (_client, mut server) = pair().await;
+    let handler = |_: Request<RequestBody>, _| async { body::text(StatusCode::OK, "ok") };
+    let started = Instant::now();
+    let ended = serve(
+        &mut server,
+        &handler,
+        "127.0.0.1:1".parse().unwrap(),
+        Settings::new(&limits),
+        &stop,
+    )
+    .await;
+    assert!(matches!(ended, Ended::Closed));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+}
+
+fn futures_stream(
+    chunks: [Bytes; 2],
+) -> impl tokio_stream::Stream<Item = Result<Frame<Bytes>, Infallible>> {
+    tokio_stream::iter(chunks.map(|c| Ok(Frame::data(c))))
+}

@@ -1,0 +1,69 @@
+//! Small pieces of the HTTP/1.1 wire format shared by the server loop and the upstream
+//! client.
+
+/// Appends `n` in decimal.
+pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(at..).unwrap_or_default());
+}
+
+/// Appends `n` in lowercase hexadecimal (a chunk size).
+pub(crate) fn push_hex(out: &mut Vec<u8>, n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = HEX[(n & 0xf) as usize];
+        }
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(at..).unwrap_or_default());
+}
+
+/// The comma-separated elements of a header value, trimmed, empty ones skipped.
+pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Where a header's name and value sit in a head: offsets and lengths, so that once the
+/// head is frozen its values can share its bytes.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Span {
+    pub(crate) name: (u32, u32),
+    pub(crate) value: (u32, u32),
+}
+
+/// The offset and length of `part`, a slice of `buf`.
+pub(crate) fn span_in(buf: &[u8], part: &[u8]) -> (u32, u32) {
+    let offset = (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize);
+    (
+        u32::try_from(offset).unwrap_or(u32::MAX),
+        u32::try_from(part.len()).unwrap_or(0),
+    )
+}
+
+/// The bytes a [`span_in`] result names (empty if it is out of range).
+pub(crate) fn part(head: &[u8], (at, len): (u32, u32)) -> &[u8] {
+    let (at, len) = (at as usize, len as usize);
+    head.get(at..at.saturating_add(len)).unwrap_or_default()
+}
