@@ -7,7 +7,6 @@
 
 mod activity;
 mod http1;
-mod prefixed;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -28,7 +28,6 @@ use tokio_rustls::TlsAcceptor;
 
 use self::activity::{Activity, Tracked};
 use self::http1::Ended;
-use self::prefixed::Prefixed;
 use crate::body::{self, ProxyBody, RequestBody};
 use crate::limits::Limits;
 use crate::tls::TlsCounters;
@@ -163,15 +162,14 @@ async fn serve_inner<H, F>(
                                     http1::serve(&mut stream, &handler, remote, fast, &stop).await;
                                 if let Ended::HandOver(read) = ended {
                                     let service = hyper_service(handler, false, max_uri, remote);
-                                    let stream = Prefixed::new(read, stream);
-                                    serve_connection(&builder, stream, service, idle, stop, remote)
+                                    serve_connection(&builder, stream, read, service, idle, stop, remote)
                                         .await;
                                 }
                             }
                             Some(tls) => {
                                 if let Some(stream) = handshake(&tls, stream, remote).await {
                                     let service = hyper_service(handler, true, max_uri, remote);
-                                    serve_connection(&builder, stream, service, idle, stop, remote)
+                                    serve_connection(&builder, stream, BytesMut::new(), service, idle, stop, remote)
                                         .await;
                                 }
                             }
@@ -293,10 +291,12 @@ async fn handshake(
 }
 
 /// One connection until it ends, the gateway stops (graceful) or it has been idle too
-/// long (graceful as well: requests in flight finish).
+/// long (graceful as well: requests in flight finish). `read`: bytes already read from
+/// `stream` (by the HTTP/1.1 loop), which hyper reads first.
 async fn serve_connection<I, S>(
     builder: &auto::Builder<TokioExecutor>,
     stream: I,
+    read: BytesMut,
     service: S,
     idle: Duration,
     mut stop: watch::Receiver<bool>,
@@ -312,7 +312,7 @@ async fn serve_connection<I, S>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new();
-    let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+    let io = TokioIo::new(Tracked::new(stream, activity.clone()).after(read));
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let mut check =

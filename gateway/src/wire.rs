@@ -1,8 +1,10 @@
 //! Small pieces of the HTTP/1.1 wire format shared by the server loop and the upstream
 //! client.
 
+use http::HeaderMap;
+
 /// Appends `n` in decimal.
-pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -66,4 +68,28 @@ pub(crate) fn span_in(buf: &[u8], part: &[u8]) -> (u32, u32) {
 pub(crate) fn part(head: &[u8], (at, len): (u32, u32)) -> &[u8] {
     let (at, len) = (at as usize, len as usize);
     head.get(at..at.saturating_add(len)).unwrap_or_default()
+}
+
+/// How many bytes `headers` take as `name: value\r\n` lines: a head's buffer is sized
+/// once, since growing it midway copies it.
+pub(crate) fn fields_len(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
+/// Appends the field `name: value\r\n`.
+pub(crate) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `content-length: n\r\n`.
+pub(crate) fn push_content_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    push_decimal(out, n);
+    out.extend_from_slice(b"\r\n");
 }

@@ -21,7 +21,7 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use super::PoolError;
 use crate::body::ProxyBody;
 use crate::proxy::is_hop_by_hop;
-use crate::wire::{self, Span, push_decimal, push_hex, span_in, tokens};
+use crate::wire::{self, Span, push_hex, span_in, tokens};
 
 /// Longest response head; hyper's client allows about as much.
 pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -202,37 +202,23 @@ pub(super) fn encode_head(
 ) {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     // Sized once: growing the buffer midway copies the head.
-    let fields: usize = parts
-        .headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    out.reserve(64 + target.len() + authority.as_str().len() + fields);
+    out.reserve(64 + target.len() + authority.as_str().len() + wire::fields_len(&parts.headers));
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if !parts.headers.contains_key(header::HOST) {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(authority.as_str().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        wire::push_field(out, b"host", authority.as_str().as_bytes());
     }
     for (name, value) in &parts.headers {
         if outgoing != Outgoing::Empty && name == header::CONTENT_LENGTH {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        wire::push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match outgoing {
         Outgoing::Empty => {}
-        Outgoing::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            push_decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
+        Outgoing::Length(n) => wire::push_content_length(out, n),
         Outgoing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");

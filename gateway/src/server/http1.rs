@@ -32,7 +32,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::body::{ProxyBody, RequestBody};
 use crate::limits::Limits;
-use crate::wire::{self, Span, push_decimal, push_hex, span_in, tokens};
+use crate::wire::{self, Span, push_hex, span_in, tokens};
 
 /// Most header fields this loop takes; a request with more goes to hyper, which
 /// applies `limits.max_headers`.
@@ -359,11 +359,7 @@ fn encode_head(
     declared: bool,
     close: bool,
 ) {
-    let fields: usize = headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    out.reserve(128 + fields);
+    out.reserve(128 + wire::fields_len(headers));
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -373,17 +369,10 @@ fn encode_head(
         if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        wire::push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
-        Framing::Length(n) if !declared => {
-            out.extend_from_slice(b"content-length: ");
-            push_decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
+        Framing::Length(n) if !declared => wire::push_content_length(out, n),
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         _ => {}
     }
@@ -416,9 +405,7 @@ fn push_date(out: &mut Vec<u8>) {
         cached.set((second, text));
         text
     });
-    out.extend_from_slice(b"date: ");
-    out.extend_from_slice(&text);
-    out.extend_from_slice(b"\r\n");
+    wire::push_field(out, b"date", &text);
 }
 
 #[cfg(test)]
