@@ -433,3 +433,111 @@ consumers:
     gw.stop().await?;
     Ok(())
 }
+
+/// Reads one HTTP/1.1 response with a `content-length` body from `stream`: status,
+/// head (lower-cased), body.
+async fn read_response(
+    stream: &mut tokio::net::TcpStream,
+    pending: &mut Vec<u8>,
+) -> Result<(u16, String, String)> {
+    use tokio::io::AsyncReadExt as _;
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_lowercase();
+            let status: u16 = head
+                .get(9..12)
+                .and_then(|s| s.parse().ok())
+                .context("status line")?;
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|n| n.trim().parse().ok())
+                .context("content-length")?;
+            if pending.len() >= end + 4 + length {
+                let body =
+                    String::from_utf8_lossy(&pending[end + 4..end + 4 + length]).into_owned();
+                pending.drain(..end + 4 + length);
+                return Ok((status, head, body));
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await??;
+        anyhow::ensure!(n > 0, "connection closed mid-response");
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn one_connection_goes_from_the_http1_loop_to_hyper_mid_way() -> Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let (up, hits) = upstream("a").await?;
+    let gw = start(&config(up, "")).await?;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await?;
+    let mut pending = Vec::new();
+
+    // Two bodiless requests in one write (served by the gateway's own loop, in order),
+    // then on the same connection a request with a body (hyper takes over with the
+    // bytes already read), then bodiless ones again.
+    stream
+        .write_all(
+            b"GET /open/one HTTP/1.1\r\nHost: h\r\n\r\nGET /open/two HTTP/1.1\r\nHost: h\r\n\r\n",
+        )
+        .await?;
+    for path in ["/open/one", "/open/two"] {
+        let (status, head, body) = read_response(&mut stream, &mut pending).await?;
+        anyhow::ensure!(status == 200, "{path}: {status} {body}");
+        anyhow::ensure!(head.contains("x-upstream: a"), "{path}: {head}");
+        anyhow::ensure!(head.contains("\r\ndate: "), "{path}: no date: {head}");
+        anyhow::ensure!(
+            body.contains(&format!(r#""uri":"{path}""#)),
+            "{path}: {body}"
+        );
+    }
+    stream
+        .write_all(
+            b"POST /open/three HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello there\
+              GET /open/four HTTP/1.1\r\nHost: h\r\n\r\n",
+        )
+        .await?;
+    let (status, _, body) = read_response(&mut stream, &mut pending).await?;
+    anyhow::ensure!(status == 200, "POST: {status} {body}");
+    anyhow::ensure!(
+        body.contains(r#""body":"hello there""#) && body.contains(r#""method":"POST""#),
+        "the body did not reach the upstream: {body}"
+    );
+    let (status, _, body) = read_response(&mut stream, &mut pending).await?;
+    anyhow::ensure!(
+        status == 200 && body.contains("/open/four"),
+        "after the hand-over: {status} {body}"
+    );
+
+    // A client that asks for the connection to close gets it closed after the answer.
+    stream
+        .write_all(b"GET /open/five HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        .await?;
+    let (status, head, _) = read_response(&mut stream, &mut pending).await?;
+    anyhow::ensure!(
+        status == 200 && head.contains("connection: close"),
+        "{head}"
+    );
+    let mut rest = [0u8; 16];
+    let n = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut stream, &mut rest),
+    )
+    .await??;
+    anyhow::ensure!(n == 0, "the connection stayed open after connection: close");
+    anyhow::ensure!(hits.load(Ordering::Relaxed) == 5, "upstream hits: {hits:?}");
+
+    // A fresh connection that starts with a body is hyper's from its first request.
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await?;
+    stream
+        .write_all(b"PUT /open/six HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok")
+        .await?;
+    let (status, _, body) = read_response(&mut stream, &mut pending).await?;
+    anyhow::ensure!(
+        status == 200 && body.contains(r#""body":"ok""#),
+        "{status} {body}"
+    );
+    gw.stop().await
+}
