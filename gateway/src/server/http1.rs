@@ -55,6 +55,9 @@ pub(super) struct Settings {
     /// timeout and the header read timeout (hyper's header read timer also covers the
     /// wait for the next request).
     quiet: Duration,
+    /// Longest a write may go without the client taking a byte (`idle_timeout`): a
+    /// client that stops reading does not keep its connection.
+    stall: Duration,
 }
 
 impl Settings {
@@ -64,6 +67,7 @@ impl Settings {
             max_headers: limits.max_headers.min(MAX_HEADERS),
             max_uri: limits.max_uri_bytes,
             quiet: limits.idle_timeout.min(limits.header_read_timeout),
+            stall: limits.idle_timeout,
         }
     }
 }
@@ -137,16 +141,13 @@ where
         let close = parsed.close;
         let Some(request) = build(&mut buf, &parsed, &spans) else {
             // What hyper answers a head the `http` types refuse.
-            let _ = stream
-                .write_all(
-                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                )
-                .await;
+            let bad = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+            send(stream, bad, settings.stall).await;
             return Ended::Closed;
         };
         let response = handler(request, remote).await;
         let close = close || stopping.has_changed().unwrap_or(true);
-        let kept = respond(stream, &mut out, response, close).await;
+        let kept = respond(stream, &mut out, response, close, settings.stall).await;
         last = Instant::now();
         if !kept || close {
             let _ = stream.shutdown().await;
@@ -245,6 +246,7 @@ async fn respond(
     out: &mut Vec<u8>,
     response: Response<ProxyBody>,
     close: bool,
+    stall: Duration,
 ) -> bool {
     let (parts, mut body) = response.into_parts();
     out.clear();
@@ -280,7 +282,7 @@ async fn respond(
     );
     if framing == Framing::Empty {
         drop(body);
-        return stream.write_all(out).await.is_ok();
+        return send(stream, out, stall).await;
     }
     let mut sent: u64 = 0;
     loop {
@@ -291,7 +293,7 @@ async fn respond(
             Poll::Ready(frame) => frame,
             Poll::Pending => {
                 if !out.is_empty() {
-                    if stream.write_all(out).await.is_err() {
+                    if !send(stream, out, stall).await {
                         return false;
                     }
                     out.clear();
@@ -310,7 +312,7 @@ async fn respond(
                 // Cut short: what was sent cannot be taken back; the client sees the
                 // connection close before the body's end.
                 tracing::debug!(error = %e, "response body failed");
-                let _ = stream.write_all(out).await;
+                send(stream, out, stall).await;
                 return false;
             }
         };
@@ -320,7 +322,7 @@ async fn respond(
         sent = sent.saturating_add(data.len() as u64);
         match framing {
             Framing::Length(n) if sent > n => {
-                let _ = stream.write_all(out).await;
+                send(stream, out, stall).await;
                 return false;
             }
             Framing::Chunked => {
@@ -332,7 +334,7 @@ async fn respond(
             _ => out.extend_from_slice(&data),
         }
         if out.len() >= WRITE_AT {
-            if stream.write_all(out).await.is_err() {
+            if !send(stream, out, stall).await {
                 return false;
             }
             out.clear();
@@ -347,7 +349,25 @@ async fn respond(
         Framing::Length(n) => sent == n,
         Framing::Empty => true,
     };
-    stream.write_all(out).await.is_ok() && complete
+    send(stream, out, stall).await && complete
+}
+
+/// Writes all of `out`; false if the stream failed or took no byte for `stall`.
+async fn send(stream: &mut TcpStream, out: &[u8], stall: Duration) -> bool {
+    // Most answers fit in the socket's buffer: written at once, no timer armed.
+    let mut rest = out;
+    match stream.try_write(rest) {
+        Ok(n) => rest = rest.get(n..).unwrap_or_default(),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(_) => return false,
+    }
+    while !rest.is_empty() {
+        match tokio::time::timeout(stall, stream.write(rest)).await {
+            Ok(Ok(n)) if n > 0 => rest = rest.get(n..).unwrap_or_default(),
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// The status line and fields. Transfer-Encoding and Connection are the loop's own.

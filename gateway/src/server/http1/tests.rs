@@ -127,7 +127,14 @@ async fn pair() -> (TcpStream, TcpStream) {
 async fn written(response: Response<ProxyBody>, close: bool) -> (String, bool) {
     let (mut client, mut server) = pair().await;
     let mut out = Vec::new();
-    let kept = respond(&mut server, &mut out, response, close).await;
+    let kept = respond(
+        &mut server,
+        &mut out,
+        response,
+        close,
+        Duration::from_secs(5),
+    )
+    .await;
     drop(server);
     let mut text = String::new();
     client.read_to_string(&mut text).await.unwrap();
@@ -282,4 +289,28 @@ fn futures_stream(
     chunks: [Bytes; 2],
 ) -> impl tokio_stream::Stream<Item = Result<Frame<Bytes>, Infallible>> {
     tokio_stream::iter(chunks.map(|c| Ok(Frame::data(c))))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_loses_its_connection() {
+    // The client never reads: once the socket buffers are full, the write stalls.
+    let (_client, mut server) = pair().await;
+    let big = Bytes::from(vec![b'x'; 64 << 20]);
+    let mut out = Vec::new();
+    let started = Instant::now();
+    let stall = Duration::from_secs(7);
+    let kept = respond(
+        &mut server,
+        &mut out,
+        Response::new(body::full(big)),
+        false,
+        stall,
+    )
+    .await;
+    assert!(!kept, "a stalled write kept the connection");
+    let waited = started.elapsed();
+    assert!(
+        waited >= stall && waited < Duration::from_secs(20),
+        "gave up after {waited:?}"
+    );
 }
