@@ -145,8 +145,11 @@ where
 /// A request body as the server hands it to the handler.
 #[derive(Debug)]
 pub enum RequestBody {
-    /// The request has none (the gateway's own HTTP/1.1 loop serves only such).
+    /// The request has none.
     Empty,
+    /// Read whole with the head by the gateway's own HTTP/1.1 loop (short bodies);
+    /// `None` once taken.
+    Full(Option<Bytes>),
     /// Streamed by hyper from the client.
     Streamed(Incoming),
 }
@@ -161,6 +164,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
+            Self::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Self::Streamed(b) => Pin::new(b).poll_frame(cx),
         }
     }
@@ -168,6 +172,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Empty => true,
+            Self::Full(data) => data.is_none(),
             Self::Streamed(b) => b.is_end_stream(),
         }
     }
@@ -175,6 +180,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Empty => SizeHint::with_exact(0),
+            Self::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Self::Streamed(b) => b.size_hint(),
         }
     }

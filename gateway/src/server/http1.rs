@@ -1,16 +1,18 @@
 //! The gateway's own HTTP/1.1 loop for the requests that make up nearly all of an API
-//! gateway's traffic: HTTP/1.1, no body, the whole head in one read. hyper's server
-//! cost about a third of a proxied request's user-space instructions (its dispatcher,
-//! a header-read timer armed per request, the response encoder); this loop parses the
-//! head with httparse into an `http` head whose values share the bytes read, calls the
-//! handler inline, and writes the response head with the first body bytes in one write.
+//! gateway's traffic: HTTP/1.1, no body or a short one given by `content-length`.
+//! hyper's server cost about a third of a proxied request's user-space instructions
+//! (its dispatcher, a header-read timer armed per request, the response encoder); this
+//! loop parses the head with httparse into an `http` head whose values share the bytes
+//! read, calls the handler inline, and writes the response head with the first body
+//! bytes in one write. A head split over several reads is waited for (bounded by the
+//! header read timeout), and so is a short body.
 //!
 //! Anything else hands the connection, with every byte read so far, to hyper for the
-//! rest of its life: a request with a body, HTTP/1.0, HEAD, CONNECT, an upgrade,
-//! `Expect` or `TE`, a target that is not a path or is longer than the limit, a head
-//! that does not parse, is too large, has too many fields or did not come whole in one
-//! read, and HTTP/2's preface. hyper then answers as the limits say (400, 414, 431, the
-//! header read timeout), as it did for every request before this loop.
+//! rest of its life: a chunked or longer body (or a short one still incomplete when
+//! the header read timeout is up), HTTP/1.0, HEAD, CONNECT, an upgrade, `Expect` or
+//! `TE`, a target that is not a path or is longer than the limit, a head that does not
+//! parse, is too large or has too many fields, and HTTP/2's preface. hyper then answers
+//! as the limits say (400, 414, 431), as it did for every request before this loop.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -39,6 +41,9 @@ use crate::wire::{self, Span, push_hex, span_in, tokens};
 const MAX_HEADERS: usize = 100;
 /// What one read asks for (hyper's first read buffer is as large).
 const READ_CHUNK: usize = 8 * 1024;
+/// Largest request body this loop takes (read whole before the handler runs); a
+/// longer one goes to hyper, which streams it.
+const MAX_BODY: usize = 64 * 1024;
 /// Response bytes gathered before they are written, while the body has more at hand.
 const WRITE_AT: usize = 64 * 1024;
 /// Header fields the request path may add (forwarding headers, the consumer name):
@@ -55,6 +60,9 @@ pub(super) struct Settings {
     /// timeout and the header read timeout (hyper's header read timer also covers the
     /// wait for the next request).
     quiet: Duration,
+    /// Longest a head may take to arrive once its first bytes have (hyper's
+    /// `header_read_timeout`).
+    head_timeout: Duration,
     /// Longest a write may go without the client taking a byte (`idle_timeout`): a
     /// client that stops reading does not keep its connection.
     stall: Duration,
@@ -67,6 +75,7 @@ impl Settings {
             max_headers: limits.max_headers.min(MAX_HEADERS),
             max_uri: limits.max_uri_bytes,
             quiet: limits.idle_timeout.min(limits.header_read_timeout),
+            head_timeout: limits.header_read_timeout,
             stall: limits.idle_timeout,
         }
     }
@@ -87,8 +96,23 @@ struct Parsed {
     method: Method,
     target: (u32, u32),
     fields: usize,
+    /// The body's length (`content-length`); the whole body follows the head in the
+    /// buffer.
+    body: usize,
     /// The client asked for the connection to close after this response.
     close: bool,
+}
+
+/// What the buffer holds.
+enum Buffered {
+    /// A request this loop serves, whole.
+    Ready(Parsed),
+    /// The start of a head: more must be read.
+    PartialHead,
+    /// A whole head, and the start of a body short enough for this loop.
+    PartialBody,
+    /// A request for hyper.
+    Other,
 }
 
 /// Serves `stream` until it closes or a request needs hyper.
@@ -135,8 +159,36 @@ where
                 }
             }
         }
-        let Some(parsed) = parse(&buf, settings, &mut spans) else {
-            return Ended::HandOver(buf);
+        let parsed = loop {
+            match parse(&buf, settings, &mut spans) {
+                Buffered::Ready(parsed) => break parsed,
+                Buffered::Other => return Ended::HandOver(buf),
+                partial => {
+                    // A head split over several reads (a large one over a network
+                    // with a small MTU) is bounded by the header read timeout from its
+                    // first bytes, as hyper bounds it; a body that is not all here by
+                    // then goes to hyper, which streams it without that bound.
+                    let head = matches!(partial, Buffered::PartialHead);
+                    if head && buf.len() >= settings.max_head {
+                        return Ended::HandOver(buf);
+                    }
+                    buf.reserve(READ_CHUNK);
+                    let deadline = last + settings.head_timeout;
+                    tokio::select! {
+                        biased;
+                        read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => match read {
+                            Ok(Ok(n)) if n > 0 => {}
+                            Ok(_) => return Ended::Closed,
+                            Err(_) if head => {
+                                tracing::debug!(%remote, "request head not complete in time; closing");
+                                return Ended::Closed;
+                            }
+                            Err(_) => return Ended::HandOver(buf),
+                        },
+                        _ = &mut stopped => return Ended::Closed,
+                    }
+                }
+            }
         };
         let close = parsed.close;
         let Some(request) = build(&mut buf, &parsed, &spans) else {
@@ -156,8 +208,26 @@ where
     }
 }
 
-/// The head at the start of `buf`, if it is complete and one this loop serves.
-fn parse(buf: &[u8], settings: Settings, spans: &mut [Span; MAX_HEADERS]) -> Option<Parsed> {
+/// What the start of `buf` is: a whole request this loop serves, the start of one, or
+/// a request for hyper.
+fn parse(buf: &[u8], settings: Settings, spans: &mut [Span; MAX_HEADERS]) -> Buffered {
+    match parse_head(buf, settings, spans) {
+        Some(Some(parsed)) if buf.len() - parsed.len >= parsed.body => Buffered::Ready(parsed),
+        // A body this loop would take once the rest of it is here.
+        Some(Some(parsed)) if parsed.body <= MAX_BODY => Buffered::PartialBody,
+        Some(Some(_)) => Buffered::Other,
+        Some(None) => Buffered::PartialHead,
+        None => Buffered::Other,
+    }
+}
+
+/// The head at the start of `buf`: `Some(None)` while it is incomplete, `None` if it is
+/// not one this loop serves.
+fn parse_head(
+    buf: &[u8],
+    settings: Settings,
+    spans: &mut [Span; MAX_HEADERS],
+) -> Option<Option<Parsed>> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let slots = slots.get_mut(..settings.max_headers)?;
     let mut raw = httparse::Request::new(&mut []);
@@ -165,7 +235,8 @@ fn parse(buf: &[u8], settings: Settings, spans: &mut [Span; MAX_HEADERS]) -> Opt
         .parse_request_with_uninit_headers(&mut raw, buf, slots)
     {
         Ok(httparse::Status::Complete(len)) => len,
-        _ => return None,
+        Ok(httparse::Status::Partial) => return Some(None),
+        Err(_) => return None,
     };
     if len > settings.max_head || raw.version != Some(1) {
         return None;
@@ -179,13 +250,22 @@ fn parse(buf: &[u8], settings: Settings, spans: &mut [Span; MAX_HEADERS]) -> Opt
         return None;
     }
     let mut close = false;
+    let mut body: Option<usize> = None;
     for (span, field) in spans.iter_mut().zip(raw.headers.iter()) {
         let name = field.name.as_bytes();
         let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
         if is("content-length") {
-            if field.value.trim_ascii() != b"0" {
+            // Digits only, and one length however often it is repeated (hyper
+            // refuses the rest with 400).
+            let value = field.value.trim_ascii();
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
                 return None;
             }
+            let n = std::str::from_utf8(value).ok()?.parse::<usize>().ok()?;
+            if body.is_some_and(|b| b != n) {
+                return None;
+            }
+            body = Some(n);
         } else if is("transfer-encoding") || is("expect") || is("upgrade") || is("te") {
             return None;
         } else if is("connection") {
@@ -200,13 +280,14 @@ fn parse(buf: &[u8], settings: Settings, spans: &mut [Span; MAX_HEADERS]) -> Opt
         span.name = span_in(buf, name);
         span.value = span_in(buf, field.value);
     }
-    Some(Parsed {
+    Some(Some(Parsed {
         len,
         method,
         target: span_in(buf, target.as_bytes()),
         fields: raw.headers.len(),
+        body: body.unwrap_or(0),
         close,
-    })
+    }))
 }
 
 /// The request, its head taken off `buf`; `None` if the `http` types refuse a part.
@@ -224,7 +305,11 @@ fn build(
         let value = HeaderValue::from_maybe_shared(share(span.value)).ok()?;
         headers.append(name, value);
     }
-    let mut request = Request::new(RequestBody::Empty);
+    let body = match parsed.body {
+        0 => RequestBody::Empty,
+        n => RequestBody::Full(Some(buf.split_to(n).freeze())),
+    };
+    let mut request = Request::new(body);
     *request.method_mut() = parsed.method.clone();
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
