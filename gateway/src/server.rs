@@ -7,6 +7,7 @@
 
 mod activity;
 mod http1;
+mod spread;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,6 +29,8 @@ use tokio_rustls::TlsAcceptor;
 
 use self::activity::{Activity, Tracked};
 use self::http1::Ended;
+use self::spread::Handoff;
+pub use self::spread::{Spread, Worker};
 use crate::body::{self, ProxyBody, RequestBody};
 use crate::limits::Limits;
 use crate::tls::TlsCounters;
@@ -78,23 +81,42 @@ pub async fn serve_with<H, F>(
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    serve_inner(listener, None, handler, shutdown, grace, limits, slots).await;
+    serve_inner(
+        listener,
+        None,
+        handler,
+        shutdown,
+        grace,
+        limits,
+        (slots, None),
+    )
+    .await;
 }
 
 /// [`serve_with`] for one of several listeners that together hold at most
-/// `limits.max_connections` connections: `slots` is shared by all of them.
+/// `limits.max_connections` connections: `slots` is shared by all of them. With a
+/// `worker`, connections are spread evenly over the workers of its [`Spread`].
 pub async fn serve_shared<H, F>(
     listener: TcpListener,
     handler: H,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     limits: Limits,
-    slots: Arc<Semaphore>,
+    (slots, worker): (Arc<Semaphore>, Option<Worker>),
 ) where
     H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    serve_inner(listener, None, handler, shutdown, grace, limits, slots).await;
+    serve_inner(
+        listener,
+        None,
+        handler,
+        shutdown,
+        grace,
+        limits,
+        (slots, worker),
+    )
+    .await;
 }
 
 /// [`serve_with`] over TLS: each connection's handshake runs in its own task (bounded
@@ -112,7 +134,16 @@ pub async fn serve_tls<H, F>(
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    serve_inner(listener, Some(tls), handler, shutdown, grace, limits, slots).await;
+    serve_inner(
+        listener,
+        Some(tls),
+        handler,
+        shutdown,
+        grace,
+        limits,
+        (slots, None),
+    )
+    .await;
 }
 
 async fn serve_inner<H, F>(
@@ -122,7 +153,7 @@ async fn serve_inner<H, F>(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     limits: Limits,
-    slots: Arc<Semaphore>,
+    (slots, mut worker): (Arc<Semaphore>, Option<Worker>),
 ) where
     H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
@@ -135,6 +166,46 @@ async fn serve_inner<H, F>(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
+    // One connection's task: the HTTP/1.1 loop (hyper after a hand-over) or TLS.
+    let start = |connections: &mut JoinSet<()>,
+                 stream: TcpStream,
+                 remote: SocketAddr,
+                 slot: tokio::sync::OwnedSemaphorePermit,
+                 open: Option<spread::Open>| {
+        let builder = builder.clone();
+        let handler = handler.clone();
+        let stop = stop_rx.clone();
+        let tls = tls.clone();
+        connections.spawn(async move {
+            match tls {
+                None => {
+                    let mut stream = stream;
+                    let ended = http1::serve(&mut stream, &handler, remote, fast, &stop).await;
+                    if let Ended::HandOver(read) = ended {
+                        let service = hyper_service(handler, false, max_uri, remote);
+                        serve_connection(&builder, stream, read, service, idle, stop, remote).await;
+                    }
+                }
+                Some(tls) => {
+                    if let Some(stream) = handshake(&tls, stream, remote).await {
+                        let service = hyper_service(handler, true, max_uri, remote);
+                        serve_connection(
+                            &builder,
+                            stream,
+                            BytesMut::new(),
+                            service,
+                            idle,
+                            stop,
+                            remote,
+                        )
+                        .await;
+                    }
+                }
+            }
+            drop(slot);
+            drop(open);
+        });
+    };
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -150,32 +221,21 @@ async fn serve_inner<H, F>(
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    let builder = builder.clone();
-                    let handler = handler.clone();
-                    let stop = stop_rx.clone();
-                    let tls = tls.clone();
-                    connections.spawn(async move {
-                        match tls {
-                            None => {
-                                let mut stream = stream;
-                                let ended =
-                                    http1::serve(&mut stream, &handler, remote, fast, &stop).await;
-                                if let Ended::HandOver(read) = ended {
-                                    let service = hyper_service(handler, false, max_uri, remote);
-                                    serve_connection(&builder, stream, read, service, idle, stop, remote)
-                                        .await;
-                                }
-                            }
-                            Some(tls) => {
-                                if let Some(stream) = handshake(&tls, stream, remote).await {
-                                    let service = hyper_service(handler, true, max_uri, remote);
-                                    serve_connection(&builder, stream, BytesMut::new(), service, idle, stop, remote)
-                                        .await;
-                                }
-                            }
+                    let open = match &worker {
+                        Some(worker) => {
+                            let passed = stream.into_std().map(|stream| Handoff { stream, remote, slot });
+                            let Ok(handoff) = passed else { continue };
+                            // Passed to a less busy worker, or served here.
+                            let Some(Handoff { stream, remote, slot }) = worker.pass(handoff) else {
+                                continue;
+                            };
+                            let Ok(stream) = TcpStream::from_std(stream) else { continue };
+                            start(&mut connections, stream, remote, slot, Some(worker.open()));
+                            continue;
                         }
-                        drop(slot);
-                    });
+                        None => None,
+                    };
+                    start(&mut connections, stream, remote, slot, open);
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: pause rather than spin.
@@ -183,6 +243,11 @@ async fn serve_inner<H, F>(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            Some(handoff) = next_handoff(&mut worker) => {
+                if let (Ok(stream), Some(worker)) = (TcpStream::from_std(handoff.stream), &worker) {
+                    start(&mut connections, stream, handoff.remote, handoff.slot, Some(worker.counted()));
+                }
+            }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
@@ -202,6 +267,14 @@ async fn serve_inner<H, F>(
             "grace period over; closing the remaining connections"
         );
         connections.shutdown().await;
+    }
+}
+
+/// The next connection another worker passed to `worker`; never, without one.
+async fn next_handoff(worker: &mut Option<Worker>) -> Option<Handoff> {
+    match worker {
+        Some(worker) => worker.next().await,
+        None => std::future::pending().await,
     }
 }
 
