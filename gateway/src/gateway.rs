@@ -437,14 +437,6 @@ impl Gateway {
         });
         // One connection limit for the proxy port, whichever worker accepted.
         let slots = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
-        // Worker 0 is this thread; with more, connections are spread over all of them.
-        let mut places = if self.worker_listeners.is_empty() {
-            Vec::new()
-        } else {
-            server::Spread::workers(self.worker_listeners.len() + 1)
-        }
-        .into_iter();
-        let main_place = places.next();
         let workers: Vec<_> = self
             .worker_listeners
             .into_iter()
@@ -459,7 +451,6 @@ impl Gateway {
                         grace: self.grace,
                         limits: self.limits.clone(),
                         slots: slots.clone(),
-                        place: places.next(),
                     },
                 )
             })
@@ -474,7 +465,7 @@ impl Gateway {
             },
             self.grace,
             self.limits,
-            (slots, main_place),
+            slots,
         )
         .await;
         for worker in workers {
@@ -513,8 +504,6 @@ struct Listening {
     grace: Duration,
     limits: Limits,
     slots: Arc<tokio::sync::Semaphore>,
-    /// Its place among the workers connections are spread over.
-    place: Option<server::Worker>,
 }
 
 /// Worker `index`: a thread with its own single-threaded runtime serving `listener`
@@ -532,7 +521,6 @@ fn spawn_worker(
         grace,
         limits,
         slots,
-        place,
     } = listening;
     let (done, finished) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
@@ -568,7 +556,7 @@ fn spawn_worker(
                     },
                     grace,
                     limits,
-                    (slots, place),
+                    slots,
                 )
                 .await;
             });

@@ -7,7 +7,6 @@
 
 mod activity;
 mod http1;
-mod spread;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,8 +28,6 @@ use tokio_rustls::TlsAcceptor;
 
 use self::activity::{Activity, Tracked};
 use self::http1::Ended;
-use self::spread::Handoff;
-pub use self::spread::{Spread, Worker};
 use crate::body::{self, ProxyBody, RequestBody};
 use crate::limits::Limits;
 use crate::tls::TlsCounters;
@@ -81,42 +78,23 @@ pub async fn serve_with<H, F>(
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    serve_inner(
-        listener,
-        None,
-        handler,
-        shutdown,
-        grace,
-        limits,
-        (slots, None),
-    )
-    .await;
+    serve_inner(listener, None, handler, shutdown, grace, limits, slots).await;
 }
 
 /// [`serve_with`] for one of several listeners that together hold at most
-/// `limits.max_connections` connections: `slots` is shared by all of them. With a
-/// `worker`, connections are spread evenly over the workers of its [`Spread`].
+/// `limits.max_connections` connections: `slots` is shared by all of them.
 pub async fn serve_shared<H, F>(
     listener: TcpListener,
     handler: H,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     limits: Limits,
-    (slots, worker): (Arc<Semaphore>, Option<Worker>),
+    slots: Arc<Semaphore>,
 ) where
     H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    serve_inner(
-        listener,
-        None,
-        handler,
-        shutdown,
-        grace,
-        limits,
-        (slots, worker),
-    )
-    .await;
+    serve_inner(listener, None, handler, shutdown, grace, limits, slots).await;
 }
 
 /// [`serve_with`] over TLS: each connection's handshake runs in its own task (bounded
@@ -134,16 +112,7 @@ pub async fn serve_tls<H, F>(
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    serve_inner(
-        listener,
-        Some(tls),
-        handler,
-        shutdown,
-        grace,
-        limits,
-        (slots, None),
-    )
-    .await;
+    serve_inner(listener, Some(tls), handler, shutdown, grace, limits, slots).await;
 }
 
 async fn serve_inner<H, F>(
@@ -153,7 +122,7 @@ async fn serve_inner<H, F>(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     limits: Limits,
-    (slots, mut worker): (Arc<Semaphore>, Option<Worker>),
+    slots: Arc<Semaphore>,
 ) where
     H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
@@ -166,46 +135,6 @@ async fn serve_inner<H, F>(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
-    // One connection's task: the HTTP/1.1 loop (hyper after a hand-over) or TLS.
-    let start = |connections: &mut JoinSet<()>,
-                 stream: TcpStream,
-                 remote: SocketAddr,
-                 slot: tokio::sync::OwnedSemaphorePermit,
-                 open: Option<spread::Open>| {
-        let builder = builder.clone();
-        let handler = handler.clone();
-        let stop = stop_rx.clone();
-        let tls = tls.clone();
-        connections.spawn(async move {
-            match tls {
-                None => {
-                    let mut stream = stream;
-                    let ended = http1::serve(&mut stream, &handler, remote, fast, &stop).await;
-                    if let Ended::HandOver(read) = ended {
-                        let service = hyper_service(handler, false, max_uri, remote);
-                        serve_connection(&builder, stream, read, service, idle, stop, remote).await;
-                    }
-                }
-                Some(tls) => {
-                    if let Some(stream) = handshake(&tls, stream, remote).await {
-                        let service = hyper_service(handler, true, max_uri, remote);
-                        serve_connection(
-                            &builder,
-                            stream,
-                            BytesMut::new(),
-                            service,
-                            idle,
-                            stop,
-                            remote,
-                        )
-                        .await;
-                    }
-                }
-            }
-            drop(slot);
-            drop(open);
-        });
-    };
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -221,21 +150,32 @@ async fn serve_inner<H, F>(
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    let open = match &worker {
-                        Some(worker) => {
-                            let passed = stream.into_std().map(|stream| Handoff { stream, remote, slot });
-                            let Ok(handoff) = passed else { continue };
-                            // Passed to a less busy worker, or served here.
-                            let Some(Handoff { stream, remote, slot }) = worker.pass(handoff) else {
-                                continue;
-                            };
-                            let Ok(stream) = TcpStream::from_std(stream) else { continue };
-                            start(&mut connections, stream, remote, slot, Some(worker.open()));
-                            continue;
+                    let builder = builder.clone();
+                    let handler = handler.clone();
+                    let stop = stop_rx.clone();
+                    let tls = tls.clone();
+                    connections.spawn(async move {
+                        match tls {
+                            None => {
+                                let mut stream = stream;
+                                let ended =
+                                    http1::serve(&mut stream, &handler, remote, fast, &stop).await;
+                                if let Ended::HandOver(read) = ended {
+                                    let service = hyper_service(handler, false, max_uri, remote);
+                                    serve_connection(&builder, stream, read, service, idle, stop, remote)
+                                        .await;
+                                }
+                            }
+                            Some(tls) => {
+                                if let Some(stream) = handshake(&tls, stream, remote).await {
+                                    let service = hyper_service(handler, true, max_uri, remote);
+                                    serve_connection(&builder, stream, BytesMut::new(), service, idle, stop, remote)
+                                        .await;
+                                }
+                            }
                         }
-                        None => None,
-                    };
-                    start(&mut connections, stream, remote, slot, open);
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: pause rather than spin.
@@ -243,11 +183,6 @@ async fn serve_inner<H, F>(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some(handoff) = next_handoff(&mut worker) => {
-                if let (Ok(stream), Some(worker)) = (TcpStream::from_std(handoff.stream), &worker) {
-                    start(&mut connections, stream, handoff.remote, handoff.slot, Some(worker.counted()));
-                }
-            }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
@@ -267,14 +202,6 @@ async fn serve_inner<H, F>(
             "grace period over; closing the remaining connections"
         );
         connections.shutdown().await;
-    }
-}
-
-/// The next connection another worker passed to `worker`; never, without one.
-async fn next_handoff(worker: &mut Option<Worker>) -> Option<Handoff> {
-    match worker {
-        Some(worker) => worker.next().await,
-        None => std::future::pending().await,
     }
 }
 
