@@ -119,16 +119,21 @@ fn a_head_or_a_short_body_not_all_here_waits_for_more() {
     assert!(matches!(body, Buffered::PartialBody));
 }
 
+/// The request at the start of `buf`, which the loop must serve; taken off `buf`.
+fn served(buf: &mut BytesMut) -> Request<RequestBody> {
+    let mut spans = [Span::default(); MAX_HEADERS];
+    let Buffered::Ready(p) = parse(buf, settings(), &mut spans) else {
+        panic!("not served by the loop");
+    };
+    build(buf, &p, &spans).unwrap()
+}
+
 #[test]
 fn a_short_body_comes_with_its_head() {
     let mut buf = BytesMut::from(
         &b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /next HTTP/1.1\r\n"[..],
     );
-    let mut spans = [Span::default(); MAX_HEADERS];
-    let Buffered::Ready(p) = parse(&buf, settings(), &mut spans) else {
-        panic!("not served by the loop");
-    };
-    let mut request = build(&mut buf, &p, &spans).unwrap();
+    let mut request = served(&mut buf);
     assert_eq!(request.body().size_hint().exact(), Some(3));
     let frame = std::future::poll_fn(|cx| Pin::new(request.body_mut()).poll_frame(cx));
     let data = futures_now(frame).unwrap().unwrap().into_data().unwrap();
@@ -142,11 +147,7 @@ fn the_head_is_taken_off_and_a_pipelined_request_stays() {
     let mut buf = BytesMut::from(
         &b"GET /x?y=1 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nX-A: 2\r\n\r\nGET /next HTTP/1.1\r\n"[..],
     );
-    let mut spans = [Span::default(); MAX_HEADERS];
-    let Buffered::Ready(p) = parse(&buf, settings(), &mut spans) else {
-        panic!("not served by the loop");
-    };
-    let request = build(&mut buf, &p, &spans).unwrap();
+    let request = served(&mut buf);
     assert_eq!(request.uri(), "/x?y=1");
     assert_eq!(request.version(), Version::HTTP_11);
     assert_eq!(request.headers()["host"], "h");
