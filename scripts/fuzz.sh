@@ -6,7 +6,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../fuzz"
 seconds="${1:-30}"
-targets=(jwt router config admin_json agent_request upstream_response)
+targets=(jwt router config admin_json agent_request upstream_response client_request)
 
 cargo fuzz build -s none
 status=0

@@ -39,6 +39,10 @@ use std::future::Future;
 
 pub use config::{Config, ConfigError};
 pub use gateway::{Error, Gateway, Handle};
+/// The HTTP/1.1 server loop's request parsing, for tests and fuzzing.
+pub mod http1 {
+    pub use crate::server::{Decoded, decode_requests};
+}
 
 /// Validates `config` without binding anything (`check-config`).
 pub fn check(config: &Config) -> Result<(), ConfigError> {

@@ -28,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 
 use self::activity::{Activity, Tracked};
 use self::http1::Ended;
+pub use self::http1::{Decoded, decode_requests};
 use crate::body::{self, ProxyBody, RequestBody};
 use crate::limits::Limits;
 use crate::tls::TlsCounters;

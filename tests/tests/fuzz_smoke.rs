@@ -15,6 +15,8 @@ mod admin_json;
 )]
 #[path = "../../fuzz/checks/agent_request.rs"]
 mod agent_request;
+#[path = "../../fuzz/checks/client_request.rs"]
+mod client_request;
 #[path = "../../fuzz/checks/config.rs"]
 mod config;
 #[path = "../../fuzz/checks/jwt.rs"]
@@ -101,6 +103,22 @@ fn upstream_response_smoke() {
             b"\x00HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
         ],
         upstream_response::check,
+    );
+}
+
+#[test]
+fn client_request_smoke() {
+    smoke(
+        "client_request",
+        &[
+            b"GET /a?b=c HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer t\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcDELETE /c HTTP/1.1\r\nConnection: close\r\n\r\n",
+            b"PUT /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 9\r\n\r\npart",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET http://x/a HTTP/1.0\r\nUpgrade: h2c\r\n\r\n",
+        ],
+        client_request::check,
     );
 }
 

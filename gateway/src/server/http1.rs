@@ -317,6 +317,55 @@ fn build(
     Some(request)
 }
 
+/// What the loop makes of bytes a client sent.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Decoded {
+    /// A request it serves: the request, and how many bytes of the input it took.
+    Served(Box<Request<RequestBody>>, usize),
+    /// A head the `http` types refuse: answered 400, connection closed.
+    Refused,
+    /// Handed to hyper with these bytes (the rest of the input).
+    HandedOver(BytesMut),
+    /// An incomplete head or short body: more would be read.
+    Incomplete(BytesMut),
+}
+
+/// Every request the loop takes from `bytes` under `limits`, in order, up to the first
+/// one it does not serve. The same parsing as on a live connection; for tests and the
+/// fuzz target.
+pub fn decode_requests(bytes: &[u8], limits: &Limits) -> Vec<Decoded> {
+    let settings = Settings::new(limits);
+    let mut buf = BytesMut::from(bytes);
+    let mut spans = [Span::default(); MAX_HEADERS];
+    let mut decoded = Vec::new();
+    while !buf.is_empty() {
+        match parse(&buf, settings, &mut spans) {
+            Buffered::Ready(parsed) => {
+                let before = buf.len();
+                match build(&mut buf, &parsed, &spans) {
+                    Some(request) => {
+                        decoded.push(Decoded::Served(Box::new(request), before - buf.len()));
+                    }
+                    None => {
+                        decoded.push(Decoded::Refused);
+                        break;
+                    }
+                }
+            }
+            Buffered::Other => {
+                decoded.push(Decoded::HandedOver(buf));
+                break;
+            }
+            Buffered::PartialHead | Buffered::PartialBody => {
+                decoded.push(Decoded::Incomplete(buf));
+                break;
+            }
+        }
+    }
+    decoded
+}
+
 /// How the response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
