@@ -1,5 +1,6 @@
 //! The accept loop: HTTP/1.1 and HTTP/2 (prior knowledge, "h2c"; or over TLS, see
-//! [`serve_tls`]) on one port, the
+//! [`serve_tls`]) on one port. Plain connections start in the gateway's own HTTP/1.1
+//! loop ([`http1`]) and go to hyper at the first request it does not serve. Also the
 //! [`Limits`] on heads, targets, slow and idle connections and their number, and
 //! graceful shutdown: stop accepting, let every connection finish its in-flight
 //! requests (idle keep-alive connections close at once), abort what remains after

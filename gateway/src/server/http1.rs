@@ -81,13 +81,22 @@ impl Settings {
     }
 }
 
-/// How the loop left the connection.
-#[derive(Debug)]
+/// How the loop left the connection. `Debug` shows lengths: the bytes are a client's
+/// request, credentials included.
 pub(super) enum Ended {
     /// Done with: closed by either side, an error, idle, or the gateway stopping.
     Closed,
     /// A request this loop does not serve: hyper takes the connection with these bytes.
     HandOver(BytesMut),
+}
+
+impl std::fmt::Debug for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Closed => f.write_str("Closed"),
+            Self::HandOver(read) => write!(f, "HandOver({} bytes)", read.len()),
+        }
+    }
 }
 
 /// A request head that passed every check, by offsets into the read buffer.
@@ -96,8 +105,8 @@ struct Parsed {
     method: Method,
     target: (u32, u32),
     fields: usize,
-    /// The body's length (`content-length`); the whole body follows the head in the
-    /// buffer.
+    /// The body's length (`content-length`, 0 without one); it follows the head in
+    /// the buffer, maybe not all read yet.
     body: usize,
     /// The client asked for the connection to close after this response.
     close: bool,
@@ -317,8 +326,8 @@ fn build(
     Some(request)
 }
 
-/// What the loop makes of bytes a client sent.
-#[derive(Debug)]
+/// What the loop makes of bytes a client sent. `Debug` shows lengths and the method,
+/// never header values, targets or bytes (a token can be in any of them).
 #[non_exhaustive]
 pub enum Decoded {
     /// A request it serves: the request, and how many bytes of the input it took.
@@ -329,6 +338,17 @@ pub enum Decoded {
     HandedOver(BytesMut),
     /// An incomplete head or short body: more would be read.
     Incomplete(BytesMut),
+}
+
+impl std::fmt::Debug for Decoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Served(request, len) => write!(f, "Served({} {len} bytes)", request.method()),
+            Self::Refused => f.write_str("Refused"),
+            Self::HandedOver(rest) => write!(f, "HandedOver({} bytes)", rest.len()),
+            Self::Incomplete(rest) => write!(f, "Incomplete({} bytes)", rest.len()),
+        }
+    }
 }
 
 /// Every request the loop takes from `bytes` under `limits`, in order, up to the first

@@ -436,3 +436,21 @@ async fn a_client_that_stops_reading_loses_its_connection() {
         "gave up after {waited:?}"
     );
 }
+
+#[test]
+fn what_the_loop_shows_of_a_request_holds_no_credential() {
+    let bytes = b"GET /a?jwt=q-token HTTP/1.1\r\nAuthorization: Bearer h-token\r\n\r\n\
+                  POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Key: k-token\r\n\r\n";
+    let decoded = decode_requests(bytes, &Limits::default());
+    assert!(matches!(
+        decoded.as_slice(),
+        [Decoded::Served(..), Decoded::HandedOver(_)]
+    ));
+    let shown = format!(
+        "{decoded:?} {:?}",
+        Ended::HandOver(BytesMut::from(&bytes[..]))
+    );
+    for secret in ["q-token", "h-token", "k-token"] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+}
