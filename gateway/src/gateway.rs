@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, StatusCode};
 use secrecy::ExposeSecret as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::agent_client::{self, AgentStatus, Backoff};
-use crate::body::{self, ProxyBody, RequestBody};
+use crate::body::{self, RequestBody};
 use crate::config::{Config, ConfigError};
 use crate::consumers::APISIX_EXAMPLE_ADMIN_KEY;
 use crate::consumers::AuthState;
@@ -27,6 +27,7 @@ use crate::control::Control;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ClientInfo, ProxyError};
+use crate::reply::Reply;
 use crate::router::request_host;
 use crate::runtime::Runtime;
 use crate::secrets::SecretSnapshot;
@@ -580,11 +581,7 @@ fn unix_now() -> u64 {
 const X_CONSUMER_USERNAME: http::HeaderName = http::HeaderName::from_static("x-consumer-username");
 
 /// The request path.
-async fn handle(
-    shared: Arc<Shared>,
-    req: Request<RequestBody>,
-    remote: SocketAddr,
-) -> Response<ProxyBody> {
+async fn handle(shared: Arc<Shared>, req: Request<RequestBody>, remote: SocketAddr) -> Reply {
     let started = Instant::now();
     let (mut parts, incoming) = req.into_parts();
     let runtime = shared.runtime.load_full();
@@ -593,7 +590,7 @@ async fn handle(
         let auth = shared.auth.load();
         let response = sign::handle(&auth, parts.uri.query(), unix_now(), &shared.metrics);
         access_log(&runtime, remote, &parts, None, response.status(), started);
-        return response;
+        return response.into();
     }
 
     let host = request_host(&parts);
@@ -607,7 +604,7 @@ async fn handle(
             r#"{"error_msg":"404 Route Not Found"}"#,
         );
         access_log(&runtime, remote, &parts, None, response.status(), started);
-        return response;
+        return response.into();
     };
 
     proxy::strip_identity(&mut parts.headers);
@@ -637,7 +634,7 @@ async fn handle(
                             response.status(),
                             started,
                         );
-                        return response;
+                        return response.into();
                     }
                 }
             }
@@ -678,6 +675,7 @@ async fn handle(
                 StatusCode::GATEWAY_TIMEOUT,
                 r#"{"error_msg":"504 Gateway Timeout"}"#,
             )
+            .into()
         }
         Err(ProxyError::Unreachable(why)) => {
             shared
@@ -689,11 +687,13 @@ async fn handle(
                 StatusCode::BAD_GATEWAY,
                 r#"{"error_msg":"502 Bad Gateway"}"#,
             )
+            .into()
         }
         Err(ProxyError::BadRequest(_)) => body::json(
             StatusCode::BAD_REQUEST,
             r#"{"error_msg":"400 Bad Request"}"#,
-        ),
+        )
+        .into(),
     };
     route.count(response.status().as_u16());
     if let Some((method, uri)) = logged {

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod query;
+pub mod reply;
 pub mod router;
 pub mod runtime;
 pub mod secrets;

@@ -26,6 +26,7 @@ use self::body::{Chunk, Decoder, Step};
 pub use self::exchange::Framing;
 use self::exchange::{Conn, Outgoing, Replay, ResponseHead};
 use crate::body::{BoxError, ProxyBody};
+use crate::reply::Reply;
 
 /// Idle connections kept per node; more are closed when they come back.
 const MAX_IDLE_PER_NODE: usize = 256;
@@ -197,7 +198,7 @@ impl Pool {
         self: &Arc<Self>,
         index: usize,
         request: Request<ProxyBody>,
-    ) -> Result<Response<PooledBody>, PoolError> {
+    ) -> Result<Reply<PooledBody>, PoolError> {
         let Some(node) = self.nodes.get(index) else {
             return Err(PoolError::Connect {
                 authority: Authority::from_static("invalid:0"),
@@ -251,9 +252,10 @@ impl Pool {
         index: usize,
         mut conn: Conn,
         head: ResponseHead,
-    ) -> Response<PooledBody> {
+    ) -> Reply<PooledBody> {
         let ResponseHead {
             response,
+            lines,
             framing,
             keep_alive,
         } = head;
@@ -276,7 +278,7 @@ impl Pool {
             Framing::Chunked => PooledBody::streaming(conn, Decoder::Chunk(Chunk::Size), home),
             Framing::UntilClose => PooledBody::streaming(conn, Decoder::UntilClose, None),
         };
-        response.map(|()| body)
+        Reply::with_lines(response.map(|()| body), lines)
     }
 }
 
@@ -320,11 +322,8 @@ pub fn decode_response(
         }
     }
     let reusable = head.keep_alive && buf.is_empty();
-    Ok((
-        head.response.map(|()| body.freeze()),
-        head.framing,
-        reusable,
-    ))
+    let response = Reply::with_lines(head.response.map(|()| body.freeze()), head.lines);
+    Ok((response.into_response(), head.framing, reusable))
 }
 
 #[cfg(test)]

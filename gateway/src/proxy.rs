@@ -8,11 +8,12 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::{self, PathAndQuery};
-use http::{Method, Request, Response, Uri};
+use http::{Method, Request, Uri};
 use hyper::body::Body as _;
 
-use crate::body::{self, IdleTimeout, ProxyBody, RequestBody};
+use crate::body::{self, IdleTimeout, RequestBody};
 use crate::config::PassHost;
+use crate::reply::Reply;
 use crate::upstream::Upstream;
 
 /// Why no upstream response could be had.
@@ -53,6 +54,25 @@ const HOP_BY_HOP: &[HeaderName] = &[
 /// Whether `name` describes one connection rather than the message.
 pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name == KEEP_ALIVE || name == PROXY_CONNECTION
+}
+
+/// [`is_hop_by_hop`] for a name as it came in a head, in any case.
+pub(crate) fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 9] = [
+        b"connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"keep-alive",
+        b"proxy-connection",
+    ];
+    // The length first: most names differ from all of these in length.
+    NAMES
+        .iter()
+        .any(|known| known.len() == name.len() && known.eq_ignore_ascii_case(name))
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
@@ -213,7 +233,7 @@ pub async fn forward(
     parts: Parts,
     body: RequestBody,
     hash: Option<u64>,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Reply, ProxyError> {
     let Parts {
         method,
         uri,
@@ -284,19 +304,22 @@ pub async fn forward(
         .await;
         drop(in_flight);
         let retry_safe = match outcome {
-            Ok(Ok(mut response)) => {
-                let status = response.status().as_u16();
+            Ok(Ok(mut reply)) => {
+                let status = reply.status().as_u16();
                 if (502..=504).contains(&status) {
                     upstream.report_failure(index);
                 } else {
                     upstream.report_success(index);
                 }
-                strip_hop_by_hop(response.headers_mut());
+                // Lines from the plain client come without hop-by-hop fields.
+                if reply.lines().is_none() {
+                    strip_hop_by_hop(reply.headers_mut());
+                }
                 // Answer in the client's protocol version, not the upstream's (an
                 // HTTP/1.0 upstream must not downgrade an HTTP/1.1 client).
-                *response.version_mut() = client_version;
+                *reply.response_mut().version_mut() = client_version;
                 let read = upstream.read_timeout;
-                return Ok(response.map(|b| body::boxed(IdleTimeout::new(b, read))));
+                return Ok(reply.map(|b| body::boxed(IdleTimeout::new(b, read))));
             }
             Ok(Err(e)) => {
                 upstream.report_failure(index);

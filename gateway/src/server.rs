@@ -32,6 +32,7 @@ use self::http1::Ended;
 pub use self::http1::{Decoded, decode_requests};
 use crate::body::{self, ProxyBody, RequestBody};
 use crate::limits::Limits;
+use crate::reply::Reply;
 use crate::tls::TlsCounters;
 
 /// A request extension marking requests that came over TLS.
@@ -62,7 +63,7 @@ pub async fn serve<H, F>(
     grace: Duration,
 ) where
     H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    F: Future<Output: Into<Reply> + Send> + Send + 'static,
 {
     serve_with(listener, handler, shutdown, grace, Limits::default()).await;
 }
@@ -77,7 +78,7 @@ pub async fn serve_with<H, F>(
     limits: Limits,
 ) where
     H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    F: Future<Output: Into<Reply> + Send> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     serve_inner(listener, None, handler, shutdown, grace, limits, slots).await;
@@ -94,7 +95,7 @@ pub async fn serve_shared<H, F>(
     slots: Arc<Semaphore>,
 ) where
     H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    F: Future<Output: Into<Reply> + Send> + Send + 'static,
 {
     serve_inner(listener, None, handler, shutdown, grace, limits, slots).await;
 }
@@ -111,7 +112,7 @@ pub async fn serve_tls<H, F>(
     limits: Limits,
 ) where
     H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    F: Future<Output: Into<Reply> + Send> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     serve_inner(listener, Some(tls), handler, shutdown, grace, limits, slots).await;
@@ -127,7 +128,7 @@ async fn serve_inner<H, F>(
     slots: Arc<Semaphore>,
 ) where
     H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    F: Future<Output: Into<Reply> + Send> + Send + 'static,
 {
     let builder = builder(&limits);
     let secure = tls.is_some();
@@ -223,7 +224,7 @@ fn hyper_service<H, F>(
 + 'static
 where
     H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    F: Future<Output: Into<Reply> + Send> + Send + 'static,
 {
     service_fn(move |req: Request<Incoming>| {
         let mut req = req.map(RequestBody::Streamed);
@@ -237,7 +238,7 @@ where
         let fut = (!too_long).then(|| handler(req, remote));
         async move {
             Ok::<_, Infallible>(match fut {
-                Some(fut) => fut.await,
+                Some(fut) => fut.await.into().into_response(),
                 None => uri_too_long(),
             })
         }

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
@@ -22,6 +22,7 @@ use crate::config::{
 };
 use crate::consumers::EnvLookup;
 use crate::pool::{Pool, PoolError, PooledBody};
+use crate::reply::Reply;
 use crate::tls::upstream::UpstreamTls;
 
 /// One upstream server.
@@ -147,10 +148,12 @@ impl UpstreamClient {
         &self,
         index: usize,
         request: Request<ProxyBody>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+    ) -> Result<Reply<UpstreamBody>, UpstreamError> {
         match self {
             Self::Http(pool) => Ok(pool.send(index, request).await?.map(UpstreamBody::Pooled)),
-            Self::Https(client) => Ok(client.request(request).await?.map(UpstreamBody::Incoming)),
+            Self::Https(client) => Ok(Reply::from(
+                client.request(request).await?.map(UpstreamBody::Incoming),
+            )),
         }
     }
 }

@@ -2,13 +2,13 @@
 //! no connection task and no channel between the two (hyper's client has both, and
 //! they cost a third of a proxied request). The head goes out in one write, a body
 //! streams while the response head is awaited (an upstream may answer early), and the
-//! response head is parsed into an `http` head whose header values share the bytes
-//! read, plus the framing of the body that follows.
+//! response head is parsed into a status, the header fields as lines for the client
+//! ([`FieldLines`]), and the framing of the body that follows.
 
 use std::mem::MaybeUninit;
 
-use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use bytes::{Buf as _, Bytes, BytesMut};
+use http::header;
 use http::request;
 use http::uri::Authority;
 use http::{Response, StatusCode, Version};
@@ -20,8 +20,9 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use super::PoolError;
 use crate::body::ProxyBody;
-use crate::proxy::is_hop_by_hop;
-use crate::wire::{self, Span, push_hex, span_in, tokens};
+use crate::proxy::is_hop_by_hop_name;
+use crate::reply::FieldLines;
+use crate::wire::{self, push_hex, tokens};
 
 /// Longest response head; hyper's client allows about as much.
 pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -76,7 +77,9 @@ pub enum Framing {
 
 /// A parsed response head.
 pub(super) struct ResponseHead {
+    /// Status and version; the header fields are in `lines`.
     pub(super) response: Response<()>,
+    pub(super) lines: FieldLines,
     pub(super) framing: Framing,
     /// The connection may carry another request once the body has been read.
     pub(super) keep_alive: bool,
@@ -314,30 +317,20 @@ pub(super) enum Parsed {
 }
 
 pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, PoolError> {
-    // The slots are left uninitialised (zeroing them costs more than parsing); the
-    // fields' offsets are kept so that, once the head is frozen, header values share
-    // its bytes (no copy, no allocation per value).
-    let mut spans = [Span::default(); MAX_HEADERS];
-    let (len, code, version, count) = {
-        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut raw = httparse::Response::new(&mut []);
-        let len = match httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut raw, buf, &mut slots)
-        {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-            Err(e) => return Err(PoolError::Malformed(e.to_string())),
-        };
-        for (span, field) in spans.iter_mut().zip(raw.headers.iter()) {
-            span.name = span_in(buf, field.name.as_bytes());
-            span.value = span_in(buf, field.value);
-        }
-        (len, raw.code, raw.version, raw.headers.len())
+    // The slots are left uninitialised (zeroing them costs more than parsing).
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut raw = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut raw, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(e) => return Err(PoolError::Malformed(e.to_string())),
     };
-    let code = code.unwrap_or_default();
+    let code = raw.code.unwrap_or_default();
     let status = StatusCode::from_u16(code)
         .map_err(|_| PoolError::Malformed(format!("status code {code}")))?;
-    let version = match version {
+    let version = match raw.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
@@ -347,23 +340,20 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parse
                 "101 Switching Protocols: protocol upgrades are not proxied".into(),
             ));
         }
-        let _ = buf.split_to(len);
+        buf.advance(len);
         return Ok(Parsed::Informational);
     }
-    let head = buf.split_to(len).freeze();
-    let part = |span| wire::part(&head, span);
-    let spans = spans.get(..count).unwrap_or_default();
+    let fields = &*raw.headers;
 
-    let mut headers = HeaderMap::with_capacity(count);
+    // The framing and the connection's own fields first: which fields go on to the
+    // client depends on them.
     let mut content_length: Option<u64> = None;
     let (mut transfer_encoding, mut chunked) = (false, false);
     let (mut close, mut keep_alive_token, mut names_listed) = (false, false, false);
-    for span in spans {
-        let name = HeaderName::from_bytes(part(span.name))
-            .map_err(|_| PoolError::Malformed("invalid header name".into()))?;
-        let value = part(span.value);
-        if name == header::CONNECTION {
-            for token in tokens(value) {
+    for field in fields {
+        let name = field.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"connection") {
+            for token in tokens(field.value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -372,17 +362,13 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parse
                     names_listed = true;
                 }
             }
-            continue;
-        }
-        if name == header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoding = true;
-            chunked = tokens(value)
+            chunked = tokens(field.value)
                 .last()
                 .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-            continue;
-        }
-        if name == header::CONTENT_LENGTH {
-            for token in tokens(value) {
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            for token in tokens(field.value) {
                 let n = std::str::from_utf8(token)
                     .ok()
                     .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
@@ -394,30 +380,30 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parse
                 content_length = Some(n);
             }
         }
-        if is_hop_by_hop(&name) {
+    }
+    // The fields for the client, as lines: the head's size is room enough.
+    let mut lines = FieldLines::with_capacity(len);
+    let mut length_sent = false;
+    for field in fields {
+        let name = field.name.as_bytes();
+        if is_hop_by_hop_name(name) || (names_listed && named_by_connection(fields, name)) {
             continue;
         }
-        let value = HeaderValue::from_maybe_shared(head.slice_ref(value))
-            .map_err(|_| PoolError::Malformed("invalid header value".into()))?;
-        headers.append(name, value);
-    }
-    if names_listed {
-        // Headers the Connection header names describe the connection too.
-        for span in spans {
-            if part(span.name).eq_ignore_ascii_case(b"connection") {
-                for token in tokens(part(span.value)) {
-                    if let Ok(name) = HeaderName::from_bytes(token) {
-                        headers.remove(name);
-                    }
-                }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            // Transfer-Encoding wins over Content-Length (RFC 9112 6.3), which must
+            // not reach the client then; otherwise the one length, once.
+            if let Some(n) = content_length
+                && !transfer_encoding
+                && !length_sent
+            {
+                lines.push_content_length(name, n);
+                length_sent = true;
             }
+            continue;
         }
+        lines.push(name, field.value);
     }
-    if transfer_encoding {
-        // Transfer-Encoding wins over Content-Length (RFC 9112 6.3), which must not
-        // reach the client.
-        headers.remove(header::CONTENT_LENGTH);
-    }
+    buf.advance(len);
     let framing =
         if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Empty
@@ -441,12 +427,21 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parse
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
-    *response.headers_mut() = headers;
     Ok(Parsed::Final(ResponseHead {
         response,
+        lines,
         framing,
         keep_alive,
     }))
+}
+
+/// Whether a `Connection` field names the field `name` (which then describes the
+/// connection too, and is not forwarded).
+fn named_by_connection(fields: &[httparse::Header<'_>], name: &[u8]) -> bool {
+    fields.iter().any(|field| {
+        field.name.eq_ignore_ascii_case("connection")
+            && tokens(field.value).any(|t| t.eq_ignore_ascii_case(name))
+    })
 }
 
 /// Bytes handed out as body data.

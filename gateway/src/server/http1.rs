@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, StatusCode, Uri, Version};
 use http_body_util::BodyExt as _;
 use hyper::body::Body as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -32,8 +32,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::body::{ProxyBody, RequestBody};
+use crate::body::RequestBody;
 use crate::limits::Limits;
+use crate::reply::{FieldLines, Reply};
 use crate::wire::{self, Span, push_hex, span_in, tokens};
 
 /// Most header fields this loop takes; a request with more goes to hyper, which
@@ -134,7 +135,7 @@ pub(super) async fn serve<H, F>(
 ) -> Ended
 where
     H: Fn(Request<RequestBody>, SocketAddr) -> F,
-    F: Future<Output = Response<ProxyBody>>,
+    F: Future<Output: Into<Reply>>,
 {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
@@ -206,9 +207,9 @@ where
             send(stream, bad, settings.stall).await;
             return Ended::Closed;
         };
-        let response = handler(request, remote).await;
+        let reply = handler(request, remote).await.into();
         let close = close || stopping.has_changed().unwrap_or(true);
-        let kept = respond(stream, &mut out, response, close, settings.stall).await;
+        let kept = respond(stream, &mut out, reply, close, settings.stall).await;
         last = Instant::now();
         if !kept || close {
             let _ = stream.shutdown().await;
@@ -394,22 +395,30 @@ enum Framing {
     Chunked,
 }
 
-/// Writes `response`; whether the connection can carry another request.
+/// Writes `reply`; whether the connection can carry another request.
 async fn respond(
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
-    response: Response<ProxyBody>,
+    reply: Reply,
     close: bool,
     stall: Duration,
 ) -> bool {
+    let (response, lines) = reply.into_parts();
     let (parts, mut body) = response.into_parts();
     out.clear();
     let status = parts.status;
-    let declared = parts.headers.get(header::CONTENT_LENGTH).map(|v| {
-        std::str::from_utf8(v.as_bytes())
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    });
+    let fields = match &lines {
+        Some(lines) => Fields::Lines(lines),
+        None => Fields::Map(&parts.headers),
+    };
+    let declared = match fields {
+        Fields::Lines(lines) => lines.content_length().map(Some),
+        Fields::Map(headers) => headers.get(header::CONTENT_LENGTH).map(|v| {
+            std::str::from_utf8(v.as_bytes())
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        }),
+    };
     let framing = if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -426,14 +435,7 @@ async fn respond(
             },
         }
     };
-    encode_head(
-        out,
-        status,
-        &parts.headers,
-        framing,
-        declared.is_some(),
-        close,
-    );
+    encode_head(out, status, fields, framing, declared.is_some(), close);
     if framing == Framing::Empty {
         drop(body);
         return send(stream, out, stall).await;
@@ -524,33 +526,54 @@ async fn send(stream: &mut TcpStream, out: &[u8], stall: Duration) -> bool {
     true
 }
 
+/// A response's header fields, in either of the forms a [`Reply`] holds them.
+#[derive(Clone, Copy)]
+enum Fields<'a> {
+    Map(&'a HeaderMap),
+    /// Without hop-by-hop fields (Transfer-Encoding and Connection among them).
+    Lines(&'a FieldLines),
+}
+
 /// The status line and fields. Transfer-Encoding and Connection are the loop's own.
 fn encode_head(
     out: &mut Vec<u8>,
     status: StatusCode,
-    headers: &HeaderMap,
+    fields: Fields<'_>,
     framing: Framing,
     declared: bool,
     close: bool,
 ) {
-    out.reserve(128 + wire::fields_len(headers));
+    let size = match fields {
+        Fields::Map(headers) => wire::fields_len(headers),
+        Fields::Lines(lines) => lines.as_bytes().len(),
+    };
+    out.reserve(128 + size);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
-            continue;
+    let dated = match fields {
+        Fields::Map(headers) => {
+            for (name, value) in headers {
+                if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+                    continue;
+                }
+                wire::push_field(out, name.as_str().as_bytes(), value.as_bytes());
+            }
+            headers.contains_key(header::DATE)
         }
-        wire::push_field(out, name.as_str().as_bytes(), value.as_bytes());
-    }
+        Fields::Lines(lines) => {
+            out.extend_from_slice(lines.as_bytes());
+            lines.has_date()
+        }
+    };
     match framing {
         Framing::Length(n) if !declared => wire::push_content_length(out, n),
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         _ => {}
     }
-    if !headers.contains_key(header::DATE) {
+    if !dated {
         push_date(out);
     }
     if close {

@@ -1,6 +1,7 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
+use http::Response;
 use http_body_util::StreamBody;
 use hyper::body::Frame;
 use tokio::io::AsyncReadExt as _;
@@ -166,13 +167,13 @@ async fn pair() -> (TcpStream, TcpStream) {
 }
 
 /// What `respond` writes for `response`, and whether it kept the connection.
-async fn written(response: Response<ProxyBody>, close: bool) -> (String, bool) {
+async fn written(response: impl Into<Reply>, close: bool) -> (String, bool) {
     let (mut client, mut server) = pair().await;
     let mut out = Vec::new();
     let kept = respond(
         &mut server,
         &mut out,
-        response,
+        response.into(),
         close,
         Duration::from_secs(5),
     )
@@ -212,6 +213,53 @@ async fn a_body_of_unknown_length_is_chunked() {
         text.ends_with("\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn an_upstreams_lines_are_written_as_they_came() {
+    let mut lines = FieldLines::with_capacity(64);
+    lines.push(b"Server", b"up");
+    lines.push_content_length(b"Content-Length", 3);
+    let reply = Reply::with_lines(Response::new(body::full("abc")), lines.clone());
+    let (text, kept) = written(reply, true).await;
+    assert!(kept);
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\nServer: up\r\nContent-Length: 3\r\ndate: "),
+        "{text}"
+    );
+    assert_eq!(
+        text.to_ascii_lowercase().matches("content-length").count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.ends_with(" GMT\r\nconnection: close\r\n\r\nabc"),
+        "{text}"
+    );
+
+    // The upstream's date stays, and no second one is added.
+    lines.push(b"Date", b"Thu, 03 Dec 2026 14:43:08 GMT");
+    let reply = Reply::with_lines(Response::new(body::full("abc")), lines);
+    let (text, kept) = written(reply, false).await;
+    assert!(kept);
+    assert_eq!(
+        text.to_ascii_lowercase().matches("date:").count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains("\r\nDate: Thu, 03 Dec 2026 14:43:08 GMT\r\n"),
+        "{text}"
+    );
+
+    // The body is held to the lines' length: a short one ends the connection.
+    let mut lines = FieldLines::with_capacity(64);
+    lines.push_content_length(b"content-length", 10);
+    let reply = Reply::with_lines(Response::new(body::full("abc")), lines);
+    let (text, kept) = written(reply, false).await;
+    assert!(!kept);
+    assert!(text.contains("\r\ncontent-length: 10\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nabc"), "{text}");
 }
 
 #[tokio::test]
@@ -424,7 +472,7 @@ async fn a_client_that_stops_reading_loses_its_connection() {
     let kept = respond(
         &mut server,
         &mut out,
-        Response::new(body::full(big)),
+        Response::new(body::full(big)).into(),
         false,
         stall,
     )
