@@ -50,10 +50,23 @@ impl FieldLines {
     /// Appends the field `name: value`. `name` and `value` must be what httparse
     /// accepts in a head (token characters; visible characters, spaces and tabs).
     pub(crate) fn push(&mut self, name: &[u8], value: &[u8]) {
-        if name.eq_ignore_ascii_case(b"date") {
-            self.date = true;
-        }
         wire::push_field(&mut self.lines, name, value);
+    }
+
+    /// Appends whole lines, each `name: value\r\n` with a name and value as
+    /// [`Self::push`] takes them.
+    pub(crate) fn push_verbatim(&mut self, lines: &[u8]) {
+        self.lines.extend_from_slice(lines);
+    }
+
+    /// Records the `content-length` among the lines (the one the body is held to).
+    pub(crate) fn set_content_length(&mut self, length: u64) {
+        self.content_length = Some(length);
+    }
+
+    /// Records whether a `date` field is among the lines.
+    pub(crate) fn set_date(&mut self, date: bool) {
+        self.date = date;
     }
 
     /// Appends the `content-length` the response's framing follows.
@@ -212,6 +225,7 @@ mod tests {
         lines.push(b"x-empty", b"");
         lines.push_content_length(b"Content-Length", 12);
         lines.push(b"Date", b"Thu, 03 Dec 2026 14:43:08 GMT");
+        lines.set_date(true);
         lines.push(b"set-cookie", b"a=1");
         lines.push(b"set-cookie", b"b=2");
         lines

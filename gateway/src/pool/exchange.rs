@@ -381,28 +381,52 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parse
             }
         }
     }
-    // The fields for the client, as lines: the head's size is room enough.
+    // The fields for the client, as lines: the head's size is room enough. Lines
+    // already in the form `name: value\r\n` are copied as they are, several in one
+    // copy where they follow each other in the head (most upstreams write every line
+    // that way, and drop only their `Connection`).
+    let head = buf.get(..len).unwrap_or_default();
     let mut lines = FieldLines::with_capacity(len);
-    let mut length_sent = false;
+    let mut run = 0..0;
+    let (mut length_sent, mut dated) = (false, false);
     for field in fields {
         let name = field.name.as_bytes();
-        if is_hop_by_hop_name(name) || (names_listed && named_by_connection(fields, name)) {
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"content-length") {
-            // Transfer-Encoding wins over Content-Length (RFC 9112 6.3), which must
-            // not reach the client then; otherwise the one length, once.
-            if let Some(n) = content_length
-                && !transfer_encoding
-                && !length_sent
-            {
-                lines.push_content_length(name, n);
+        let line = canonical_line(head, name, field.value);
+        let keep =
+            if is_hop_by_hop_name(name) || (names_listed && named_by_connection(fields, name)) {
+                false
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                // Transfer-Encoding wins over Content-Length (RFC 9112 6.3), which must
+                // not reach the client then; otherwise the one length, once, in
+                // decimal.
+                let Some(n) = content_length.filter(|_| !transfer_encoding && !length_sent) else {
+                    continue_run(&mut lines, head, &mut run, None);
+                    continue;
+                };
                 length_sent = true;
-            }
-            continue;
+                lines.set_content_length(n);
+                let decimal = field.value.first() != Some(&b'0') || field.value.len() == 1;
+                if !(decimal && field.value.iter().all(u8::is_ascii_digit)) {
+                    continue_run(&mut lines, head, &mut run, None);
+                    lines.push_content_length(name, n);
+                    continue;
+                }
+                true
+            } else {
+                dated |= name.eq_ignore_ascii_case(b"date");
+                true
+            };
+        if !keep {
+            continue_run(&mut lines, head, &mut run, None);
+        } else if let Some(line) = line {
+            continue_run(&mut lines, head, &mut run, Some(line));
+        } else {
+            continue_run(&mut lines, head, &mut run, None);
+            lines.push(name, field.value);
         }
-        lines.push(name, field.value);
     }
+    continue_run(&mut lines, head, &mut run, None);
+    lines.set_date(dated);
     buf.advance(len);
     let framing =
         if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
@@ -433,6 +457,37 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parse
         framing,
         keep_alive,
     }))
+}
+
+/// Where the field `name: value` sits in `head` as a whole line in the form
+/// `name: value\r\n`, if it is in that form.
+fn canonical_line(head: &[u8], name: &[u8], value: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = wire::span_in(head, name).0 as usize;
+    let value_at = wire::span_in(head, value).0 as usize;
+    let end = value_at.checked_add(value.len())?.checked_add(2)?;
+    let separator = head.get(start + name.len()..value_at)?;
+    (separator == b": " && head.get(end - 2..end)? == b"\r\n").then_some(start..end)
+}
+
+/// Adds `line` to the lines being gathered for one copy, or, when it does not follow
+/// them in the head (or is `None`), copies those first.
+fn continue_run(
+    lines: &mut FieldLines,
+    head: &[u8],
+    run: &mut std::ops::Range<usize>,
+    line: Option<std::ops::Range<usize>>,
+) {
+    match line {
+        Some(line) if line.start == run.end && run.start < run.end => run.end = line.end,
+        _ => {
+            if let Some(bytes) = head.get(run.clone())
+                && !bytes.is_empty()
+            {
+                lines.push_verbatim(bytes);
+            }
+            *run = line.unwrap_or(0..0);
+        }
+    }
 }
 
 /// Whether a `Connection` field names the field `name` (which then describes the

@@ -491,3 +491,21 @@ fn decoding_what_an_upstream_sent_before_closing() {
         );
     }
 }
+
+#[test]
+fn lines_not_in_the_usual_form_are_rewritten_and_a_date_is_noted() {
+    let mut buf = BytesMut::from(
+        &b"HTTP/1.1 200 OK\nDate: Thu, 03 Dec 2026 14:43:08 GMT\nA:b\r\nContent-Length: 007\r\nC: d\r\nE: f\r\n\r\nbody"[..],
+    );
+    let exchange::Parsed::Final(head) = exchange::parse_head(&mut buf, false).unwrap() else {
+        panic!("a whole head");
+    };
+    assert_eq!(
+        String::from_utf8_lossy(head.lines.as_bytes()),
+        "Date: Thu, 03 Dec 2026 14:43:08 GMT\r\nA: b\r\nContent-Length: 7\r\nC: d\r\nE: f\r\n"
+    );
+    assert!(head.lines.has_date());
+    assert_eq!(head.lines.content_length(), Some(7));
+    assert_eq!(head.framing, Framing::Length(7));
+    assert_eq!(&buf[..], b"body");
+}
