@@ -649,7 +649,7 @@ async fn handle(shared: Arc<Shared>, req: Request<RequestBody>, remote: SocketAd
         .hash_of(&parts, consumer_name.as_deref(), remote.ip());
 
     let https = parts.extensions.get::<server::Secure>().is_some();
-    proxy::prepare_head(
+    let forwarding = proxy::prepare_head(
         &mut parts,
         ClientInfo {
             ip: remote.ip(),
@@ -661,7 +661,7 @@ async fn handle(shared: Arc<Shared>, req: Request<RequestBody>, remote: SocketAd
         .access_log
         .then(|| (parts.method.clone(), parts.uri.clone()));
     let upstream_started = Instant::now();
-    let response = match proxy::forward(&route.upstream, parts, incoming, hash).await {
+    let response = match proxy::forward(&route.upstream, parts, incoming, hash, forwarding).await {
         Ok(response) => {
             shared.metrics.observe_upstream(upstream_started.elapsed());
             response

@@ -26,6 +26,7 @@ use self::body::{Chunk, Decoder, Step};
 pub use self::exchange::Framing;
 use self::exchange::{Conn, Outgoing, Replay, ResponseHead};
 use crate::body::{BoxError, ProxyBody};
+use crate::proxy::Forwarding;
 use crate::reply::Reply;
 
 /// Idle connections kept per node; more are closed when they come back.
@@ -193,11 +194,13 @@ impl Pool {
     }
 
     /// Sends `request` to node `index` on a pooled connection, or a new one. The
-    /// request goes in origin form; a missing `Host` is the node's.
+    /// request goes in origin form; a missing `Host` is the node's; `forwarding`'s
+    /// fields replace the request's own of those names.
     pub async fn send(
         self: &Arc<Self>,
         index: usize,
         request: Request<ProxyBody>,
+        forwarding: Option<&Forwarding>,
     ) -> Result<Reply<PooledBody>, PoolError> {
         let Some(node) = self.nodes.get(index) else {
             return Err(PoolError::Connect {
@@ -208,7 +211,7 @@ impl Pool {
         let (parts, body) = request.into_parts();
         let outgoing = Outgoing::of(&body);
         let mut head = Vec::new();
-        exchange::encode_head(&mut head, &parts, outgoing, &node.authority);
+        exchange::encode_head(&mut head, &parts, outgoing, &node.authority, forwarding);
         let head_request = parts.method == Method::HEAD;
         let idempotent = matches!(
             parts.method,

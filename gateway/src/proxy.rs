@@ -123,20 +123,105 @@ pub struct ClientInfo {
     pub https: bool,
 }
 
-/// Prepares the request head for the upstream: hop-by-hop headers removed,
-/// X-Forwarded-* and X-Real-IP set, Host kept (HTTP/2 authority turned into Host).
-pub fn prepare_head(parts: &mut Parts, client: ClientInfo) {
-    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+/// The forwarding fields an upstream request gets: `X-Forwarded-For`, `X-Real-IP`,
+/// `X-Forwarded-Proto` and `X-Forwarded-Host`, in place of any the client sent.
+///
+/// They are kept beside the request's headers rather than inserted into its map: the
+/// gateway's own HTTP/1.1 client writes them straight into the request head (four
+/// map inserts, each hashing its name, were a twentieth of a proxied request), and
+/// [`Forwarding::apply`] inserts them for the TLS client. `Debug` shows which are set,
+/// not their values.
+#[derive(Clone, Default)]
+pub struct Forwarding {
+    forwarded_for: Option<HeaderValue>,
+    real_ip: Option<HeaderValue>,
+    proto: Option<HeaderValue>,
+    host: Option<HeaderValue>,
+}
+
+impl std::fmt::Debug for Forwarding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarding")
+            .field("forwarded_for", &self.forwarded_for.is_some())
+            .field("real_ip", &self.real_ip.is_some())
+            .field("proto", &self.proto)
+            .field("host", &self.host.is_some())
+            .finish()
+    }
+}
+
+impl Forwarding {
+    /// Whether `name` is one of the fields a forwarded request gets from the gateway
+    /// only (the client's are dropped).
+    pub(crate) fn replaces(name: &HeaderName) -> bool {
+        name == X_FORWARDED_FOR
+            || name == X_REAL_IP
+            || name == X_FORWARDED_PROTO
+            || name == X_FORWARDED_HOST
+    }
+
+    fn fields(&self) -> impl Iterator<Item = (&'static str, &HeaderValue)> {
+        [
+            ("x-forwarded-for", &self.forwarded_for),
+            ("x-real-ip", &self.real_ip),
+            ("x-forwarded-proto", &self.proto),
+            ("x-forwarded-host", &self.host),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value.as_ref()?)))
+    }
+
+    /// How many bytes [`Self::write`] writes.
+    pub(crate) fn encoded_len(&self) -> usize {
+        self.fields()
+            .map(|(name, value)| name.len() + value.len() + 4)
+            .sum()
+    }
+
+    /// Appends the fields as `name: value\r\n` lines.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        for (name, value) in self.fields() {
+            crate::wire::push_field(out, name.as_bytes(), value.as_bytes());
+        }
+    }
+
+    /// Puts the fields into `headers` in place of the client's.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in [
+            X_FORWARDED_FOR,
+            X_REAL_IP,
+            X_FORWARDED_PROTO,
+            X_FORWARDED_HOST,
+        ] {
+            headers.remove(name);
+        }
+        for (name, value) in self.fields() {
+            headers.insert(HeaderName::from_static(name), value.clone());
+        }
+    }
+}
+
+/// Prepares the request head for the upstream: hop-by-hop headers removed, Host kept
+/// (HTTP/2 authority turned into Host); and the forwarding fields it is to get.
+pub fn prepare_head(parts: &mut Parts, client: ClientInfo) -> Forwarding {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let from_header = hosts.next().cloned();
+    // One Host for the upstream: the first (hyper refuses two; this loop does not).
+    let several = hosts.next().is_some();
+    let host = from_header.clone().or_else(|| {
         parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     strip_hop_by_hop(&mut parts.headers);
-    // Up to four headers are added: room for them at once rather than growing twice.
-    parts.headers.reserve(4);
+    if (from_header.is_none() || several)
+        && let Some(host) = &host
+    {
+        parts.headers.insert(header::HOST, host.clone());
+    }
     let ip = client_ip_value(client.ip);
-    let xff = match parts
+    let forwarded_for = match parts
         .headers
         .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
@@ -148,26 +233,17 @@ pub fn prepare_head(parts: &mut Parts, client: ClientInfo) {
             joined.extend_from_slice(ip.as_bytes());
             HeaderValue::from_bytes(&joined).ok()
         }),
-        _ => None,
+        _ => ip.clone(),
     };
-    if let Some(ip) = ip {
-        parts
-            .headers
-            .insert(X_FORWARDED_FOR, xff.unwrap_or_else(|| ip.clone()));
-        parts.headers.insert(X_REAL_IP, ip);
-    }
-    parts.headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if client.https { "https" } else { "http" }),
-    );
-    match original_host {
-        Some(host) => {
-            parts.headers.insert(X_FORWARDED_HOST, host.clone());
-            parts.headers.insert(header::HOST, host);
-        }
-        None => {
-            parts.headers.remove(&X_FORWARDED_HOST);
-        }
+    Forwarding {
+        forwarded_for,
+        real_ip: ip,
+        proto: Some(HeaderValue::from_static(if client.https {
+            "https"
+        } else {
+            "http"
+        })),
+        host,
     }
 }
 
@@ -233,6 +309,7 @@ pub async fn forward(
     parts: Parts,
     body: RequestBody,
     hash: Option<u64>,
+    forwarding: Forwarding,
 ) -> Result<Reply, ProxyError> {
     let Parts {
         method,
@@ -299,7 +376,7 @@ pub async fn forward(
         let in_flight = upstream.start(index);
         let outcome = tokio::time::timeout(
             upstream.head_timeout,
-            upstream.client.request(index, request),
+            upstream.client.request(index, request, &forwarding),
         )
         .await;
         drop(in_flight);
@@ -385,19 +462,63 @@ mod tests {
 
     #[test]
     fn forwarded_headers_are_set() {
-        let mut p = parts(&[("host", "api.example.com"), ("x-forwarded-for", "10.0.0.1")]);
-        prepare_head(
+        let mut p = parts(&[
+            ("host", "api.example.com"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-real-ip", "10.9.9.9"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let forwarding = prepare_head(
             &mut p,
             ClientInfo {
                 https: false,
                 ip: "192.0.2.7".parse().unwrap(),
             },
         );
+        let mut written = Vec::new();
+        forwarding.write(&mut written);
+        assert_eq!(
+            String::from_utf8(written.clone()).unwrap(),
+            "x-forwarded-for: 10.0.0.1, 192.0.2.7\r\nx-real-ip: 192.0.2.7\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: api.example.com\r\n"
+        );
+        assert_eq!(forwarding.encoded_len(), written.len());
+        for name in ["x-forwarded-for", "x-real-ip", "x-forwarded-proto"] {
+            assert!(Forwarding::replaces(&HeaderName::from_static(name)));
+        }
+        assert!(!Forwarding::replaces(&header::HOST));
+        forwarding.apply(&mut p.headers);
+        assert_eq!(p.headers.get_all("x-real-ip").iter().count(), 1);
         assert_eq!(p.headers["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(p.headers["x-real-ip"], "192.0.2.7");
         assert_eq!(p.headers["x-forwarded-proto"], "http");
         assert_eq!(p.headers["x-forwarded-host"], "api.example.com");
         assert_eq!(p.headers["host"], "api.example.com");
+    }
+
+    #[test]
+    fn the_upstream_gets_one_host() {
+        let client = ClientInfo {
+            https: true,
+            ip: "192.0.2.7".parse().unwrap(),
+        };
+        let mut p = parts(&[("host", "a.example"), ("host", "b.example")]);
+        let forwarding = prepare_head(&mut p, client);
+        let hosts: Vec<_> = p.headers.get_all("host").iter().collect();
+        assert_eq!(hosts, ["a.example"]);
+        forwarding.apply(&mut p.headers);
+        assert_eq!(p.headers["x-forwarded-host"], "a.example");
+        assert_eq!(p.headers["x-forwarded-proto"], "https");
+
+        // HTTP/2: the authority becomes Host.
+        let mut p = Request::get("https://c.example/x")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        prepare_head(&mut p, client).apply(&mut p.headers);
+        assert_eq!(p.headers["host"], "c.example");
+        assert_eq!(p.headers["x-forwarded-host"], "c.example");
     }
 
     #[test]
@@ -411,7 +532,8 @@ mod tests {
                     https: false,
                     ip: ip.parse().unwrap(),
                 },
-            );
+            )
+            .apply(&mut p.headers);
             assert_eq!(p.headers["x-real-ip"], ip);
             assert_eq!(p.headers["x-forwarded-for"], ip);
         }

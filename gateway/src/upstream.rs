@@ -22,6 +22,7 @@ use crate::config::{
 };
 use crate::consumers::EnvLookup;
 use crate::pool::{Pool, PoolError, PooledBody};
+use crate::proxy::Forwarding;
 use crate::reply::Reply;
 use crate::tls::upstream::UpstreamTls;
 
@@ -143,17 +144,25 @@ impl Body for UpstreamBody {
 }
 
 impl UpstreamClient {
-    /// Sends `request` to node `index` on a pooled connection (or a new one).
+    /// Sends `request` with the `forwarding` fields to node `index` on a pooled
+    /// connection (or a new one).
     pub async fn request(
         &self,
         index: usize,
-        request: Request<ProxyBody>,
+        mut request: Request<ProxyBody>,
+        forwarding: &Forwarding,
     ) -> Result<Reply<UpstreamBody>, UpstreamError> {
         match self {
-            Self::Http(pool) => Ok(pool.send(index, request).await?.map(UpstreamBody::Pooled)),
-            Self::Https(client) => Ok(Reply::from(
-                client.request(request).await?.map(UpstreamBody::Incoming),
-            )),
+            Self::Http(pool) => Ok(pool
+                .send(index, request, Some(forwarding))
+                .await?
+                .map(UpstreamBody::Pooled)),
+            Self::Https(client) => {
+                forwarding.apply(request.headers_mut());
+                Ok(Reply::from(
+                    client.request(request).await?.map(UpstreamBody::Incoming),
+                ))
+            }
         }
     }
 }

@@ -20,7 +20,7 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use super::PoolError;
 use crate::body::ProxyBody;
-use crate::proxy::is_hop_by_hop_name;
+use crate::proxy::{Forwarding, is_hop_by_hop_name};
 use crate::reply::FieldLines;
 use crate::wire::{self, push_hex, tokens};
 
@@ -195,17 +195,24 @@ impl Conn {
 }
 
 /// The request head in origin form; `Host` is the node's when the request has none,
-/// and the body's framing is the one [`Outgoing`] says (a client's own
-/// `content-length` is replaced by the length the body will have).
+/// the body's framing is the one [`Outgoing`] says (a client's own `content-length`
+/// is replaced by the length the body will have), and `forwarding`'s fields replace
+/// the request's own of those names.
 pub(super) fn encode_head(
     out: &mut Vec<u8>,
     parts: &request::Parts,
     outgoing: Outgoing,
     authority: &Authority,
+    forwarding: Option<&Forwarding>,
 ) {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     // Sized once: growing the buffer midway copies the head.
-    out.reserve(64 + target.len() + authority.as_str().len() + wire::fields_len(&parts.headers));
+    out.reserve(
+        64 + target.len()
+            + authority.as_str().len()
+            + wire::fields_len(&parts.headers)
+            + forwarding.map_or(0, Forwarding::encoded_len),
+    );
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -214,10 +221,15 @@ pub(super) fn encode_head(
         wire::push_field(out, b"host", authority.as_str().as_bytes());
     }
     for (name, value) in &parts.headers {
-        if outgoing != Outgoing::Empty && name == header::CONTENT_LENGTH {
+        if (outgoing != Outgoing::Empty && name == header::CONTENT_LENGTH)
+            || (forwarding.is_some() && Forwarding::replaces(name))
+        {
             continue;
         }
         wire::push_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(forwarding) = forwarding {
+        forwarding.write(out);
     }
     match outgoing {
         Outgoing::Empty => {}

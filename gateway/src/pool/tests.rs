@@ -62,7 +62,7 @@ async fn connections_are_reused_and_requests_go_in_origin_form() {
     let pool = Arc::new(Pool::new([authority.clone()], Duration::from_secs(5)));
     for i in 0..5 {
         let response = pool
-            .send(0, get(&authority, &format!("/a?i={i}")))
+            .send(0, get(&authority, &format!("/a?i={i}")), None)
             .await
             .unwrap();
         assert_eq!(body(response).await, format!("/a?i={i}"));
@@ -76,7 +76,7 @@ async fn connections_the_upstream_closed_are_not_reused() {
     let (authority, accepted) = upstream(true).await;
     let pool = Arc::new(Pool::new([authority.clone()], Duration::from_secs(5)));
     for _ in 0..3 {
-        let response = pool.send(0, get(&authority, "/c")).await.unwrap();
+        let response = pool.send(0, get(&authority, "/c"), None).await.unwrap();
         assert_eq!(body(response).await, "/c");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -89,7 +89,7 @@ async fn a_refused_connection_is_a_connect_error() {
     let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
     drop(listener);
     let pool = Arc::new(Pool::new([authority.clone()], Duration::from_secs(5)));
-    let err = pool.send(0, get(&authority, "/")).await.unwrap_err();
+    let err = pool.send(0, get(&authority, "/"), None).await.unwrap_err();
     assert!(err.is_connect(), "{err}");
 }
 
@@ -173,8 +173,12 @@ async fn send_empty(
     path: &str,
 ) -> Result<Reply<PooledBody>, PoolError> {
     let authority = pool.nodes[0].authority.clone();
-    pool.send(0, request(method, &authority, path, crate::body::empty()))
-        .await
+    pool.send(
+        0,
+        request(method, &authority, path, crate::body::empty()),
+        None,
+    )
+    .await
 }
 
 /// The header fields of a reply of the pool, which keeps them as the upstream's lines.
@@ -344,7 +348,7 @@ async fn request_bodies_go_with_their_length_or_chunked() {
     // A client's own (wrong) content-length is replaced by the body's.
     post.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
-    let response = pool.send(0, post).await.unwrap();
+    let response = pool.send(0, post, None).await.unwrap();
     assert_eq!(text(response).await.unwrap(), "");
     let sent = String::from_utf8(seen.recv().await.unwrap()).unwrap();
     assert!(sent.starts_with("POST /p?q=1 HTTP/1.1\r\n"), "{sent}");
@@ -367,6 +371,7 @@ async fn request_bodies_go_with_their_length_or_chunked() {
         .send(
             0,
             request("PUT", &authority, "/c", crate::body::boxed(stream)),
+            None,
         )
         .await
         .unwrap();
@@ -402,6 +407,7 @@ async fn an_early_answer_ends_the_exchange_and_closes_the_connection() {
         pool.send(
             0,
             request("POST", &authority, "/", crate::body::boxed(stream)),
+            None,
         ),
     )
     .await
@@ -508,4 +514,52 @@ fn lines_not_in_the_usual_form_are_rewritten_and_a_date_is_noted() {
     assert_eq!(head.lines.content_length(), Some(7));
     assert_eq!(head.framing, Framing::Length(7));
     assert_eq!(&buf[..], b"body");
+}
+
+#[tokio::test]
+async fn forwarding_fields_replace_the_clients_own() {
+    let (authority, mut seen) =
+        scripted(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"]).await;
+    let pool = pool(&authority);
+    let (mut parts, body) = request("GET", &authority, "/f", crate::body::empty()).into_parts();
+    for (name, value) in [
+        ("host", "api.example"),
+        ("x-forwarded-for", "10.0.0.1"),
+        ("x-real-ip", "10.6.6.6"),
+        ("x-forwarded-host", "forged.example"),
+        ("x-kept", "1"),
+    ] {
+        parts.headers.append(
+            http::HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    let client = crate::proxy::ClientInfo {
+        ip: "192.0.2.7".parse().unwrap(),
+        https: false,
+    };
+    let forwarding = crate::proxy::prepare_head(&mut parts, client);
+    let reply = pool
+        .send(0, Request::from_parts(parts, body), Some(&forwarding))
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let sent = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+    assert!(
+        sent.starts_with("GET /f HTTP/1.1\r\nhost: api.example\r\n"),
+        "{sent}"
+    );
+    for line in [
+        "\r\nx-kept: 1\r\n",
+        "\r\nx-forwarded-for: 10.0.0.1, 192.0.2.7\r\n",
+        "\r\nx-real-ip: 192.0.2.7\r\n",
+        "\r\nx-forwarded-proto: http\r\n",
+        "\r\nx-forwarded-host: api.example\r\n",
+    ] {
+        assert_eq!(sent.matches(line).count(), 1, "{line:?} in {sent}");
+    }
+    assert!(
+        !sent.contains("10.6.6.6") && !sent.contains("forged"),
+        "{sent}"
+    );
 }
