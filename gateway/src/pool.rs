@@ -226,7 +226,9 @@ impl Pool {
         loop {
             let (mut conn, reused) = match self.checkout(index) {
                 Some(conn) => (conn, true),
-                None => (self.connect(node).await?, false),
+                // Boxed: a new connection is rare on a kept-alive path, and its
+                // future would make every request's larger.
+                None => (Box::pin(self.connect(node)).await?, false),
             };
             match conn
                 .exchange(&head, &mut body, outgoing, head_request)

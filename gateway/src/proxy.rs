@@ -10,6 +10,7 @@ use http::request::Parts;
 use http::uri::{self, PathAndQuery};
 use http::{Method, Request, Uri};
 use hyper::body::Body as _;
+use smallvec::SmallVec;
 
 use crate::body::{self, IdleTimeout, RequestBody};
 use crate::config::PassHost;
@@ -329,7 +330,8 @@ pub async fn forward(
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     );
     let mut body = Some(body);
-    let mut tried: Vec<usize> = Vec::new();
+    // Nodes tried so far, held inline (no allocation per request) up to a few retries.
+    let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let max_attempts = 1 + usize::try_from(upstream.retries).unwrap_or(usize::MAX);
     let mut last = ProxyError::Unreachable("no node".into());
     while tried.len() < max_attempts {

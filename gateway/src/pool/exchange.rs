@@ -151,7 +151,7 @@ impl Conn {
                 replay: Replay::Unsent,
             });
         }
-        let Some(mut body) = body.take() else {
+        let Some(body) = body.take() else {
             return read_head(&mut reader, buf, head_request)
                 .await
                 .map_err(|error| Failure {
@@ -163,34 +163,57 @@ impl Conn {
                     error,
                 });
         };
-        let never = |error| Failure {
-            error,
-            replay: Replay::Never,
-        };
-        let send = write_body(&mut writer, &mut body, outgoing);
-        let read = read_head(&mut reader, buf, head_request);
-        tokio::pin!(send, read);
-        tokio::select! {
-            biased;
-            head = &mut read => {
-                // An early answer: the rest of the body is not sent, and the
-                // connection cannot carry another request.
-                let mut head = head.map_err(never)?;
-                head.keep_alive = false;
-                Ok(head)
-            }
-            sent = &mut send => match sent {
-                Ok(()) => read.await.map_err(never),
-                // The upstream may have answered and stopped reading.
-                Err(error) => match read.await {
-                    Ok(mut head) => {
-                        head.keep_alive = false;
-                        Ok(head)
-                    }
-                    Err(_) => Err(never(error)),
-                },
-            },
+        // Boxed: the body's state is most of this future's size, and most requests
+        // have no body; unboxed, every request would carry and move it.
+        Box::pin(exchange_body(
+            reader,
+            writer,
+            buf,
+            body,
+            outgoing,
+            head_request,
+        ))
+        .await
+    }
+}
+
+/// The rest of an exchange whose request has a body: the body streams while the
+/// response head is awaited.
+async fn exchange_body(
+    mut reader: ReadHalf<'_>,
+    mut writer: WriteHalf<'_>,
+    buf: &mut BytesMut,
+    mut body: ProxyBody,
+    outgoing: Outgoing,
+    head_request: bool,
+) -> Result<ResponseHead, Failure> {
+    let never = |error| Failure {
+        error,
+        replay: Replay::Never,
+    };
+    let send = write_body(&mut writer, &mut body, outgoing);
+    let read = read_head(&mut reader, buf, head_request);
+    tokio::pin!(send, read);
+    tokio::select! {
+        biased;
+        head = &mut read => {
+            // An early answer: the rest of the body is not sent, and the
+            // connection cannot carry another request.
+            let mut head = head.map_err(never)?;
+            head.keep_alive = false;
+            Ok(head)
         }
+        sent = &mut send => match sent {
+            Ok(()) => read.await.map_err(never),
+            // The upstream may have answered and stopped reading.
+            Err(error) => match read.await {
+                Ok(mut head) => {
+                    head.keep_alive = false;
+                    Ok(head)
+                }
+                Err(_) => Err(never(error)),
+            },
+        },
     }
 }
 
