@@ -52,6 +52,9 @@ pub enum PoolError {
     /// The upstream closed the connection without a byte of response.
     #[error("the upstream closed the connection before responding")]
     Closed,
+    /// No response head by the deadline (the connection is closed).
+    #[error("no response head by the deadline")]
+    Timeout,
     /// The upstream's response is not valid HTTP/1.1 (or asks for an upgrade).
     #[error("invalid upstream response: {0}")]
     Malformed(String),
@@ -64,6 +67,11 @@ impl PoolError {
     /// True when no connection could be made (the request was not sent).
     pub fn is_connect(&self) -> bool {
         matches!(self, Self::Connect { .. })
+    }
+
+    /// True when the deadline passed before a response head came.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout)
     }
 }
 
@@ -193,7 +201,8 @@ impl Pool {
         Ok(Conn::new(stream))
     }
 
-    /// Sends `request` to node `index` on a pooled connection, or a new one. The
+    /// Sends `request` to node `index` on a pooled connection, or a new one, and
+    /// waits for the response head until `deadline` ([`PoolError::Timeout`]). The
     /// request goes in origin form; a missing `Host` is the node's; `forwarding`'s
     /// fields replace the request's own of those names.
     pub async fn send(
@@ -201,6 +210,7 @@ impl Pool {
         index: usize,
         request: Request<ProxyBody>,
         forwarding: Option<&Forwarding>,
+        deadline: tokio::time::Instant,
     ) -> Result<Reply<PooledBody>, PoolError> {
         let Some(node) = self.nodes.get(index) else {
             return Err(PoolError::Connect {
@@ -228,10 +238,14 @@ impl Pool {
                 Some(conn) => (conn, true),
                 // Boxed: a new connection is rare on a kept-alive path, and its
                 // future would make every request's larger.
-                None => (Box::pin(self.connect(node)).await?, false),
+                None => {
+                    let connect = tokio::time::timeout_at(deadline, self.connect(node));
+                    let conn = Box::pin(connect).await.map_err(|_| PoolError::Timeout)??;
+                    (conn, false)
+                }
             };
             match conn
-                .exchange(&head, &mut body, outgoing, head_request)
+                .exchange(&head, &mut body, outgoing, head_request, deadline)
                 .await
             {
                 Ok(head) => return Ok(self.respond(index, conn, head)),

@@ -376,14 +376,14 @@ pub async fn forward(
             }
         }
         let in_flight = upstream.start(index);
-        let outcome = tokio::time::timeout(
-            upstream.head_timeout,
-            upstream.client.request(index, request, &forwarding),
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + upstream.head_timeout;
+        let outcome = upstream
+            .client
+            .request(index, request, &forwarding, deadline)
+            .await;
         drop(in_flight);
         let retry_safe = match outcome {
-            Ok(Ok(mut reply)) => {
+            Ok(mut reply) => {
                 let status = reply.status().as_u16();
                 if (502..=504).contains(&status) {
                     upstream.report_failure(index);
@@ -400,7 +400,13 @@ pub async fn forward(
                 let read = upstream.read_timeout;
                 return Ok(reply.map(|b| body::boxed(IdleTimeout::new(b, read))));
             }
-            Ok(Err(e)) => {
+            Err(e) if e.is_timeout() => {
+                upstream.report_failure(index);
+                tracing::debug!(node = %node.authority, "upstream timed out");
+                last = ProxyError::Timeout;
+                idempotent
+            }
+            Err(e) => {
                 upstream.report_failure(index);
                 // The whole chain: "client error (Connect)" alone hides a TLS refusal.
                 let why = error_chain(&e);
@@ -408,12 +414,6 @@ pub async fn forward(
                 let connect = e.is_connect();
                 last = ProxyError::Unreachable(why);
                 connect || idempotent
-            }
-            Err(_elapsed) => {
-                upstream.report_failure(index);
-                tracing::debug!(node = %node.authority, "upstream timed out");
-                last = ProxyError::Timeout;
-                idempotent
             }
         };
         if !(replayable && retry_safe) {

@@ -93,6 +93,9 @@ pub enum UpstreamError {
     /// From the TLS client.
     #[error(transparent)]
     Client(#[from] hyper_util::client::legacy::Error),
+    /// The TLS client had no response head by the deadline.
+    #[error("no response head by the deadline")]
+    Timeout,
 }
 
 impl UpstreamError {
@@ -101,6 +104,16 @@ impl UpstreamError {
         match self {
             Self::Pool(e) => e.is_connect(),
             Self::Client(e) => e.is_connect(),
+            Self::Timeout => false,
+        }
+    }
+
+    /// True when the deadline passed before a response head came.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Self::Pool(e) => e.is_timeout(),
+            Self::Client(_) => false,
+            Self::Timeout => true,
         }
     }
 }
@@ -145,23 +158,25 @@ impl Body for UpstreamBody {
 
 impl UpstreamClient {
     /// Sends `request` with the `forwarding` fields to node `index` on a pooled
-    /// connection (or a new one).
+    /// connection (or a new one); the response head must come by `deadline`.
     pub async fn request(
         &self,
         index: usize,
         mut request: Request<ProxyBody>,
         forwarding: &Forwarding,
+        deadline: tokio::time::Instant,
     ) -> Result<Reply<UpstreamBody>, UpstreamError> {
         match self {
             Self::Http(pool) => Ok(pool
-                .send(index, request, Some(forwarding))
+                .send(index, request, Some(forwarding), deadline)
                 .await?
                 .map(UpstreamBody::Pooled)),
             Self::Https(client) => {
                 forwarding.apply(request.headers_mut());
-                Ok(Reply::from(
-                    client.request(request).await?.map(UpstreamBody::Incoming),
-                ))
+                let response = tokio::time::timeout_at(deadline, client.request(request))
+                    .await
+                    .map_err(|_| UpstreamError::Timeout)??;
+                Ok(Reply::from(response.map(UpstreamBody::Incoming)))
             }
         }
     }

@@ -6,6 +6,8 @@
 //! ([`FieldLines`]), and the framing of the body that follows.
 
 use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use http::header;
@@ -17,6 +19,7 @@ use hyper::body::Body as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::time::{Instant, Sleep};
 
 use super::PoolError;
 use crate::body::ProxyBody;
@@ -37,6 +40,11 @@ pub(super) struct Conn {
     /// Kept across exchanges: once the previous response's bytes are dropped, its
     /// allocation is reused rather than a new one made per request.
     pub(super) buf: BytesMut,
+    /// The response head's deadline. Kept with the connection and moved later for
+    /// each exchange, which the timer wheel takes as a compare-and-swap; a timer made
+    /// per request (`tokio::time::timeout`) was inserted into and removed from the
+    /// wheel every time.
+    deadline: Pin<Box<Sleep>>,
 }
 
 /// How a request body goes upstream.
@@ -110,6 +118,8 @@ impl Conn {
         Self {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
+            // Not armed until the first exchange sets it.
+            deadline: Box::pin(tokio::time::sleep(Duration::MAX)),
         }
     }
 
@@ -135,15 +145,40 @@ impl Conn {
     }
 
     /// Sends `head` (and `body`, taken only once the head is out) and reads the
-    /// response head. 1xx responses other than 101 are skipped.
+    /// response head by `deadline`. 1xx responses other than 101 are skipped.
     pub(super) async fn exchange(
         &mut self,
         head: &[u8],
         body: &mut Option<ProxyBody>,
         outgoing: Outgoing,
         head_request: bool,
+        deadline: Instant,
     ) -> Result<ResponseHead, Failure> {
-        let Self { stream, buf } = self;
+        let Self {
+            stream,
+            buf,
+            deadline: timer,
+        } = self;
+        timer.as_mut().reset(deadline);
+        let exchange = Self::send_and_read(stream, buf, head, body, outgoing, head_request);
+        tokio::select! {
+            biased;
+            result = exchange => result,
+            () = timer.as_mut() => Err(Failure {
+                error: PoolError::Timeout,
+                replay: Replay::Never,
+            }),
+        }
+    }
+
+    async fn send_and_read(
+        stream: &mut TcpStream,
+        buf: &mut BytesMut,
+        head: &[u8],
+        body: &mut Option<ProxyBody>,
+        outgoing: Outgoing,
+        head_request: bool,
+    ) -> Result<ResponseHead, Failure> {
         let (mut reader, mut writer) = stream.split();
         if let Err(e) = writer.write_all(head).await {
             return Err(Failure {

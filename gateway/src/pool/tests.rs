@@ -39,6 +39,11 @@ async fn upstream(close: bool) -> (Authority, Arc<AtomicUsize>) {
     (addr.to_string().parse().unwrap(), accepted)
 }
 
+/// A deadline no test reaches.
+fn far() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(60)
+}
+
 fn get(authority: &Authority, path: &str) -> Request<ProxyBody> {
     Request::get(format!("http://{authority}{path}"))
         .body(crate::body::empty())
@@ -62,7 +67,7 @@ async fn connections_are_reused_and_requests_go_in_origin_form() {
     let pool = Arc::new(Pool::new([authority.clone()], Duration::from_secs(5)));
     for i in 0..5 {
         let response = pool
-            .send(0, get(&authority, &format!("/a?i={i}")), None)
+            .send(0, get(&authority, &format!("/a?i={i}")), None, far())
             .await
             .unwrap();
         assert_eq!(body(response).await, format!("/a?i={i}"));
@@ -76,7 +81,10 @@ async fn connections_the_upstream_closed_are_not_reused() {
     let (authority, accepted) = upstream(true).await;
     let pool = Arc::new(Pool::new([authority.clone()], Duration::from_secs(5)));
     for _ in 0..3 {
-        let response = pool.send(0, get(&authority, "/c"), None).await.unwrap();
+        let response = pool
+            .send(0, get(&authority, "/c"), None, far())
+            .await
+            .unwrap();
         assert_eq!(body(response).await, "/c");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -89,7 +97,10 @@ async fn a_refused_connection_is_a_connect_error() {
     let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
     drop(listener);
     let pool = Arc::new(Pool::new([authority.clone()], Duration::from_secs(5)));
-    let err = pool.send(0, get(&authority, "/"), None).await.unwrap_err();
+    let err = pool
+        .send(0, get(&authority, "/"), None, far())
+        .await
+        .unwrap_err();
     assert!(err.is_connect(), "{err}");
 }
 
@@ -177,6 +188,7 @@ async fn send_empty(
         0,
         request(method, &authority, path, crate::body::empty()),
         None,
+        far(),
     )
     .await
 }
@@ -348,7 +360,7 @@ async fn request_bodies_go_with_their_length_or_chunked() {
     // A client's own (wrong) content-length is replaced by the body's.
     post.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
-    let response = pool.send(0, post, None).await.unwrap();
+    let response = pool.send(0, post, None, far()).await.unwrap();
     assert_eq!(text(response).await.unwrap(), "");
     let sent = String::from_utf8(seen.recv().await.unwrap()).unwrap();
     assert!(sent.starts_with("POST /p?q=1 HTTP/1.1\r\n"), "{sent}");
@@ -372,6 +384,7 @@ async fn request_bodies_go_with_their_length_or_chunked() {
             0,
             request("PUT", &authority, "/c", crate::body::boxed(stream)),
             None,
+            far(),
         )
         .await
         .unwrap();
@@ -408,6 +421,7 @@ async fn an_early_answer_ends_the_exchange_and_closes_the_connection() {
             0,
             request("POST", &authority, "/", crate::body::boxed(stream)),
             None,
+            far(),
         ),
     )
     .await
@@ -540,7 +554,12 @@ async fn forwarding_fields_replace_the_clients_own() {
     };
     let forwarding = crate::proxy::prepare_head(&mut parts, client);
     let reply = pool
-        .send(0, Request::from_parts(parts, body), Some(&forwarding))
+        .send(
+            0,
+            Request::from_parts(parts, body),
+            Some(&forwarding),
+            far(),
+        )
         .await
         .unwrap();
     assert_eq!(reply.status(), 200);
@@ -562,4 +581,55 @@ async fn forwarding_fields_replace_the_clients_own() {
         !sent.contains("10.6.6.6") && !sent.contains("forged"),
         "{sent}"
     );
+}
+
+#[tokio::test]
+async fn no_head_by_the_deadline_is_a_timeout_and_the_connection_is_dropped() {
+    // The upstream reads the request and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut chunk = [0u8; 1024];
+        let _ = stream.read(&mut chunk).await.unwrap();
+        // The next read ends when the gateway closes the connection.
+        let _ = closed_tx.send(stream.read(&mut chunk).await.map(|n| n == 0));
+    });
+    let pool = pool(&authority);
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_millis(200);
+    let err = pool
+        .send(0, get(&authority, "/slow"), None, deadline)
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(pool.idle(0).unwrap().len(), 0);
+    let closed = tokio::time::timeout(Duration::from_secs(5), closed_rx)
+        .await
+        .expect("the connection is closed")
+        .unwrap();
+    assert!(closed.unwrap(), "closed without another byte");
+}
+
+#[tokio::test]
+async fn a_reused_connection_gets_each_requests_own_deadline() {
+    let (authority, _accepted) = upstream(false).await;
+    let pool = pool(&authority);
+    // The first deadline passes while the connection is idle in the pool: the next
+    // request on it must not inherit it.
+    let soon = tokio::time::Instant::now() + Duration::from_millis(50);
+    let reply = pool
+        .send(0, get(&authority, "/1"), None, soon)
+        .await
+        .unwrap();
+    assert_eq!(body(reply).await, "/1");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(pool.idle(0).unwrap().len(), 1);
+    let reply = pool
+        .send(0, get(&authority, "/2"), None, far())
+        .await
+        .unwrap();
+    assert_eq!(body(reply).await, "/2");
 }
