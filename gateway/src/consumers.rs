@@ -726,7 +726,9 @@ pub struct BasicUser {
 /// basic-auth user name.
 #[derive(Debug, Default)]
 pub struct AuthState {
-    by_key: HashMap<String, Arc<JwtConsumer>>,
+    /// By `key` claim. foldhash rather than SipHash: only configured keys are
+    /// inserted, so a client cannot choose colliding ones.
+    by_key: HashMap<String, Arc<JwtConsumer>, foldhash::fast::RandomState>,
     api_keys: HashMap<Digest, Arc<str>>,
     basic: HashMap<String, BasicUser>,
     admin_key: Option<Result<Digest, Unavailable>>,

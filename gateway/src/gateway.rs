@@ -578,13 +578,12 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-const X_CONSUMER_USERNAME: http::HeaderName = http::HeaderName::from_static("x-consumer-username");
-
 /// The request path.
 async fn handle(shared: Arc<Shared>, req: Request<RequestBody>, remote: SocketAddr) -> Reply {
-    let started = Instant::now();
-    let (mut parts, incoming) = req.into_parts();
     let runtime = shared.runtime.load_full();
+    // Read only by the access log.
+    let started = runtime.access_log.then(Instant::now);
+    let (mut parts, incoming) = req.into_parts();
 
     if runtime.sign_endpoint && parts.method == Method::GET && parts.uri.path() == sign::PATH {
         let auth = shared.auth.load();
@@ -639,9 +638,6 @@ async fn handle(shared: Arc<Shared>, req: Request<RequestBody>, remote: SocketAd
                 }
             }
         };
-        if let Ok(v) = HeaderValue::from_str(&consumer) {
-            parts.headers.insert(X_CONSUMER_USERNAME, v);
-        }
         consumer_name = Some(consumer);
     }
     let hash = route
@@ -649,13 +645,18 @@ async fn handle(shared: Arc<Shared>, req: Request<RequestBody>, remote: SocketAd
         .hash_of(&parts, consumer_name.as_deref(), remote.ip());
 
     let https = parts.extensions.get::<server::Secure>().is_some();
-    let forwarding = proxy::prepare_head(
+    let mut forwarding = proxy::prepare_head(
         &mut parts,
         ClientInfo {
             ip: remote.ip(),
             https,
         },
     );
+    if let Some(name) = consumer_name.as_deref()
+        && let Ok(value) = HeaderValue::from_str(name)
+    {
+        forwarding.set_consumer(value);
+    }
     // Kept only for the access log: cloning the URI is not free.
     let logged = runtime
         .access_log
@@ -700,7 +701,8 @@ async fn handle(shared: Arc<Shared>, req: Request<RequestBody>, remote: SocketAd
         tracing::info!(
             target: "keygate_gateway::access",
             client = %remote.ip(), %method, path = uri.path(), route = %route.id,
-            status = response.status().as_u16(), micros = started.elapsed().as_micros() as u64,
+            status = response.status().as_u16(),
+            micros = started.map_or(0, |s| s.elapsed().as_micros() as u64),
         );
     }
     response
@@ -712,14 +714,15 @@ fn access_log(
     parts: &http::request::Parts,
     route: Option<&Arc<str>>,
     status: StatusCode,
-    started: Instant,
+    started: Option<Instant>,
 ) {
     if runtime.access_log {
         tracing::info!(
             target: "keygate_gateway::access",
             client = %remote.ip(), method = %parts.method, path = parts.uri.path(),
             route = route.map(|r| &**r),
-            status = status.as_u16(), micros = started.elapsed().as_micros() as u64,
+            status = status.as_u16(),
+            micros = started.map_or(0, |s| s.elapsed().as_micros() as u64),
         );
     }
 }

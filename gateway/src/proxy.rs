@@ -138,6 +138,8 @@ pub struct Forwarding {
     real_ip: Option<HeaderValue>,
     proto: Option<HeaderValue>,
     host: Option<HeaderValue>,
+    /// `X-Consumer-Username`: the client's own were removed ([`strip_identity`]).
+    consumer: Option<HeaderValue>,
 }
 
 impl std::fmt::Debug for Forwarding {
@@ -147,6 +149,7 @@ impl std::fmt::Debug for Forwarding {
             .field("real_ip", &self.real_ip.is_some())
             .field("proto", &self.proto)
             .field("host", &self.host.is_some())
+            .field("consumer", &self.consumer.is_some())
             .finish()
     }
 }
@@ -161,12 +164,18 @@ impl Forwarding {
             || name == X_FORWARDED_HOST
     }
 
+    /// Adds `X-Consumer-Username: name`, the consumer authentication found.
+    pub fn set_consumer(&mut self, name: HeaderValue) {
+        self.consumer = Some(name);
+    }
+
     fn fields(&self) -> impl Iterator<Item = (&'static str, &HeaderValue)> {
         [
             ("x-forwarded-for", &self.forwarded_for),
             ("x-real-ip", &self.real_ip),
             ("x-forwarded-proto", &self.proto),
             ("x-forwarded-host", &self.host),
+            ("x-consumer-username", &self.consumer),
         ]
         .into_iter()
         .filter_map(|(name, value)| Some((name, value.as_ref()?)))
@@ -186,7 +195,8 @@ impl Forwarding {
         }
     }
 
-    /// Puts the fields into `headers` in place of the client's.
+    /// Puts the fields into `headers` in place of the client's (the client's
+    /// `X-Consumer-Username` is gone already).
     pub fn apply(&self, headers: &mut HeaderMap) {
         for name in [
             X_FORWARDED_FOR,
@@ -245,6 +255,7 @@ pub fn prepare_head(parts: &mut Parts, client: ClientInfo) -> Forwarding {
             "http"
         })),
         host,
+        consumer: None,
     }
 }
 

@@ -105,12 +105,17 @@ struct Entry {
     priority: i64,
 }
 
+/// Routes by path. foldhash rather than SipHash: a lookup hashes the request's path
+/// once per distinct prefix length, and only configured paths are ever inserted, so
+/// a client cannot choose colliding keys.
+type PathMap = HashMap<String, Vec<Entry>, foldhash::fast::RandomState>;
+
 /// The matcher, holding `T` for each route.
 #[derive(Debug)]
 pub struct Router<T> {
     routes: Vec<(T, Filters)>,
-    exact: HashMap<String, Vec<Entry>>,
-    prefix: HashMap<String, Vec<Entry>>,
+    exact: PathMap,
+    prefix: PathMap,
     /// Distinct prefix lengths, longest first.
     prefix_lens: Vec<usize>,
 }
@@ -119,8 +124,8 @@ impl<T> Default for Router<T> {
     fn default() -> Self {
         Self {
             routes: Vec::new(),
-            exact: HashMap::new(),
-            prefix: HashMap::new(),
+            exact: PathMap::default(),
+            prefix: PathMap::default(),
             prefix_lens: Vec::new(),
         }
     }

@@ -412,6 +412,10 @@ impl Upstream {
         let key = self.hash_key.as_str();
         let value: Option<Vec<u8>> = match self.hash_on {
             HashOn::Consumer => consumer.map(|c| c.as_bytes().to_vec()),
+            // The gateway sets this one for the upstream; the client's is dropped.
+            HashOn::Header if key.eq_ignore_ascii_case("x-consumer-username") => {
+                consumer.map(|c| c.as_bytes().to_vec())
+            }
             HashOn::Header => header(key),
             HashOn::Cookie => cookie(key),
             HashOn::Vars => match key {

@@ -552,7 +552,8 @@ async fn forwarding_fields_replace_the_clients_own() {
         ip: "192.0.2.7".parse().unwrap(),
         https: false,
     };
-    let forwarding = crate::proxy::prepare_head(&mut parts, client);
+    let mut forwarding = crate::proxy::prepare_head(&mut parts, client);
+    forwarding.set_consumer(HeaderValue::from_static("jack"));
     let reply = pool
         .send(
             0,
@@ -574,6 +575,7 @@ async fn forwarding_fields_replace_the_clients_own() {
         "\r\nx-real-ip: 192.0.2.7\r\n",
         "\r\nx-forwarded-proto: http\r\n",
         "\r\nx-forwarded-host: api.example\r\n",
+        "\r\nx-consumer-username: jack\r\n",
     ] {
         assert_eq!(sent.matches(line).count(), 1, "{line:?} in {sent}");
     }

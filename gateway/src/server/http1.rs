@@ -47,9 +47,10 @@ const READ_CHUNK: usize = 8 * 1024;
 const MAX_BODY: usize = 64 * 1024;
 /// Response bytes gathered before they are written, while the body has more at hand.
 const WRITE_AT: usize = 64 * 1024;
-/// Header fields the request path may add (forwarding headers, the consumer name):
-/// room for them up front, so the map does not grow and rehash midway.
-const ADDED_HEADERS: usize = 6;
+/// Header fields the request path may add to the client's (forwarding fields and the
+/// consumer's name go beside them, see `proxy::Forwarding`): room for them up front,
+/// so the map does not grow and rehash midway.
+const ADDED_HEADERS: usize = 2;
 
 /// The limits this loop applies itself.
 #[derive(Debug, Clone, Copy)]
