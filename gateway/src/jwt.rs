@@ -408,26 +408,49 @@ pub fn check_times(
     now: u64,
     rules: TimeRules,
 ) -> Result<(), ClaimError> {
-    let now = now as f64;
-    let grace = rules.grace as f64;
-    let exp = numeric(claims, "exp")?;
-    let nbf = numeric(claims, "nbf")?;
-    match exp {
-        Some(exp) if now >= exp + grace => return Err(ClaimError::Expired),
-        Some(exp)
-            if rules.maximum_expiration > 0 && exp - now > rules.maximum_expiration as f64 =>
-        {
-            return Err(ClaimError::TooLong);
+    TimeClaims::of(claims).check(now, rules)
+}
+
+/// A token's `exp` and `nbf` as read from its claims: a token verified once is checked
+/// again on each request without looking its claims up again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimeClaims {
+    exp: Result<Option<f64>, ClaimError>,
+    nbf: Result<Option<f64>, ClaimError>,
+}
+
+impl TimeClaims {
+    /// `exp` and `nbf` of `claims`.
+    pub fn of(claims: &Map<String, Value>) -> Self {
+        Self {
+            exp: numeric(claims, "exp"),
+            nbf: numeric(claims, "nbf"),
         }
-        None if rules.require_exp || rules.maximum_expiration > 0 => {
-            return Err(ClaimError::Missing);
-        }
-        _ => {}
     }
-    match nbf {
-        Some(nbf) if now < nbf - grace => Err(ClaimError::NotYetValid),
-        None if rules.require_nbf => Err(ClaimError::Missing),
-        _ => Ok(()),
+
+    /// [`check_times`] for these claims.
+    pub fn check(&self, now: u64, rules: TimeRules) -> Result<(), ClaimError> {
+        let now = now as f64;
+        let grace = rules.grace as f64;
+        let exp = self.exp?;
+        let nbf = self.nbf?;
+        match exp {
+            Some(exp) if now >= exp + grace => return Err(ClaimError::Expired),
+            Some(exp)
+                if rules.maximum_expiration > 0 && exp - now > rules.maximum_expiration as f64 =>
+            {
+                return Err(ClaimError::TooLong);
+            }
+            None if rules.require_exp || rules.maximum_expiration > 0 => {
+                return Err(ClaimError::Missing);
+            }
+            _ => {}
+        }
+        match nbf {
+            Some(nbf) if now < nbf - grace => Err(ClaimError::NotYetValid),
+            None if rules.require_nbf => Err(ClaimError::Missing),
+            _ => Ok(()),
+        }
     }
 }
 

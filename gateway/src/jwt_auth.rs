@@ -15,7 +15,6 @@ use crate::config::{ConfigError, JwtAuthRouteConfig, invalid};
 use crate::consumers::{AuthState, ConsumerSet, JwtConsumer};
 use crate::jwt::{self, ClaimError, TimeRules};
 use crate::query;
-use serde_json::{Map, Value};
 
 /// A route's jwt-auth settings, validated.
 #[derive(Debug)]
@@ -91,7 +90,10 @@ impl Default for VerifiedTokens {
 struct Verified {
     token: Box<str>,
     alg: Box<str>,
-    claims: Map<String, Value>,
+    /// The route's key claim (a string: the token verified).
+    key: Box<str>,
+    /// Read from the claims once; checked again on each request.
+    times: jwt::TimeClaims,
     by: Weak<JwtConsumer>,
 }
 
@@ -308,11 +310,7 @@ pub fn authenticate(
     };
     let token = token.ok_or(Failure::Missing)?;
     if let Some(hit) = conf.verified.get(&token)
-        && let Some(consumer) = hit
-            .claims
-            .get(&conf.key_claim)
-            .and_then(|v| v.as_str())
-            .and_then(|key| auth.jwt_consumer(key))
+        && let Some(consumer) = auth.jwt_consumer(&hit.key)
         && std::ptr::eq(hit.by.as_ptr(), Arc::as_ptr(consumer))
         && *hit.alg == *consumer.algorithm.as_str()
         && consumer.verify.is_ok()
@@ -322,7 +320,7 @@ pub fn authenticate(
             grace: consumer.grace,
             ..conf.rules
         };
-        jwt::check_times(&hit.claims, now, rules).map_err(Failure::Claims)?;
+        hit.times.check(now, rules).map_err(Failure::Claims)?;
         return Ok(consumer.username.clone());
     }
     let parsed = jwt::parse(&token).map_err(|_| Failure::Malformed)?;
@@ -343,12 +341,14 @@ pub fn authenticate(
         grace: consumer.grace,
         ..conf.rules
     };
-    jwt::check_times(&parsed.claims, now, rules).map_err(Failure::Claims)?;
+    let times = jwt::TimeClaims::of(&parsed.claims);
+    times.check(now, rules).map_err(Failure::Claims)?;
     let username = consumer.username.clone();
     let by = Arc::downgrade(consumer);
     conf.verified.insert(Verified {
         alg: parsed.alg.into_boxed_str(),
-        claims: parsed.claims,
+        key: key.into(),
+        times,
         by,
         token: token.into_owned().into_boxed_str(),
     });

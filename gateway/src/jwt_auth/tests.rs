@@ -483,7 +483,8 @@ fn each_worker_remembers_its_own_verified_tokens() {
     tokens.insert(Verified {
         token: "a.b.c".into(),
         alg: "HS256".into(),
-        claims: Map::new(),
+        key: "k".into(),
+        times: jwt::TimeClaims::of(&Map::new()),
         by: Weak::new(),
     });
     assert!(tokens.get("a.b.c").is_some(), "this thread is worker 0");
