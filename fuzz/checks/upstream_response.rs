@@ -3,7 +3,8 @@
 //! The first byte says whether the request was a HEAD. Nothing may panic, and what is
 //! accepted must be consistent: a body never longer than the input, exactly its
 //! content-length when framed by one, no `content-length` or hop-by-hop header handed
-//! on, and a connection reusable only when its body had an end.
+//! on, every line for the client also a field of the header map hyper would get, and a
+//! connection reusable only when its body had an end.
 //!
 //! Shared by the cargo-fuzz target `fuzz/fuzz_targets/upstream_response.rs` and the CI
 //! smoke run `tests/tests/fuzz_smoke.rs`.
@@ -16,9 +17,20 @@ pub fn check(data: &[u8]) {
         return;
     };
     let head_request = flag & 1 == 1;
-    let Ok((response, framing, reusable)) = decode_response(bytes, head_request) else {
+    let Ok((reply, framing, reusable)) = decode_response(bytes, head_request) else {
         return;
     };
+    // Every line the client would get is a field hyper would get too: none is lost
+    // when the lines become a header map.
+    let lines = reply.lines().map(|lines| lines.iter().count());
+    let response = reply.into_response();
+    if let Some(lines) = lines {
+        assert_eq!(
+            response.headers().len(),
+            lines,
+            "a field lost on the way to the map"
+        );
+    }
     let body = response.body();
     assert!(body.len() <= bytes.len(), "a body longer than the input");
     match framing {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
-use http::{Method, Request, Response};
+use http::{Method, Request};
 use tokio::net::TcpStream;
 
 pub use self::body::PooledBody;
@@ -302,13 +302,14 @@ impl Pool {
 }
 
 /// What the client makes of `bytes`, all an upstream sent before closing the
-/// connection: the response head (1xx skipped), its body decoded by its framing, and
-/// whether the connection could have carried another request. The same parsing and
-/// decoding as on a live connection; for tests and the fuzz target.
+/// connection: the response (1xx skipped) with its header fields as the lines the
+/// client would get, its body decoded by its framing, and whether the connection could
+/// have carried another request. The same parsing and decoding as on a live
+/// connection; for tests and the fuzz target.
 pub fn decode_response(
     bytes: &[u8],
     head_request: bool,
-) -> Result<(Response<Bytes>, Framing, bool), PoolError> {
+) -> Result<(Reply<Bytes>, Framing, bool), PoolError> {
     let mut buf = BytesMut::from(bytes);
     let head = loop {
         match exchange::parse_head(&mut buf, head_request)? {
@@ -341,8 +342,8 @@ pub fn decode_response(
         }
     }
     let reusable = head.keep_alive && buf.is_empty();
-    let response = Reply::with_lines(head.response.map(|()| body.freeze()), head.lines);
-    Ok((response.into_response(), head.framing, reusable))
+    let reply = Reply::with_lines(head.response.map(|()| body.freeze()), head.lines);
+    Ok((reply, head.framing, reusable))
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use http::HeaderValue;
 use http::header;
+use http::{HeaderValue, Response};
 use http_body_util::BodyExt as _;
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
@@ -481,12 +481,15 @@ async fn a_post_on_a_connection_closed_without_answer_is_not_sent_again() {
 fn decoding_what_an_upstream_sent_before_closing() {
     let (response, framing, reusable) =
         decode_response(b"HTTP/1.0 200 OK\r\nx-a: 1\r\n\r\nuntil the end", false).unwrap();
+    assert_eq!(response.lines().unwrap().as_bytes(), b"x-a: 1\r\n");
+    let response = response.into_response();
     assert_eq!(framing, Framing::UntilClose);
     assert_eq!(response.body().as_ref(), b"until the end");
     assert!(!reusable);
 
     let (response, framing, reusable) =
         decode_response(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc", false).unwrap();
+    let response = response.into_response();
     assert_eq!(
         (framing, response.body().as_ref(), reusable),
         (Framing::Length(3), &b"abc"[..], true)
