@@ -40,9 +40,18 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_CONSUMER_USERNAME: HeaderName = HeaderName::from_static("x-consumer-username");
+/// The forwarding fields only the gateway sets: a client's are dropped.
+static FORWARDING: [HeaderName; 4] = [
+    X_FORWARDED_FOR,
+    X_REAL_IP,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+];
 
-/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: &[HeaderName] = &[
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1),
+/// with the two non-standard ones clients and servers still send.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
@@ -50,30 +59,22 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
 ];
 
 /// Whether `name` describes one connection rather than the message.
 pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == KEEP_ALIVE || name == PROXY_CONNECTION
+    HOP_BY_HOP.contains(name)
 }
 
 /// [`is_hop_by_hop`] for a name as it came in a head, in any case.
 pub(crate) fn is_hop_by_hop_name(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 9] = [
-        b"connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"keep-alive",
-        b"proxy-connection",
-    ];
     // The length first: most names differ from all of these in length.
-    NAMES
-        .iter()
-        .any(|known| known.len() == name.len() && known.eq_ignore_ascii_case(name))
+    HOP_BY_HOP.iter().any(|known| {
+        let known = known.as_str().as_bytes();
+        known.len() == name.len() && known.eq_ignore_ascii_case(name)
+    })
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
@@ -93,11 +94,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         })
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP) {
+    for name in named.iter().chain(&HOP_BY_HOP) {
         headers.remove(name);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
 }
 
 /// Removes identity headers only the gateway may set, so a client cannot forge them.
@@ -158,10 +157,7 @@ impl Forwarding {
     /// Whether `name` is one of the fields a forwarded request gets from the gateway
     /// only (the client's are dropped).
     pub(crate) fn replaces(name: &HeaderName) -> bool {
-        name == X_FORWARDED_FOR
-            || name == X_REAL_IP
-            || name == X_FORWARDED_PROTO
-            || name == X_FORWARDED_HOST
+        FORWARDING.contains(name)
     }
 
     /// Adds `X-Consumer-Username: name`, the consumer authentication found.
@@ -169,13 +165,14 @@ impl Forwarding {
         self.consumer = Some(name);
     }
 
-    fn fields(&self) -> impl Iterator<Item = (&'static str, &HeaderValue)> {
+    fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        let [forwarded_for, real_ip, proto, host] = &FORWARDING;
         [
-            ("x-forwarded-for", &self.forwarded_for),
-            ("x-real-ip", &self.real_ip),
-            ("x-forwarded-proto", &self.proto),
-            ("x-forwarded-host", &self.host),
-            ("x-consumer-username", &self.consumer),
+            (forwarded_for, &self.forwarded_for),
+            (real_ip, &self.real_ip),
+            (proto, &self.proto),
+            (host, &self.host),
+            (&X_CONSUMER_USERNAME, &self.consumer),
         ]
         .into_iter()
         .filter_map(|(name, value)| Some((name, value.as_ref()?)))
@@ -184,30 +181,25 @@ impl Forwarding {
     /// How many bytes [`Self::write`] writes.
     pub(crate) fn encoded_len(&self) -> usize {
         self.fields()
-            .map(|(name, value)| name.len() + value.len() + 4)
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
             .sum()
     }
 
     /// Appends the fields as `name: value\r\n` lines.
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
         for (name, value) in self.fields() {
-            crate::wire::push_field(out, name.as_bytes(), value.as_bytes());
+            crate::wire::push_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
 
     /// Puts the fields into `headers` in place of the client's (the client's
     /// `X-Consumer-Username` is gone already).
     pub fn apply(&self, headers: &mut HeaderMap) {
-        for name in [
-            X_FORWARDED_FOR,
-            X_REAL_IP,
-            X_FORWARDED_PROTO,
-            X_FORWARDED_HOST,
-        ] {
+        for name in &FORWARDING {
             headers.remove(name);
         }
         for (name, value) in self.fields() {
-            headers.insert(HeaderName::from_static(name), value.clone());
+            headers.insert(name.clone(), value.clone());
         }
     }
 }

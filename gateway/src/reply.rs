@@ -9,7 +9,6 @@
 //! over) takes only a `HeaderMap`: it gets one built from the lines
 //! ([`Reply::into_response`]).
 
-use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
@@ -20,7 +19,7 @@ use crate::wire;
 /// them, hop-by-hop fields left out. Names and values are those httparse accepted,
 /// which are the bytes `HeaderName` and `HeaderValue` accept. `Debug` shows sizes only:
 /// a response header can carry a session cookie or a token.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct FieldLines {
     lines: Vec<u8>,
     content_length: Option<u64>,
@@ -69,13 +68,10 @@ impl FieldLines {
         self.date = date;
     }
 
-    /// Appends the `content-length` the response's framing follows.
-    pub(crate) fn push_content_length(&mut self, name: &[u8], length: u64) {
+    /// Appends `content-length: length`, the length the response's framing follows.
+    pub(crate) fn push_content_length(&mut self, length: u64) {
         self.content_length = Some(length);
-        self.lines.extend_from_slice(name);
-        self.lines.extend_from_slice(b": ");
-        wire::push_decimal(&mut self.lines, length);
-        self.lines.extend_from_slice(b"\r\n");
+        wire::push_content_length(&mut self.lines, length);
     }
 
     /// The lines, each ending in CRLF.
@@ -111,10 +107,9 @@ impl FieldLines {
         for (name, value) in self.iter() {
             // Both parse: httparse accepted them (see the type's doc). A field that
             // did not would be left out rather than fail the whole response.
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name),
-                HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value)),
-            ) {
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            {
                 headers.append(name, value);
             }
         }
@@ -163,11 +158,6 @@ impl<B> Reply<B> {
     /// The status.
     pub fn status(&self) -> StatusCode {
         self.response.status()
-    }
-
-    /// The response; its header map is empty when the fields are [`Self::lines`].
-    pub fn response(&self) -> &Response<B> {
-        &self.response
     }
 
     /// The response, to change its status, version or body. Its header map is empty
@@ -223,7 +213,7 @@ mod tests {
         let mut lines = FieldLines::with_capacity(64);
         lines.push(b"Server", b"nginx");
         lines.push(b"x-empty", b"");
-        lines.push_content_length(b"Content-Length", 12);
+        lines.push_content_length(12);
         lines.push(b"Date", b"Thu, 03 Dec 2026 14:43:08 GMT");
         lines.set_date(true);
         lines.push(b"set-cookie", b"a=1");
@@ -236,7 +226,7 @@ mod tests {
         let lines = lines();
         assert_eq!(
             lines.as_bytes(),
-            b"Server: nginx\r\nx-empty: \r\nContent-Length: 12\r\nDate: Thu, 03 Dec 2026 14:43:08 GMT\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n"
+            b"Server: nginx\r\nx-empty: \r\ncontent-length: 12\r\nDate: Thu, 03 Dec 2026 14:43:08 GMT\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n"
         );
         assert_eq!(lines.content_length(), Some(12));
         assert!(lines.has_date());
@@ -259,13 +249,21 @@ mod tests {
 
     #[test]
     fn a_reply_with_lines_becomes_a_response_with_those_headers() {
-        let mut response = Response::new(());
-        response
-            .headers_mut()
-            .insert("x-stale", HeaderValue::from_static("1"));
-        let reply = Reply::with_lines(response, lines());
-        assert!(reply.response().headers().is_empty());
-        let response = reply.into_response();
+        let stale = || {
+            let mut response = Response::new(());
+            response
+                .headers_mut()
+                .insert("x-stale", HeaderValue::from_static("1"));
+            response
+        };
+        assert!(
+            Reply::with_lines(stale(), lines())
+                .into_parts()
+                .0
+                .headers()
+                .is_empty()
+        );
+        let response = Reply::with_lines(stale(), lines()).into_response();
         assert_eq!(response.headers()["server"], "nginx");
         assert!(response.headers().get("x-stale").is_none());
     }
@@ -275,7 +273,7 @@ mod tests {
         let mut reply = Reply::with_lines(Response::new(()), lines());
         reply.headers_mut().remove("server");
         assert!(reply.lines().is_none());
-        assert_eq!(reply.response().headers().len(), 5);
+        assert_eq!(reply.headers_mut().len(), 5);
         assert_eq!(reply.into_response().headers()["x-empty"], "");
     }
 

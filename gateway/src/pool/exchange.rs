@@ -457,45 +457,36 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parse
     // that way, and drop only their `Connection`).
     let head = buf.get(..len).unwrap_or_default();
     let mut lines = FieldLines::with_capacity(len);
-    let mut run = 0..0;
+    let mut run = Run::new(head);
     let (mut length_sent, mut dated) = (false, false);
     for field in fields {
         let name = field.name.as_bytes();
-        let line = canonical_line(head, name, field.value);
-        let keep =
-            if is_hop_by_hop_name(name) || (names_listed && named_by_connection(fields, name)) {
-                false
-            } else if name.eq_ignore_ascii_case(b"content-length") {
-                // Transfer-Encoding wins over Content-Length (RFC 9112 6.3), which must
-                // not reach the client then; otherwise the one length, once, in
-                // decimal.
-                let Some(n) = content_length.filter(|_| !transfer_encoding && !length_sent) else {
-                    continue_run(&mut lines, head, &mut run, None);
-                    continue;
-                };
-                length_sent = true;
-                lines.set_content_length(n);
-                let decimal = field.value.first() != Some(&b'0') || field.value.len() == 1;
-                if !(decimal && field.value.iter().all(u8::is_ascii_digit)) {
-                    continue_run(&mut lines, head, &mut run, None);
-                    lines.push_content_length(name, n);
-                    continue;
-                }
-                true
-            } else {
-                dated |= name.eq_ignore_ascii_case(b"date");
-                true
+        if is_hop_by_hop_name(name) || (names_listed && named_by_connection(fields, name)) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            // Transfer-Encoding wins over Content-Length (RFC 9112 6.3), which must
+            // not reach the client then; otherwise the one length, once.
+            let Some(n) = content_length.filter(|_| !transfer_encoding && !length_sent) else {
+                continue;
             };
-        if !keep {
-            continue_run(&mut lines, head, &mut run, None);
-        } else if let Some(line) = line {
-            continue_run(&mut lines, head, &mut run, Some(line));
-        } else {
-            continue_run(&mut lines, head, &mut run, None);
+            length_sent = true;
+            let decimal = field.value.first() != Some(&b'0') || field.value.len() == 1;
+            if !(decimal && field.value.iter().all(u8::is_ascii_digit)) {
+                // `5, 5` or `007`: the client gets the one length, in decimal.
+                run.copy_into(&mut lines);
+                lines.push_content_length(n);
+                continue;
+            }
+            lines.set_content_length(n);
+        }
+        dated |= name.eq_ignore_ascii_case(b"date");
+        if !run.extend(&mut lines, name, field.value) {
+            run.copy_into(&mut lines);
             lines.push(name, field.value);
         }
     }
-    continue_run(&mut lines, head, &mut run, None);
+    run.copy_into(&mut lines);
     lines.set_date(dated);
     buf.advance(len);
     let framing =
@@ -529,34 +520,47 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parse
     }))
 }
 
-/// Where the field `name: value` sits in `head` as a whole line in the form
-/// `name: value\r\n`, if it is in that form.
-fn canonical_line(head: &[u8], name: &[u8], value: &[u8]) -> Option<std::ops::Range<usize>> {
-    let start = wire::span_in(head, name).0 as usize;
-    let value_at = wire::span_in(head, value).0 as usize;
-    let end = value_at.checked_add(value.len())?.checked_add(2)?;
-    let separator = head.get(start + name.len()..value_at)?;
-    (separator == b": " && head.get(end - 2..end)? == b"\r\n").then_some(start..end)
+/// Lines of a head that follow each other in it, gathered to be copied in one go.
+struct Run<'h> {
+    head: &'h [u8],
+    lines: std::ops::Range<usize>,
 }
 
-/// Adds `line` to the lines being gathered for one copy, or, when it does not follow
-/// them in the head (or is `None`), copies those first.
-fn continue_run(
-    lines: &mut FieldLines,
-    head: &[u8],
-    run: &mut std::ops::Range<usize>,
-    line: Option<std::ops::Range<usize>>,
-) {
-    match line {
-        Some(line) if line.start == run.end && run.start < run.end => run.end = line.end,
-        _ => {
-            if let Some(bytes) = head.get(run.clone())
-                && !bytes.is_empty()
-            {
-                lines.push_verbatim(bytes);
-            }
-            *run = line.unwrap_or(0..0);
+impl<'h> Run<'h> {
+    fn new(head: &'h [u8]) -> Self {
+        Self { head, lines: 0..0 }
+    }
+
+    /// Adds the field `name: value` if it is a whole line of the head in the form
+    /// `name: value\r\n` (`false` if not). A line that does not follow the run starts
+    /// a new one, the run so far copied first.
+    fn extend(&mut self, into: &mut FieldLines, name: &[u8], value: &[u8]) -> bool {
+        let start = wire::span_in(self.head, name).0 as usize;
+        let value_at = wire::span_in(self.head, value).0 as usize;
+        let Some(end) = value_at.checked_add(value.len() + 2) else {
+            return false;
+        };
+        let canonical = self.head.get(start + name.len()..value_at) == Some(b": ")
+            && self.head.get(end - 2..end) == Some(b"\r\n");
+        if !canonical {
+            return false;
         }
+        if start != self.lines.end {
+            self.copy_into(into);
+            self.lines.start = start;
+        }
+        self.lines.end = end;
+        true
+    }
+
+    /// Copies the run into `into` and starts an empty one.
+    fn copy_into(&mut self, into: &mut FieldLines) {
+        if let Some(bytes) = self.head.get(self.lines.clone())
+            && !bytes.is_empty()
+        {
+            into.push_verbatim(bytes);
+        }
+        self.lines = 0..0;
     }
 }
 

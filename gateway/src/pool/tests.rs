@@ -525,7 +525,7 @@ fn lines_not_in_the_usual_form_are_rewritten_and_a_date_is_noted() {
     };
     assert_eq!(
         String::from_utf8_lossy(head.lines.as_bytes()),
-        "Date: Thu, 03 Dec 2026 14:43:08 GMT\r\nA: b\r\nContent-Length: 7\r\nC: d\r\nE: f\r\n"
+        "Date: Thu, 03 Dec 2026 14:43:08 GMT\r\nA: b\r\ncontent-length: 7\r\nC: d\r\nE: f\r\n"
     );
     assert!(head.lines.has_date());
     assert_eq!(head.lines.content_length(), Some(7));
