@@ -85,7 +85,8 @@ pub fn get_request(path: &str, headers: &[String]) -> Vec<u8> {
 }
 
 /// An upstream that answers every request `200 ok` (keep-alive, request bodies read by
-/// `Content-Length` or chunked framing) and records each request head as received.
+/// `Content-Length` or chunked framing), or the answer given to
+/// [`Recorder::start_answering`], and records each request head as received.
 /// It also counts connections, so it doubles as a canary for URLs that must never be
 /// fetched. Stops when dropped.
 #[derive(Debug)]
@@ -99,6 +100,15 @@ pub struct Recorder {
 impl Recorder {
     /// Binds 127.0.0.1:0 and serves.
     pub async fn start() -> Result<Self> {
+        Self::start_answering(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\n\r\nok\n",
+        )
+        .await
+    }
+
+    /// Binds 127.0.0.1:0 and answers every request with `response` (a whole
+    /// HTTP/1.1 response that leaves the connection open).
+    pub async fn start_answering(response: &'static [u8]) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the recorder")?;
@@ -109,7 +119,7 @@ impl Recorder {
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 c.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(record_connection(stream, h.clone()));
+                tokio::spawn(record_connection(stream, h.clone(), response));
             }
         });
         Ok(Self {
@@ -150,7 +160,11 @@ impl Drop for Recorder {
     }
 }
 
-async fn record_connection(mut stream: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
+async fn record_connection(
+    mut stream: TcpStream,
+    heads: Arc<Mutex<Vec<String>>>,
+    response: &'static [u8],
+) {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let Some(head_end) = read_until(&mut stream, &mut buf, b"\r\n\r\n").await else {
@@ -188,8 +202,6 @@ async fn record_connection(mut stream: TcpStream, heads: Arc<Mutex<Vec<String>>>
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(head);
-        let response =
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\n\r\nok\n";
         if stream.write_all(response).await.is_err() {
             return;
         }

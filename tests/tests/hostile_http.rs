@@ -1,8 +1,9 @@
 //! HTTP hardening of the real gateway process: limits with clear status codes (head
 //! size and field count 431, target length 414, Admin API body 413), slow and idle
 //! connections closed, the connection limit answered 503, request-smuggling shapes
-//! refused or neutralised, and hop-by-hop and identity headers from clients never
-//! reaching the upstream. Every request here goes over a raw TCP socket, so nothing
+//! refused or neutralised, hop-by-hop and identity headers from clients never
+//! reaching the upstream, and an upstream's own hop-by-hop headers never reaching the
+//! client (over HTTP/1.1 and HTTP/2). Every request here goes over a raw TCP socket, so nothing
 //! between the test and the gateway tidies it up.
 
 use std::time::{Duration, Instant};
@@ -482,6 +483,71 @@ async fn admin_api_bodies_and_heads_are_bounded() -> Result<()> {
         response.status == 401,
         "wrong admin key: HTTP {}",
         response.status
+    );
+    Ok(())
+}
+
+/// An upstream's answer goes to the client with every field it sent except those about
+/// its own connection: over HTTP/1.1 (the gateway's loop writes the upstream's lines)
+/// and over HTTP/2 (hyper gets a header map built from them).
+#[tokio::test]
+async fn upstream_fields_reach_the_client_without_hop_by_hop_ones() -> Result<()> {
+    let upstream = Recorder::start_answering(
+        b"HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive, X-Up-Private\r\n\
+          Keep-Alive: timeout=5\r\nX-Up-Private: 1\r\nSet-Cookie: a=1\r\n\
+          Content-Length: 3\r\ncontent-length: 3\r\nSet-Cookie: b=2\r\n\r\nok\n",
+    )
+    .await?;
+    let gateway = GatewayProcess::start_ready(&config(&upstream, "{}")).await?;
+
+    let response = send(&gateway, &get_request("/echo/up", &[])).await?;
+    ensure!(response.status == 200, "HTTP {}", response.status);
+    let (head, body) = response
+        .text
+        .split_once("\r\n\r\n")
+        .unwrap_or((&response.text, ""));
+    ensure!(body == "ok\n", "body {body:?}");
+    let lower = head.to_ascii_lowercase();
+    ensure!(head.contains("\r\nServer: up\r\n"), "{head}");
+    ensure!(
+        head.contains("\r\nSet-Cookie: a=1\r\n") && head.contains("\r\nSet-Cookie: b=2\r\n"),
+        "both cookies, in order: {head}"
+    );
+    ensure!(lower.find("a=1") < lower.find("b=2"), "{head}");
+    ensure!(lower.matches("\r\ncontent-length:").count() == 1, "{head}");
+    for name in ["x-up-private:", "keep-alive:"] {
+        ensure!(!lower.contains(name), "{name} reached the client: {head}");
+    }
+
+    // HTTP/2 with prior knowledge: the same fields through hyper's encoder.
+    let stream = TcpStream::connect(addr(&gateway)).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let request = hyper::Request::get(format!("http://{}/echo/up", addr(&gateway)))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let answer = tokio::time::timeout(TIMEOUT, sender.send_request(request)).await??;
+    ensure!(answer.status() == 200, "HTTP/2: {}", answer.status());
+    let headers = answer.headers();
+    ensure!(
+        headers.get("server").is_some_and(|v| v == "up"),
+        "{headers:?}"
+    );
+    let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+    ensure!(cookies == ["a=1", "b=2"], "{cookies:?}");
+    for name in ["x-up-private", "keep-alive", "connection"] {
+        ensure!(
+            headers.get(name).is_none(),
+            "HTTP/2: {name} reached the client"
+        );
+    }
+    ensure!(
+        upstream.hits() == 2,
+        "{} upstream requests",
+        upstream.hits()
     );
     Ok(())
 }
