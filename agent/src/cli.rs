@@ -105,7 +105,7 @@ pub async fn get(
     reveal: bool,
     json: bool,
 ) -> Result<String, GetError> {
-    let client = keygate_proto::connect(&socket)
+    let client = keygate_proto::connect_direct(&socket)
         .await
         .map_err(|e| GetError {
             code: EXIT_UNAVAILABLE,
@@ -201,7 +201,7 @@ pub async fn put(socket: PathBuf, name: String, specs: Vec<String>) -> Result<St
         };
         fields.insert(key.to_owned(), value);
     }
-    let mut client = keygate_proto::connect(&socket)
+    let mut client = keygate_proto::connect_direct(&socket)
         .await
         .map_err(|e| GetError {
             code: EXIT_UNAVAILABLE,

@@ -117,7 +117,7 @@ pub async fn read(args: &ReadArgs) -> Result<()> {
     let load = results::load1();
     match (&args.keygate, &args.bao) {
         (Some(socket), None) => {
-            let mut client = keygate_proto::connect(socket)
+            let mut client = keygate_proto::connect_direct(socket)
                 .await
                 .with_context(|| format!("cannot connect to {}", socket.display()))?;
             for i in 0..args.warmup + args.count {

@@ -4,12 +4,16 @@
 //! The generated code in `generated/` is checked in; `tests/codegen.rs` regenerates it
 //! with protox and fails on drift, so no `protoc` is needed anywhere.
 
+mod direct;
+
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+pub use direct::{ConnectError, DirectClient, DirectConnection, ResponseFuture, connect_direct};
 
 /// Generated messages, client and server for `keygate.agent.v1`.
 pub mod agent {
@@ -51,13 +55,13 @@ pub type AgentClient =
 /// The connection is made lazily by tonic and re-made on failure; the first call
 /// fails with UNAVAILABLE while the socket is absent.
 pub fn connect_lazy(path: impl AsRef<Path>) -> Result<AgentClient, tonic::transport::Error> {
-    let channel = uds_endpoint()?.connect_with_connector_lazy(uds_connector(path.as_ref()));
+    let channel = uds_endpoint().connect_with_connector_lazy(uds_connector(path.as_ref()));
     Ok(agent::v1::secret_agent_client::SecretAgentClient::with_interceptor(channel, AgentHeader))
 }
 
 /// Connects to the agent's Unix socket at `path`, failing at once if nobody listens.
 pub async fn connect(path: impl AsRef<Path>) -> Result<AgentClient, tonic::transport::Error> {
-    let channel = uds_endpoint()?
+    let channel = uds_endpoint()
         .connect_with_connector(uds_connector(path.as_ref()))
         .await?;
     Ok(agent::v1::secret_agent_client::SecretAgentClient::with_interceptor(channel, AgentHeader))
@@ -65,14 +69,18 @@ pub async fn connect(path: impl AsRef<Path>) -> Result<AgentClient, tonic::trans
 
 /// A raw channel to the socket, for other services on it (such as `grpc.health.v1`).
 pub async fn channel(path: impl AsRef<Path>) -> Result<Channel, tonic::transport::Error> {
-    uds_endpoint()?
+    uds_endpoint()
         .connect_with_connector(uds_connector(path.as_ref()))
         .await
 }
 
-fn uds_endpoint() -> Result<Endpoint, tonic::transport::Error> {
-    // The authority is unused on a Unix socket but tonic needs a well-formed URI.
-    Endpoint::try_from("http://keygate-agent.invalid")
+fn uds_endpoint() -> Endpoint {
+    Endpoint::from(origin())
+}
+
+/// The authority is unused on a Unix socket, but HTTP/2 requests need one.
+fn origin() -> Uri {
+    Uri::from_static("http://keygate-agent.invalid")
 }
 
 fn uds_connector(
