@@ -219,12 +219,12 @@ pub(crate) async fn put_all(
             ),
         )
     };
-    let mut client = match tokio::time::timeout(AGENT_TIMEOUT, keygate_proto::connect(socket)).await
-    {
-        Ok(Ok(client)) => client,
-        Ok(Err(e)) => return Err(unreachable(e.to_string())),
-        Err(_) => return Err(unreachable("timed out connecting".to_owned())),
-    };
+    let mut client =
+        match tokio::time::timeout(AGENT_TIMEOUT, keygate_proto::connect_direct(socket)).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => return Err(unreachable("timed out connecting".to_owned())),
+        };
     let mut done: Vec<(String, u64)> = Vec::with_capacity(writes.len());
     for write in writes {
         let request = PutRequest {
