@@ -86,6 +86,18 @@ impl Results {
             .map(|(_, s)| s)
     }
 
+    /// The machine's core count: a `cores` entry, else the number the `machine` entry
+    /// starts with ("2 cores, ...").
+    fn cores(&self) -> Option<f64> {
+        let value = |key: &str| self.meta.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+        value("cores")
+            .or_else(|| value("machine"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
     fn agentreq(&self, key: &str) -> Option<&str> {
         self.agentreq
             .iter()
@@ -421,6 +433,31 @@ fn targets(r: &Results) -> Vec<String> {
             }
         }
     }
+    // Beyond one worker, wrk and the upstream share the proxy's cores: what the cores
+    // give each of HAProxy's requests, less HAProxy's own CPU, is what wrk, the upstream
+    // and idle took; 1.25x HAProxy leaves keygate the rest at 1.25 times the rate.
+    if let Some(cores) = r.cores() {
+        for pass in passes.iter().filter(|p| **p != "1w") {
+            if let (Some(k), Some(h)) = (
+                r.series(pass, "keygate-hs256"),
+                r.series(pass, "haproxy-hs256"),
+            ) && h.cpu().is_finite()
+                && h.rps() > 0.0
+            {
+                let per_request = cores * 1e6 / h.rps();
+                let rest = per_request - h.cpu();
+                let budget = per_request / 1.25 - rest;
+                lines.push(format!(
+                    "[info] HS256 1.25x HAProxy [{pass}] needs keygate at <= {budget:.1} us of CPU \
+                     per request (measured {:.1}): {cores} cores give each HAProxy request \
+                     {per_request:.1} us, {:.1} of them HAProxy's, {rest:.1} wrk's, the \
+                     upstream's and idle",
+                    k.cpu(),
+                    h.cpu()
+                ));
+            }
+        }
+    }
     let base = r.series("scale", "c10-r10").map(Series::rps);
     for case in ["c10000-r10", "c10-r10000", "c10000-r10000"] {
         let what = format!("{case} throughput loss <= 5% vs c10-r10");
@@ -498,6 +535,8 @@ load\t1w\tnginx\t0\t10000\t500\t900\t0\t1.00\n\
 load\t1w\thaproxy-hs256\t0\t8000\t600\t1200\t0\t1.00\n\
 load\t1w\tkeygate-hs256\t0\t11000\t450\t1000\t0\t1.10\n\
 load\t1w\tkeygate-hs256\t1\t12000\t440\t1100\t0\t1.30\n\
+load\t2w\thaproxy-hs256\t0\t50000\t600\t1200\t0\t3.00\t20.0\n\
+load\t2w\tkeygate-hs256\t0\t55000\t450\t1000\t0\t3.00\t18.0\n\
 read\tkeygate\t60\t120\t70\t2000\t1.0\n\
 read\tbao-agent\t400\t900\t420\t2000\t1.0\n\
 read\tkeygate\t90\t150\t95\t2000\t1.0\n\
@@ -517,6 +556,13 @@ rss\tkeygate-agent\t10000\t9000\n";
             out.contains("[MISS] RS256") || out.contains("[n/a]  RS256"),
             "{out}"
         );
+        // 2 cores at 50k req/s: 40 us per request, 20 HAProxy's, 20 the rest; at 62.5k
+        // req/s a request has 32 us, 12 of them left for keygate.
+        assert!(
+            out.contains("[info] HS256 1.25x HAProxy [2w] needs keygate at <= 12.0 us of CPU per request (measured 18.0): 2 cores give each HAProxy request 40.0 us, 20.0 of them HAProxy's, 20.0 wrk's"),
+            "{out}"
+        );
+        assert!(!out.contains("1.25x HAProxy [1w] needs"), "{out}");
         // Medians of the three rounds: 60 us against 400 us.
         assert!(out.contains("6.7x"), "{out}");
         let row = |agent: &str| {
