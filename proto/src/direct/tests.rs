@@ -3,6 +3,7 @@
 use super::*;
 use crate::agent::v1::secret_agent_server::{SecretAgent, SecretAgentServer};
 use crate::agent::v1::{GetRequest, GetResponse, PutRequest, PutResponse, Snapshot, WatchRequest};
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::UnixListenerStream;
 
 /// Answers `Get` with the names it was asked for, and whether the header came.
@@ -109,4 +110,82 @@ async fn a_peer_that_does_not_speak_http2_fails_the_first_call() {
         .expect("the call ends when the peer hangs up")
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
+}
+
+/// A server-side connection that says when it is dropped (the server saw it close).
+struct Tracked {
+    inner: tokio::net::UnixStream,
+    _closed: tokio::sync::oneshot::Sender<()>,
+}
+
+impl tonic::transport::server::Connected for Tracked {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn dropping_the_client_closes_its_connection() {
+    // One connection per client matters: the admin write-through connects for each
+    // batch, and the agent counts connections per uid.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    let accepted = {
+        let mut closed_tx = Some(closed_tx);
+        UnixListenerStream::new(listener).map(move |stream| {
+            stream.map(|inner| Tracked {
+                inner,
+                _closed: closed_tx.take().expect("one connection"),
+            })
+        })
+    };
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(SecretAgentServer::new(Echo))
+            .serve_with_incoming(accepted),
+    );
+    let mut client = connect_direct(&path).await.unwrap();
+    client
+        .get(GetRequest {
+            names: vec!["a/one".into()],
+        })
+        .await
+        .unwrap();
+    drop(client);
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(5), closed).await;
+    assert!(
+        matches!(seen, Ok(Err(_))),
+        "the server still holds the connection 5 s after the client was dropped"
+    );
+    server.abort();
 }
