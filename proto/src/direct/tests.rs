@@ -48,7 +48,7 @@ impl SecretAgent for Echo {
 }
 
 #[tokio::test]
-async fn calls_go_over_one_connection_with_the_agent_header() {
+async fn each_call_carries_the_agent_header_and_gets_its_answer() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.sock");
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
