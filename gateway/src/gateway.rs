@@ -18,6 +18,7 @@ use secrecy::ExposeSecret as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::affinity::CpuPlan;
 use crate::agent_client::{self, AgentStatus, Backoff};
 use crate::body::{self, RequestBody};
 use crate::config::{Config, ConfigError};
@@ -209,6 +210,8 @@ pub struct Gateway {
     agent: Option<(std::path::PathBuf, Backoff)>,
     grace: Duration,
     limits: Limits,
+    /// Worker threads pinned one per CPU ([`Gateway::pin_workers`]).
+    cpus: Option<CpuPlan>,
 }
 
 impl Gateway {
@@ -343,7 +346,16 @@ impl Gateway {
                 .map(|a| (a.socket, Backoff::new(a.backoff_min, a.backoff_max))),
             grace: config.shutdown_grace,
             limits: config.limits.clone(),
+            cpus: None,
         })
+    }
+
+    /// Pins each worker thread to its own CPU of `plan` when serving: the thread that
+    /// calls [`Gateway::serve`] to the first, worker `i` to the `i`-th (see
+    /// [`crate::affinity`]). Blocking threads the workers start are left unpinned.
+    pub fn pin_workers(mut self, plan: CpuPlan) -> Self {
+        self.cpus = Some(plan);
+        self
     }
 
     /// The proxy listener's address.
@@ -382,6 +394,9 @@ impl Gateway {
     /// Serves until `shutdown` completes, then drains in-flight requests for up to
     /// the configured grace period.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        if let Some(plan) = &self.cpus {
+            plan.pin_or_warn(0);
+        }
         let shared = self.shared;
         let agent_task = self.agent.map(|(socket, backoff)| {
             let sink_shared = shared.clone();
@@ -452,6 +467,7 @@ impl Gateway {
                         grace: self.grace,
                         limits: self.limits.clone(),
                         slots: slots.clone(),
+                        cpus: self.cpus.clone(),
                     },
                 )
             })
@@ -505,6 +521,7 @@ struct Listening {
     grace: Duration,
     limits: Limits,
     slots: Arc<tokio::sync::Semaphore>,
+    cpus: Option<CpuPlan>,
 }
 
 /// Worker `index`: a thread with its own single-threaded runtime serving `listener`
@@ -522,16 +539,20 @@ fn spawn_worker(
         grace,
         limits,
         slots,
+        cpus,
     } = listening;
     let (done, finished) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name(format!("keygate-worker-{index}"))
         .spawn(move || {
             crate::pool::enter_worker(index);
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let mut builder = tokio::runtime::Builder::new_current_thread();
+            builder.enable_all();
+            if let Some(plan) = &cpus {
+                plan.pin_or_warn(index);
+                builder.on_thread_start(plan.release_hook());
+            }
+            let runtime = match builder.build() {
                 Ok(runtime) => runtime,
                 Err(e) => {
                     tracing::error!(worker = index, error = %e, "cannot start a worker runtime");

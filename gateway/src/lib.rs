@@ -5,6 +5,7 @@
 //! addresses first (tests bind port 0) and to get a [`Handle`] for reloads.
 
 pub mod admin;
+pub mod affinity;
 pub mod agent_client;
 pub mod auth;
 pub mod basic_auth;

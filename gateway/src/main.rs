@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use keygate_gateway::affinity::CpuPlan;
 use keygate_gateway::{Config, Gateway, Handle};
 use tracing_subscriber::EnvFilter;
 
@@ -26,6 +27,11 @@ struct Cli {
     /// (SO_REUSEPORT); the default is one per CPU, 1 runs everything on one thread.
     #[arg(long, global = true, env = "KEYGATE_GATEWAY_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
+    /// Pin each worker thread to a CPU of its own (`auto`: the CPUs the process may
+    /// run on, in order), as nginx's `worker_cpu_affinity auto`; `off` lets the
+    /// scheduler move them.
+    #[arg(long, value_enum, default_value_t = CpuAffinity::Off, global = true, env = "KEYGATE_GATEWAY_CPU_AFFINITY")]
+    cpu_affinity: CpuAffinity,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -34,6 +40,12 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CpuAffinity {
+    Off,
+    Auto,
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,7 +82,7 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => ExitCode::SUCCESS,
-        Command::Run => run(path, config, cli.threads),
+        Command::Run => run(path, config, cli.threads, cli.cpu_affinity),
     }
 }
 
@@ -92,17 +104,30 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn run(path: PathBuf, config: Config, threads: Option<u16>) -> ExitCode {
+fn run(path: PathBuf, config: Config, threads: Option<u16>, affinity: CpuAffinity) -> ExitCode {
     // Thread per core: this thread and each extra worker run their own single-threaded
     // runtime (see `Gateway::bind_with_workers`).
     let workers = threads.map_or_else(
         || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         usize::from,
     );
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // Read before any thread is pinned: the mask then is the whole process's.
+    let cpus = match affinity {
+        CpuAffinity::Off => None,
+        CpuAffinity::Auto => match CpuPlan::of_this_process() {
+            Ok(plan) => Some(plan),
+            Err(e) => {
+                tracing::warn!(error = %e, "--cpu-affinity auto: workers are not pinned");
+                None
+            }
+        },
+    };
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    if let Some(plan) = &cpus {
+        builder.on_thread_start(plan.release_hook());
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keygate-gateway: cannot start the async runtime: {e}");
@@ -111,7 +136,14 @@ fn run(path: PathBuf, config: Config, threads: Option<u16>) -> ExitCode {
     };
     runtime.block_on(async move {
         let gateway = match Gateway::bind_with_workers(config, workers).await {
-            Ok(g) => g,
+            Ok(g) => match cpus {
+                Some(plan) => {
+                    let used: Vec<usize> = (0..workers).map(|w| plan.cpu_for(w)).collect();
+                    tracing::info!(cpus = ?used, "worker threads pinned one per CPU");
+                    g.pin_workers(plan)
+                }
+                None => g,
+            },
             Err(keygate_gateway::Error::Config(e)) => {
                 tracing::error!(error = %e, "bad configuration");
                 return ExitCode::from(EX_CONFIG);

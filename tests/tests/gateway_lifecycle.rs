@@ -1,6 +1,6 @@
 //! The gateway binary's lifecycle: `check-config` exit codes, reload on SIGHUP or file
 //! change without dropping the listener, an invalid new file keeping the old config,
-//! SIGTERM stopping cleanly. No agent is needed: consumers here use inline secrets.
+//! SIGTERM stopping cleanly, worker threads pinned to CPUs on request. No agent is needed: consumers here use inline secrets.
 
 use std::time::Duration;
 
@@ -101,6 +101,134 @@ async fn check_config_exit_codes() -> Result<()> {
         missing.status.code() == Some(64),
         "missing file exit {:?}",
         missing.status.code()
+    );
+    Ok(())
+}
+
+/// CPUs in a `Cpus_allowed_list` value ("0-1,4").
+fn cpu_list(text: &str) -> Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>()?..=b.parse::<usize>()?),
+            None => cpus.push(part.parse()?),
+        }
+    }
+    Ok(cpus)
+}
+
+/// Each thread of `pid` as (name, the CPUs it may run on).
+fn thread_cpus(pid: u32) -> Result<Vec<(String, Vec<usize>)>> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = task?.path();
+        let name = std::fs::read_to_string(dir.join("comm"))?.trim().to_owned();
+        let status = std::fs::read_to_string(dir.join("status"))?;
+        let list = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .ok_or_else(|| anyhow::anyhow!("no Cpus_allowed_list in {}", dir.display()))?;
+        threads.push((name, cpu_list(list)?));
+    }
+    Ok(threads)
+}
+
+/// The CPUs of the named thread (its name cut to 15 bytes, as the kernel keeps it).
+fn cpus_of(threads: &[(String, Vec<usize>)], name: &str) -> Result<Vec<usize>> {
+    let short = &name[..name.len().min(15)];
+    threads
+        .iter()
+        .find(|(n, _)| n == short)
+        .map(|(_, cpus)| cpus.clone())
+        .ok_or_else(|| anyhow::anyhow!("no thread {short} in {threads:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cpu_affinity_auto_pins_each_worker_to_its_own_cpu_and_off_pins_none() -> Result<()> {
+    let upstream = Upstream::start().await?;
+    // What this test process (and so the gateway it starts) may run on.
+    let me = std::fs::read_to_string("/proc/self/status")?;
+    let allowed = cpu_list(
+        me.lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or_default(),
+    )?;
+    ensure!(!allowed.is_empty(), "no CPUs in /proc/self/status");
+
+    let key = "affinity-admin-key";
+    let mut pinned = GatewayProcess::start_with_admin(
+        &config(&upstream, "/secure/ping"),
+        key,
+        &[
+            ("KEYGATE_GATEWAY_THREADS", "2"),
+            ("KEYGATE_GATEWAY_CPU_AFFINITY", "auto"),
+        ],
+    )
+    .await?;
+    pinned.wait_ready(Duration::from_secs(30)).await?;
+    ensure!(pinned.get("/secure/ping", &[]).await?.0 == 200);
+    // An Admin API read runs on a blocking thread the main runtime starts.
+    let (status, body) = pinned
+        .admin("GET", "/apisix/admin/routes", Some(key), None)
+        .await?;
+    ensure!(status == 200, "{status} {body}");
+    let pid = pinned.pid().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let threads = thread_cpus(pid)?;
+    ensure!(
+        cpus_of(&threads, "keygate-gateway")? == [allowed[0]],
+        "the main worker is not on the first allowed CPU {allowed:?}: {threads:?}"
+    );
+    ensure!(
+        cpus_of(&threads, "keygate-worker-1")? == [allowed[1 % allowed.len()]],
+        "worker 1 is not on the second allowed CPU {allowed:?}: {threads:?}"
+    );
+    let blocking: Vec<_> = threads
+        .iter()
+        .filter(|(n, _)| n.starts_with("tokio-"))
+        .collect();
+    ensure!(!blocking.is_empty(), "no blocking thread: {threads:?}");
+    ensure!(
+        blocking.iter().all(|(_, cpus)| *cpus == allowed),
+        "a blocking thread kept a worker's pin: {threads:?}"
+    );
+    ensure!(
+        pinned
+            .log_contents()
+            .contains("worker threads pinned one per CPU"),
+        "the pinning is not logged"
+    );
+
+    let mut free = GatewayProcess::start_with_admin(
+        &config(&upstream, "/secure/ping"),
+        key,
+        &[("KEYGATE_GATEWAY_THREADS", "2")],
+    )
+    .await?;
+    free.wait_ready(Duration::from_secs(30)).await?;
+    ensure!(free.get("/secure/ping", &[]).await?.0 == 200);
+    let pid = free.pid().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let threads = thread_cpus(pid)?;
+    for name in ["keygate-gateway", "keygate-worker-1"] {
+        ensure!(
+            cpus_of(&threads, name)? == allowed,
+            "{name} is pinned without --cpu-affinity: {threads:?}"
+        );
+    }
+
+    // A value it does not know: usage error, naming the ones it does.
+    let out = std::process::Command::new(gateway_binary()?)
+        .args(["check-config", "--cpu-affinity", "sometimes", "--config"])
+        .arg(pinned.config_path())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(64),
+        "exit {:?}: {stderr}",
+        out.status.code()
+    );
+    ensure!(
+        stderr.contains("off") && stderr.contains("auto"),
+        "{stderr}"
     );
     Ok(())
 }
