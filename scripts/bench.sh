@@ -289,9 +289,19 @@ gw_port="$(free_port)" gw_status="127.0.0.1:$(free_port)"
 
 start_proxies() { # workers cpus
     local workers="$1" cpus="$2" dir="$work/nginx-proxy"
+    # With more than one worker, each proxy pins its workers one per CPU, as each
+    # documents for throughput (a worker owns its connections; two on one CPU stall
+    # them). With one, taskset has put it on its CPU already.
+    local nginx_pin="" haproxy_pin="" keygate_pin=()
+    if ((workers > 1)); then
+        nginx_pin="worker_cpu_affinity auto;"
+        haproxy_pin="cpu-map auto:1/1-$workers $cpus"
+        keygate_pin=(--cpu-affinity auto)
+    fi
     mkdir -p "$dir/logs"
     cat >"$dir/nginx.conf" <<EOF
 worker_processes $workers;
+$nginx_pin
 daemon off;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
@@ -326,6 +336,7 @@ EOF
     cat >"$work/haproxy.cfg" <<EOF
 global
     nbthread $workers
+    $haproxy_pin
     maxconn 4096
 defaults
     mode http
@@ -386,7 +397,7 @@ routes:
   - { id: rs256, uri: /rs256, plugins: { jwt-auth: {} }, upstream_id: up }
   - { id: es256, uri: /es256, plugins: { jwt-auth: {} }, upstream_id: up }
 EOF
-    KEYGATE_LOG=warn taskset -c "$cpus" "$bin/keygate-gateway" --threads "$workers" \
+    KEYGATE_LOG=warn taskset -c "$cpus" "$bin/keygate-gateway" --threads "$workers" "${keygate_pin[@]}" \
         --config "$work/gateway.yaml" 2>"$work/gateway.log" &
     gateway_pid=$!
     pids+=($nginx_pid $haproxy_pid $gateway_pid)
@@ -488,6 +499,8 @@ for w in "${passes[@]}"; do
         # Each proxy has CPU 1 to itself; wrk and the upstream share CPU 0.
         proxy_cpus=1 wrk_cpus=0 upstream_cpus=0
     else
+        # Each proxy pins its workers one per CPU (start_proxies); wrk and the upstream
+        # are left to the scheduler.
         proxy_cpus=0-$((cores - 1)) wrk_cpus=0-$((cores - 1)) upstream_cpus=0-$((cores - 1))
     fi
     say "pass ${w}w: proxies with $w worker(s) on CPU $proxy_cpus, wrk and upstream on CPU $wrk_cpus"

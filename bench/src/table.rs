@@ -228,7 +228,7 @@ fn render(r: &Results) -> Result<String> {
     for (pass, targets) in &r.passes {
         let title = match pass.as_str() {
             "1w" => "one worker thread per proxy, each pinned to its own CPU".to_owned(),
-            "2w" => "two worker threads per proxy, sharing both CPUs with wrk and the upstream"
+            "2w" => "two worker threads per proxy, pinned one per CPU, sharing both CPUs with wrk and the upstream"
                 .to_owned(),
             "scale" => "keygate scale (HS256, one worker): consumers/routes".to_owned(),
             other => other.to_owned(),
