@@ -112,6 +112,13 @@ mod tests {
         CpuPlan::from_parts(allowed, cpus.to_vec()).unwrap()
     }
 
+    fn this_thread_cpus() -> Vec<usize> {
+        let mask = sched_getaffinity(Pid::from_raw(0)).unwrap();
+        (0..CpuSet::count())
+            .filter(|&c| mask.is_set(c).unwrap())
+            .collect()
+    }
+
     #[test]
     fn workers_take_the_allowed_cpus_in_order_and_wrap_around() {
         let plan = plan(&[2, 3, 6]);
@@ -143,17 +150,9 @@ mod tests {
         std::thread::spawn(move || {
             let cpu = plan.pin_current_thread(1).unwrap();
             assert_eq!(cpu, plan.cpu_for(1));
-            let mask = sched_getaffinity(Pid::from_raw(0)).unwrap();
-            let on: Vec<_> = (0..CpuSet::count())
-                .filter(|&c| mask.is_set(c).unwrap())
-                .collect();
-            assert_eq!(on, [cpu]);
+            assert_eq!(this_thread_cpus(), [cpu]);
             plan.release_current_thread().unwrap();
-            let mask = sched_getaffinity(Pid::from_raw(0)).unwrap();
-            let on: Vec<_> = (0..CpuSet::count())
-                .filter(|&c| mask.is_set(c).unwrap())
-                .collect();
-            assert_eq!(on, plan.cpus());
+            assert_eq!(this_thread_cpus(), plan.cpus());
         })
         .join()
         .unwrap();
