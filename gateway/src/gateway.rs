@@ -352,7 +352,9 @@ impl Gateway {
 
     /// Pins each worker thread to its own CPU of `plan` when serving: the thread that
     /// calls [`Gateway::serve`] to the first, worker `i` to the `i`-th (see
-    /// [`crate::affinity`]). Blocking threads the workers start are left unpinned.
+    /// [`crate::affinity`]). The workers' runtimes give their blocking threads the whole
+    /// mask back; give the caller's runtime [`CpuPlan::release_hook`] as its
+    /// `on_thread_start` for the same (`keygate-gateway` does).
     pub fn pin_workers(mut self, plan: CpuPlan) -> Self {
         self.cpus = Some(plan);
         self

@@ -1,6 +1,7 @@
 //! The gateway binary's lifecycle: `check-config` exit codes, reload on SIGHUP or file
 //! change without dropping the listener, an invalid new file keeping the old config,
-//! SIGTERM stopping cleanly, worker threads pinned to CPUs on request. No agent is needed: consumers here use inline secrets.
+//! SIGTERM stopping cleanly, worker threads pinned to CPUs on request. No agent is
+//! needed: consumers here use inline secrets.
 
 use std::time::Duration;
 
@@ -105,10 +106,14 @@ async fn check_config_exit_codes() -> Result<()> {
     Ok(())
 }
 
-/// CPUs in a `Cpus_allowed_list` value ("0-1,4").
-fn cpu_list(text: &str) -> Result<Vec<usize>> {
+/// The CPUs in a `/proc/.../status` file's `Cpus_allowed_list` ("0-1,4").
+fn cpus_allowed(status: &str) -> Result<Vec<usize>> {
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .ok_or_else(|| anyhow::anyhow!("no Cpus_allowed_list in {status}"))?;
     let mut cpus = Vec::new();
-    for part in text.trim().split(',') {
+    for part in list.trim().split(',') {
         match part.split_once('-') {
             Some((a, b)) => cpus.extend(a.parse::<usize>()?..=b.parse::<usize>()?),
             None => cpus.push(part.parse()?),
@@ -124,11 +129,7 @@ fn thread_cpus(pid: u32) -> Result<Vec<(String, Vec<usize>)>> {
         let dir = task?.path();
         let name = std::fs::read_to_string(dir.join("comm"))?.trim().to_owned();
         let status = std::fs::read_to_string(dir.join("status"))?;
-        let list = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .ok_or_else(|| anyhow::anyhow!("no Cpus_allowed_list in {}", dir.display()))?;
-        threads.push((name, cpu_list(list)?));
+        threads.push((name, cpus_allowed(&status)?));
     }
     Ok(threads)
 }
@@ -147,13 +148,8 @@ fn cpus_of(threads: &[(String, Vec<usize>)], name: &str) -> Result<Vec<usize>> {
 async fn cpu_affinity_auto_pins_each_worker_to_its_own_cpu_and_off_pins_none() -> Result<()> {
     let upstream = Upstream::start().await?;
     // What this test process (and so the gateway it starts) may run on.
-    let me = std::fs::read_to_string("/proc/self/status")?;
-    let allowed = cpu_list(
-        me.lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .unwrap_or_default(),
-    )?;
-    ensure!(!allowed.is_empty(), "no CPUs in /proc/self/status");
+    let allowed = cpus_allowed(&std::fs::read_to_string("/proc/thread-self/status")?)?;
+    ensure!(!allowed.is_empty(), "no CPUs in /proc/thread-self/status");
 
     let key = "affinity-admin-key";
     let mut pinned = GatewayProcess::start_with_admin(
