@@ -29,7 +29,6 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ClientInfo, ProxyError};
 use crate::reply::Reply;
-use crate::router::request_host;
 use crate::runtime::Runtime;
 use crate::secrets::SecretSnapshot;
 use crate::store::Store;
@@ -615,11 +614,7 @@ async fn handle(shared: Arc<Shared>, req: Request<RequestBody>, remote: SocketAd
         return response.into();
     }
 
-    let host = request_host(&parts);
-    let Some(route) = runtime
-        .router
-        .find(&parts.method, host.as_deref(), parts.uri.path())
-    else {
+    let Some(route) = runtime.router.route_for(&parts) else {
         shared.metrics.no_route.fetch_add(1, Ordering::Relaxed);
         let response = body::json(
             StatusCode::NOT_FOUND,

@@ -450,8 +450,10 @@ impl Upstream {
     /// else any untried one (an ejected node beats no node). `None` once all were tried.
     /// `hash` is the request's chash key ([`Self::hash_of`]).
     pub fn pick(&self, tried: &[usize], hash: Option<u64>) -> Option<usize> {
-        let now = self.now_ms();
-        let usable = |i: usize| !tried.contains(&i) && self.healthy(i, now);
+        // Only passive checks eject nodes: without them every node is healthy, and
+        // the clock is not read.
+        let now = self.passive.map(|_| self.now_ms());
+        let usable = |i: usize| !tried.contains(&i) && now.is_none_or(|now| self.healthy(i, now));
         let picked = match (self.lb, hash) {
             (LbType::Chash, Some(h)) => {
                 // The first point at or after the hash, then onwards around the ring:

@@ -47,6 +47,31 @@ pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether the field name `name` is `lower` in any case. `lower` is a lower-case name
+/// of letters, digits and `-`; `name` is a field name as a head brings it (a token:
+/// httparse and `HeaderName` take nothing else). Setting bit 0x20 of each of `name`'s
+/// bytes folds an upper-case letter onto its lower case and leaves every other token
+/// byte as it is (the bytes it would map onto `-` or a digit are control characters),
+/// so eight bytes are compared at a time where `eq_ignore_ascii_case` lower-cases
+/// both sides byte by byte: the head parsers compare every field name with several.
+pub(crate) fn is_name(name: &[u8], lower: &[u8]) -> bool {
+    const FOLD: u64 = u64::from_ne_bytes([0x20; 8]);
+    if name.len() != lower.len() {
+        return false;
+    }
+    let (mut name, mut lower) = (name, lower);
+    while let (Some((n, name_rest)), Some((l, lower_rest))) = (
+        name.split_first_chunk::<8>(),
+        lower.split_first_chunk::<8>(),
+    ) {
+        if u64::from_ne_bytes(*n) | FOLD != u64::from_ne_bytes(*l) {
+            return false;
+        }
+        (name, lower) = (name_rest, lower_rest);
+    }
+    name.iter().zip(lower).all(|(n, l)| n | 0x20 == *l)
+}
+
 /// Where a header's name and value sit in a head: offsets and lengths, so that once the
 /// head is frozen its values can share its bytes.
 #[derive(Clone, Copy, Default)]
@@ -92,4 +117,49 @@ pub(crate) fn push_content_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
     push_decimal(out, n);
     out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes httparse takes in a field name (RFC 9110 `tchar`).
+    fn is_token_byte(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    }
+
+    #[test]
+    fn is_name_ignores_case_and_nothing_else() {
+        let known: [&[u8]; 6] = [
+            b"te",
+            b"date",
+            b"connection",
+            b"content-length",
+            b"transfer-encoding",
+            b"proxy-authorization",
+        ];
+        for lower in known {
+            assert!(is_name(lower, lower));
+            assert!(is_name(&lower.to_ascii_uppercase(), lower));
+            assert!(!is_name(&lower[1..], lower), "shorter");
+            let mut longer = lower.to_vec();
+            longer.push(b's');
+            assert!(!is_name(&longer, lower), "longer");
+            // Any one token byte changed, in the first eight bytes or after them:
+            // equal exactly when it is the same letter in the other case.
+            for at in 0..lower.len() {
+                for b in (0..=255u8).filter(|b| is_token_byte(*b)) {
+                    let mut name = lower.to_vec();
+                    name[at] = b;
+                    assert_eq!(
+                        is_name(&name, lower),
+                        name.eq_ignore_ascii_case(lower),
+                        "{:?} against {:?}",
+                        String::from_utf8_lossy(&name),
+                        String::from_utf8_lossy(lower),
+                    );
+                }
+            }
+        }
+    }
 }

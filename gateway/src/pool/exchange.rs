@@ -422,7 +422,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parse
     let (mut close, mut keep_alive_token, mut names_listed) = (false, false, false);
     for field in fields {
         let name = field.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"connection") {
+        if wire::is_name(name, b"connection") {
             for token in tokens(field.value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
@@ -432,12 +432,12 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parse
                     names_listed = true;
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if wire::is_name(name, b"transfer-encoding") {
             transfer_encoding = true;
             chunked = tokens(field.value)
                 .last()
                 .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"content-length") {
+        } else if wire::is_name(name, b"content-length") {
             for token in tokens(field.value) {
                 let n = std::str::from_utf8(token)
                     .ok()
@@ -464,7 +464,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parse
         if is_hop_by_hop_name(name) || (names_listed && named_by_connection(fields, name)) {
             continue;
         }
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if wire::is_name(name, b"content-length") {
             // Transfer-Encoding wins over Content-Length (RFC 9112 6.3), which must
             // not reach the client then; otherwise the one length, once.
             let Some(n) = content_length.filter(|_| !transfer_encoding && !length_sent) else {
@@ -480,7 +480,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parse
             }
             lines.set_content_length(n);
         }
-        dated |= name.eq_ignore_ascii_case(b"date");
+        dated |= wire::is_name(name, b"date");
         if !run.extend(&mut lines, name, field.value) {
             run.copy_into(&mut lines);
             lines.push(name, field.value);

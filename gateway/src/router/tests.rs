@@ -94,6 +94,46 @@ fn hosts_with_wildcards() {
     assert_eq!(find(None), None);
 }
 
+fn head(host: Option<&str>, path: &str) -> http::request::Parts {
+    let mut builder = http::Request::get(path);
+    if let Some(host) = host {
+        builder = builder.header(http::header::HOST, host);
+    }
+    builder.body(()).unwrap().into_parts().0
+}
+
+#[test]
+fn route_for_reads_the_host_once_a_route_filters_on_it() {
+    let mut r = Router::new();
+    r.add(&spec(&["/h"]), "any host").unwrap();
+    // No route filters on hosts: whatever the Host says, the path decides.
+    assert_eq!(
+        r.route_for(&head(Some("Other.Test:8080"), "/h")),
+        Some(&"any host")
+    );
+    assert_eq!(r.route_for(&head(None, "/h")), Some(&"any host"));
+
+    let mut filtered = spec(&["/h"]);
+    filtered.hosts = vec!["api.example.com".into()];
+    filtered.priority = 1;
+    r.add(&filtered, "api").unwrap();
+    // The Host header, port removed and lower-cased, now picks the route.
+    assert_eq!(
+        r.route_for(&head(Some("API.example.com:8443"), "/h")),
+        Some(&"api")
+    );
+    assert_eq!(
+        r.route_for(&head(Some("other.test"), "/h")),
+        Some(&"any host")
+    );
+    assert_eq!(r.route_for(&head(None, "/h")), Some(&"any host"));
+    // An HTTP/2 request's authority stands in for the header.
+    let h2 = http::Request::get("https://api.example.com/h")
+        .body(())
+        .unwrap();
+    assert_eq!(r.route_for(&h2.into_parts().0), Some(&"api"));
+}
+
 #[test]
 fn invalid_specs() {
     let mut r: Router<()> = Router::new();

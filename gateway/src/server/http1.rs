@@ -264,7 +264,7 @@ fn parse_head(
     let mut body: Option<usize> = None;
     for (span, field) in spans.iter_mut().zip(raw.headers.iter()) {
         let name = field.name.as_bytes();
-        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        let is = |known: &str| wire::is_name(name, known.as_bytes());
         if is("content-length") {
             // Digits only, and one length however often it is repeated (hyper
             // refuses the rest with 400).
@@ -310,12 +310,6 @@ fn build(
     let head = buf.split_to(parsed.len).freeze();
     let share = |span| head.slice_ref(wire::part(&head, span));
     let uri = Uri::from_maybe_shared(share(parsed.target)).ok()?;
-    let mut headers = HeaderMap::with_capacity(parsed.fields + ADDED_HEADERS);
-    for span in spans.get(..parsed.fields)? {
-        let name = HeaderName::from_bytes(wire::part(&head, span.name)).ok()?;
-        let value = HeaderValue::from_maybe_shared(share(span.value)).ok()?;
-        headers.append(name, value);
-    }
     let body = match parsed.body {
         0 => RequestBody::Empty,
         n => RequestBody::Full(Some(buf.split_to(n).freeze())),
@@ -324,8 +318,30 @@ fn build(
     *request.method_mut() = parsed.method.clone();
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = headers;
+    // Filled where it lies: a map built beside it would be moved in and the empty
+    // one dropped.
+    let headers = request.headers_mut();
+    headers.reserve(parsed.fields + ADDED_HEADERS);
+    for span in spans.get(..parsed.fields)? {
+        let name = HeaderName::from_bytes(wire::part(&head, span.name)).ok()?;
+        headers.append(name, field_value(share(span.value)));
+    }
     Some(request)
+}
+
+/// A header value httparse accepted, as a `HeaderValue` without checking its bytes a
+/// second time (a pass over every byte of every value, a bearer token's included).
+fn field_value(value: bytes::Bytes) -> HeaderValue {
+    #[expect(
+        unsafe_code,
+        reason = "the bytes were checked by httparse against the set HeaderValue allows"
+    )]
+    // SAFETY: httparse takes a request field value only if every byte is HTAB, SP,
+    // VCHAR or obs-text (0x80-0xFF), and `HeaderValue` holds exactly those bytes
+    // (`field_value_bytes_are_the_ones_header_value_takes` checks all 256).
+    unsafe {
+        HeaderValue::from_maybe_shared_unchecked(value)
+    }
 }
 
 /// What the loop makes of bytes a client sent. `Debug` shows lengths and the method,

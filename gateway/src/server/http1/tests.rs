@@ -130,6 +130,39 @@ fn served(buf: &mut BytesMut) -> Request<RequestBody> {
 }
 
 #[test]
+fn field_value_bytes_are_the_ones_header_value_takes() {
+    // `build` skips HeaderValue's own check of the bytes (see `field_value`): every
+    // byte the loop lets into a field value must be one HeaderValue accepts, and the
+    // bytes HeaderValue refuses must not get past the parser. All 256, mid-value.
+    let mut taken = 0;
+    for byte in 0..=255u8 {
+        let mut head = b"GET / HTTP/1.1\r\nX-Probe: a".to_vec();
+        head.push(byte);
+        head.extend_from_slice(b"b\r\n\r\n");
+        let mut spans = [Span::default(); MAX_HEADERS];
+        let Buffered::Ready(p) = parse(&head, settings(), &mut spans) else {
+            assert!(
+                HeaderValue::from_bytes(&[b'a', byte, b'b']).is_err()
+                    || byte == b'\r'
+                    || byte == b'\n',
+                "byte {byte:#04x}: HeaderValue takes it but the loop does not"
+            );
+            continue;
+        };
+        let value = wire::part(&head, spans[0].value);
+        assert!(
+            HeaderValue::from_bytes(value).is_ok(),
+            "byte {byte:#04x}: the loop takes it but HeaderValue does not"
+        );
+        let request = build(&mut BytesMut::from(&head[..]), &p, &spans).unwrap();
+        assert_eq!(request.headers()["x-probe"].as_bytes(), value);
+        taken += 1;
+    }
+    // HTAB, SP through `~`, and obs-text.
+    assert_eq!(taken, 1 + 95 + 128);
+}
+
+#[test]
 fn a_short_body_comes_with_its_head() {
     let mut buf = BytesMut::from(
         &b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /next HTTP/1.1\r\n"[..],
