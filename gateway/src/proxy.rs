@@ -84,7 +84,7 @@ pub(crate) fn is_hop_by_hop_name(name: &[u8]) -> bool {
     // The length first: most names differ from all of these in length.
     HOP_BY_HOP_BYTES
         .iter()
-        .any(|known| crate::wire::is_name(name, known))
+        .any(|known| name.len() == known.len() && crate::wire::is_name(name, known))
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.

@@ -54,6 +54,7 @@ pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// byte as it is (the bytes it would map onto `-` or a digit are control characters),
 /// so eight bytes are compared at a time where `eq_ignore_ascii_case` lower-cases
 /// both sides byte by byte: the head parsers compare every field name with several.
+#[inline]
 pub(crate) fn is_name(name: &[u8], lower: &[u8]) -> bool {
     const FOLD: u64 = u64::from_ne_bytes([0x20; 8]);
     if name.len() != lower.len() {
