@@ -487,11 +487,41 @@ fn each_worker_remembers_its_own_verified_tokens() {
         times: jwt::TimeClaims::of(&Map::new()),
         by: Weak::new(),
     });
-    assert!(tokens.get("a.b.c").is_some(), "this thread is worker 0");
+    assert!(tokens.get(b"a.b.c").is_some(), "this thread is worker 0");
     std::thread::scope(|scope| {
         scope.spawn(|| {
             crate::pool::enter_worker(1);
-            assert!(tokens.get("a.b.c").is_none(), "worker 1 has its own map");
+            assert!(tokens.get(b"a.b.c").is_none(), "worker 1 has its own map");
         });
     });
+}
+
+#[test]
+fn tokens_are_found_by_their_bytes_and_checked_as_text_before_decoding() {
+    let f = fixture();
+    let conf = route(&f, "{}");
+    let t = bob(json!({"key": "bob-key", "exp": NOW + 60}));
+    let with = |value: &[u8]| {
+        let mut parts = request("/", &[]);
+        parts.headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_bytes(value).unwrap(),
+        );
+        parts
+    };
+    // The scheme in any case, then spaces or tabs; remembered once verified.
+    for value in [format!("Bearer {t}"), format!("BEARER \t {t} "), t.clone()] {
+        assert_eq!(run(&f, &conf, with(value.as_bytes())), Ok("bob".into()));
+    }
+    assert!(conf.verified.get(t.as_bytes()).is_some());
+    // No space after the scheme: the whole value is the token, and it is no JWT.
+    assert_eq!(
+        run(&f, &conf, with(format!("Bearer{t}").as_bytes())),
+        Err(Failure::Malformed)
+    );
+    // A byte that is not UTF-8 (a header may carry obs-text) after the remembered
+    // token: not the remembered token, and refused before it is decoded.
+    let mut bad = format!("Bearer {t}").into_bytes();
+    bad.push(0xff);
+    assert_eq!(run(&f, &conf, with(&bad)), Err(Failure::Malformed));
 }
