@@ -324,24 +324,29 @@ fn build(
     headers.reserve(parsed.fields + ADDED_HEADERS);
     for span in spans.get(..parsed.fields)? {
         let name = HeaderName::from_bytes(wire::part(&head, span.name)).ok()?;
-        headers.append(name, field_value(share(span.value)));
+        headers.append(name, field_value(share(span.value))?);
     }
     Some(request)
 }
 
-/// A header value httparse accepted, as a `HeaderValue` without checking its bytes a
-/// second time (a pass over every byte of every value, a bearer token's included).
-fn field_value(value: bytes::Bytes) -> HeaderValue {
+/// A header value httparse accepted, as a `HeaderValue`. An ASCII one (nearly all) is
+/// not checked byte by byte a second time: `is_ascii` reads a word at a time, where
+/// `HeaderValue`'s own check takes each byte of every value, a bearer token's included.
+fn field_value(value: bytes::Bytes) -> Option<HeaderValue> {
+    if !value.is_ascii() {
+        // obs-text: not UTF-8, which the unchecked constructor requires.
+        return HeaderValue::from_maybe_shared(value).ok();
+    }
     #[expect(
         unsafe_code,
-        reason = "the bytes were checked by httparse against the set HeaderValue allows"
+        reason = "ASCII bytes httparse checked against the set HeaderValue allows"
     )]
-    // SAFETY: httparse takes a request field value only if every byte is HTAB, SP,
-    // VCHAR or obs-text (0x80-0xFF), and `HeaderValue` holds exactly those bytes
+    // SAFETY: the constructor requires UTF-8, and ASCII is. `HeaderValue` itself
+    // holds HTAB, SP, VCHAR and obs-text, and httparse takes a request field value
+    // only if every byte is one of those
     // (`field_value_bytes_are_the_ones_header_value_takes` checks all 256).
-    unsafe {
-        HeaderValue::from_maybe_shared_unchecked(value)
-    }
+    let value = unsafe { HeaderValue::from_maybe_shared_unchecked(value) };
+    Some(value)
 }
 
 /// What the loop makes of bytes a client sent. `Debug` shows lengths and the method,
