@@ -90,9 +90,13 @@ pub(crate) fn is_hop_by_hop_name(name: &[u8]) -> bool {
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages have none: one pass over the names, nothing hashed.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
+    if headers.keys().any(is_hop_by_hop) {
+        remove_hop_by_hop(headers);
     }
+}
+
+/// [`strip_hop_by_hop`] once a hop-by-hop name was seen.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -219,28 +223,43 @@ impl Forwarding {
 /// Prepares the request head for the upstream: hop-by-hop headers removed, Host kept
 /// (HTTP/2 authority turned into Host); and the forwarding fields it is to get.
 pub fn prepare_head(parts: &mut Parts, client: ClientInfo) -> Forwarding {
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
-    let from_header = hosts.next().cloned();
+    // One pass over the fields finds what three lookups by name would (each hashes
+    // the name; a request has few fields): the Host values, the client's
+    // X-Forwarded-For, whether any field is hop-by-hop.
+    let (mut from_header, mut several, mut hop_by_hop) = (None, false, false);
+    let mut previous_for: Option<HeaderValue> = None;
+    for (name, value) in &parts.headers {
+        if name == header::HOST {
+            if from_header.is_some() {
+                several = true;
+            } else {
+                from_header = Some(value.clone());
+            }
+        } else if name == X_FORWARDED_FOR {
+            previous_for.get_or_insert_with(|| value.clone());
+        } else if is_hop_by_hop(name) {
+            hop_by_hop = true;
+        }
+    }
     // One Host for the upstream: the first (hyper refuses two; this loop does not).
-    let several = hosts.next().is_some();
     let host = from_header.clone().or_else(|| {
         parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    strip_hop_by_hop(&mut parts.headers);
+    if hop_by_hop {
+        remove_hop_by_hop(&mut parts.headers);
+        // `Connection` may have named X-Forwarded-For.
+        previous_for = parts.headers.get(&X_FORWARDED_FOR).cloned();
+    }
     if (from_header.is_none() || several)
         && let Some(host) = &host
     {
         parts.headers.insert(header::HOST, host.clone());
     }
     let ip = client_ip_value(client.ip);
-    let forwarded_for = match parts
-        .headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-    {
+    let forwarded_for = match previous_for.as_ref().and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => ip.as_ref().and_then(|ip| {
             let mut joined = Vec::with_capacity(prev.len() + 2 + ip.len());
             joined.extend_from_slice(prev.as_bytes());
@@ -538,6 +557,33 @@ mod tests {
         assert_eq!(p.headers["x-forwarded-proto"], "http");
         assert_eq!(p.headers["x-forwarded-host"], "api.example.com");
         assert_eq!(p.headers["host"], "api.example.com");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_go_before_the_forwarding_fields_are_worked_out() {
+        let client = ClientInfo {
+            https: false,
+            ip: "192.0.2.7".parse().unwrap(),
+        };
+        // `Connection` names X-Forwarded-For: it describes the client's hop only,
+        // so the upstream gets the gateway's view alone.
+        let mut p = parts(&[
+            ("host", "a.example"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("connection", "x-forwarded-for"),
+            ("te", "trailers"),
+            ("x-kept", "1"),
+        ]);
+        let forwarding = prepare_head(&mut p, client);
+        let names: Vec<_> = p.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["host", "x-kept"]);
+        forwarding.apply(&mut p.headers);
+        assert_eq!(p.headers["x-forwarded-for"], "192.0.2.7");
+        // Without hop-by-hop fields, the client's own X-Forwarded-For is extended.
+        let mut p = parts(&[("x-forwarded-for", "10.0.0.1"), ("x-kept", "1")]);
+        prepare_head(&mut p, client).apply(&mut p.headers);
+        assert_eq!(p.headers["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(p.headers["x-kept"], "1");
     }
 
     #[test]
