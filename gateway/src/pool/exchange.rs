@@ -264,18 +264,25 @@ pub(super) fn encode_head(
     forwarding: Option<&Forwarding>,
 ) {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    // The fields' size and whether Host is among them, in one pass (a lookup of Host
+    // would hash it).
+    let (mut fields_len, mut has_host) = (0, false);
+    for (name, value) in &parts.headers {
+        fields_len += name.as_str().len() + value.len() + 4;
+        has_host |= name == header::HOST;
+    }
     // Sized once: growing the buffer midway copies the head.
     out.reserve(
         64 + target.len()
             + authority.as_str().len()
-            + wire::fields_len(&parts.headers)
+            + fields_len
             + forwarding.map_or(0, Forwarding::encoded_len),
     );
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(header::HOST) {
+    if !has_host {
         wire::push_field(out, b"host", authority.as_str().as_bytes());
     }
     for (name, value) in &parts.headers {
