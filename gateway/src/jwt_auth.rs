@@ -388,7 +388,14 @@ fn find_token<'a>(
             }
         }
     };
-    for value in parts.headers.get_all(&conf.header) {
+    // One pass over the fields for the token's and whether there is a cookie: two
+    // lookups by name would hash each name, and a request has few fields.
+    let mut has_cookie = false;
+    for (name, value) in &parts.headers {
+        has_cookie |= name == header::COOKIE;
+        if *name != conf.header {
+            continue;
+        }
         if value.len() > jwt::MAX_TOKEN_BYTES + 16 {
             return Err(Failure::Malformed);
         }
@@ -410,7 +417,11 @@ fn find_token<'a>(
             ))?;
         }
     }
-    for value in cookies(&parts.headers, &conf.cookie) {
+    for value in has_cookie
+        .then(|| cookies(&parts.headers, &conf.cookie))
+        .into_iter()
+        .flatten()
+    {
         offer(Cow::Borrowed(value.as_bytes()))?;
     }
     Ok(found)
