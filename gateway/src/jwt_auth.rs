@@ -388,7 +388,7 @@ fn find_token<'a>(
             }
         }
     };
-    // One pass over the fields for the token's and whether there is a cookie: two
+    // One pass over the fields finds the token's header and whether a cookie came: two
     // lookups by name would hash each name, and a request has few fields.
     let mut has_cookie = false;
     for (name, value) in &parts.headers {

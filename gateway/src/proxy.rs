@@ -81,10 +81,10 @@ const HOP_BY_HOP_BYTES: [&[u8]; 9] = [
 
 /// [`is_hop_by_hop`] for a name as it came in a head, in any case.
 pub(crate) fn is_hop_by_hop_name(name: &[u8]) -> bool {
-    // The length first: most names differ from all of these in length.
+    // `is_name` compares the lengths first: most names differ from all of these there.
     HOP_BY_HOP_BYTES
         .iter()
-        .any(|known| name.len() == known.len() && crate::wire::is_name(name, known))
+        .any(|known| crate::wire::is_name(name, known))
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.

@@ -57,6 +57,12 @@ pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 #[inline]
 pub(crate) fn is_name(name: &[u8], lower: &[u8]) -> bool {
     const FOLD: u64 = u64::from_ne_bytes([0x20; 8]);
+    debug_assert!(
+        lower
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-'),
+        "is_name compares with lower-case names of letters, digits and '-'"
+    );
     if name.len() != lower.len() {
         return false;
     }

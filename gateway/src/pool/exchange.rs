@@ -264,18 +264,13 @@ pub(super) fn encode_head(
     forwarding: Option<&Forwarding>,
 ) {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    // The fields' size and whether Host is among them, in one pass (a lookup of Host
-    // would hash it).
-    let (mut fields_len, mut has_host) = (0, false);
-    for (name, value) in &parts.headers {
-        fields_len += name.as_str().len() + value.len() + 4;
-        has_host |= name == header::HOST;
-    }
+    // A scan of the few names rather than a lookup, which would hash the name.
+    let has_host = parts.headers.keys().any(|name| name == header::HOST);
     // Sized once: growing the buffer midway copies the head.
     out.reserve(
         64 + target.len()
             + authority.as_str().len()
-            + fields_len
+            + wire::fields_len(&parts.headers)
             + forwarding.map_or(0, Forwarding::encoded_len),
     );
     out.extend_from_slice(parts.method.as_str().as_bytes());
