@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderValue, Method, Request, StatusCode};
@@ -594,12 +594,6 @@ fn spawn_worker(
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// The request path.
 async fn handle(shared: Arc<Shared>, req: Request<RequestBody>, remote: SocketAddr) -> Reply {
     let runtime = shared.runtime.load_full();
@@ -609,7 +603,12 @@ async fn handle(shared: Arc<Shared>, req: Request<RequestBody>, remote: SocketAd
 
     if runtime.sign_endpoint && parts.method == Method::GET && parts.uri.path() == sign::PATH {
         let auth = shared.auth.load();
-        let response = sign::handle(&auth, parts.uri.query(), unix_now(), &shared.metrics);
+        let response = sign::handle(
+            &auth,
+            parts.uri.query(),
+            crate::clock::unix_seconds(),
+            &shared.metrics,
+        );
         access_log(&runtime, remote, &parts, None, response.status(), started);
         return response.into();
     }
@@ -628,7 +627,7 @@ async fn handle(shared: Arc<Shared>, req: Request<RequestBody>, remote: SocketAd
     let mut consumer_name: Option<Arc<str>> = None;
     if let Some(plugin) = &route.auth {
         let auth = shared.auth.load();
-        let consumer = match plugin.authenticate(&auth, &mut parts, unix_now()) {
+        let consumer = match plugin.authenticate(&auth, &mut parts, crate::clock::unix_seconds()) {
             Ok(user) => user,
             Err(failure) => {
                 if let Some(c) = shared.metrics.auth_failures.get(failure.index()) {
@@ -679,8 +678,18 @@ async fn handle(shared: Arc<Shared>, req: Request<RequestBody>, remote: SocketAd
     let logged = runtime
         .access_log
         .then(|| (parts.method.clone(), parts.uri.clone()));
-    let upstream_started = Instant::now();
-    let response = match proxy::forward(&route.upstream, parts, incoming, hash, forwarding).await {
+    // Also the start of the first attempt's head timeout.
+    let upstream_started = tokio::time::Instant::now();
+    let response = match proxy::forward(
+        &route.upstream,
+        parts,
+        incoming,
+        hash,
+        forwarding,
+        upstream_started,
+    )
+    .await
+    {
         Ok(response) => {
             shared.metrics.observe_upstream(upstream_started.elapsed());
             response

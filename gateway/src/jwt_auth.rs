@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, Weak};
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Response, StatusCode};
+use zeroize::Zeroizing;
 
 use crate::body::{self, ProxyBody};
 use crate::config::{ConfigError, JwtAuthRouteConfig, invalid};
@@ -88,7 +89,9 @@ impl Default for VerifiedTokens {
 }
 
 struct Verified {
-    token: Box<str>,
+    /// A bearer credential: wiped when the entry is dropped (evicted, the map
+    /// cleared, the route replaced by a reload).
+    token: Zeroizing<Box<str>>,
     alg: Box<str>,
     /// The route's key claim (a string: the token verified).
     key: Box<str>,
@@ -358,7 +361,7 @@ pub fn authenticate(
         key: key.into(),
         times,
         by,
-        token: token.into(),
+        token: Zeroizing::new(Box::from(token)),
     });
     Ok(username)
 }

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod basic_auth;
 pub mod body;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod consumers;
 pub mod control;

@@ -14,7 +14,7 @@ mod exchange;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
@@ -110,7 +110,9 @@ pub fn worker() -> usize {
 
 struct Idle {
     conn: Conn,
-    since: Instant,
+    /// When it came back ([`crate::clock::monotonic`]: a minute's timeout needs no
+    /// better, and the coarse clock costs a request less).
+    since: Duration,
 }
 
 struct NodePool {
@@ -164,7 +166,8 @@ impl Pool {
     fn checkout(&self, index: usize) -> Option<Conn> {
         let mut idle = self.idle(index)?;
         while let Some(mut entry) = idle.pop() {
-            if entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.is_reusable() {
+            let idle_for = crate::clock::monotonic().saturating_sub(entry.since);
+            if idle_for < IDLE_TIMEOUT && entry.conn.is_reusable() {
                 return Some(entry.conn);
             }
         }
@@ -177,7 +180,7 @@ impl Pool {
         {
             idle.push(Idle {
                 conn,
-                since: Instant::now(),
+                since: crate::clock::monotonic(),
             });
         }
     }

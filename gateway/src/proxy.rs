@@ -338,13 +338,15 @@ fn format_ip(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
 /// Sends the request to the upstream, retrying on other nodes where that is safe:
 /// only requests without a body can be re-sent (the body streams through and is gone
 /// after the first attempt), and a request that may have reached a node is only
-/// re-sent when its method is idempotent.
+/// re-sent when its method is idempotent. The first attempt's head timeout runs from
+/// `started` (the caller's clock read, shared with its latency metric).
 pub async fn forward(
     upstream: &Upstream,
     parts: Parts,
     body: RequestBody,
     hash: Option<u64>,
     forwarding: Forwarding,
+    started: tokio::time::Instant,
 ) -> Result<Reply, ProxyError> {
     let Parts {
         method,
@@ -410,7 +412,13 @@ pub async fn forward(
             }
         }
         let in_flight = upstream.start(index);
-        let deadline = tokio::time::Instant::now() + upstream.head_timeout;
+        // The first attempt starts when the caller did (one clock read less per request).
+        let attempt_started = if tried.len() == 1 {
+            started
+        } else {
+            tokio::time::Instant::now()
+        };
+        let deadline = attempt_started + upstream.head_timeout;
         let outcome = upstream
             .client
             .request(index, request, &forwarding, deadline)

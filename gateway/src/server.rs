@@ -8,6 +8,7 @@
 
 mod activity;
 mod http1;
+mod woken;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -481,7 +481,7 @@ fn each_worker_remembers_its_own_verified_tokens() {
     crate::pool::set_workers(1);
     assert_eq!(tokens.entries.len(), 2);
     tokens.insert(Verified {
-        token: "a.b.c".into(),
+        token: Box::<str>::from("a.b.c").into(),
         alg: "HS256".into(),
         key: "k".into(),
         times: jwt::TimeClaims::of(&Map::new()),

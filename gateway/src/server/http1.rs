@@ -20,7 +20,7 @@ use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -30,12 +30,14 @@ use hyper::body::Body as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use crate::body::RequestBody;
 use crate::limits::Limits;
 use crate::reply::{FieldLines, Reply};
 use crate::wire::{self, Span, push_hex, span_in, tokens};
+
+use super::woken::Woken;
 
 /// Most header fields this loop takes; a request with more goes to hyper, which
 /// applies `limits.max_headers`.
@@ -147,10 +149,18 @@ where
     let mut waiter = stop.clone();
     let stopped = waiter.wait_for(|stop| *stop);
     tokio::pin!(stopped);
+    // Both wrapped in `Woken`: each request's wait for the next polls neither (see
+    // there).
+    let mut stopped = Woken::new(stopped);
     let period = (settings.quiet / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    let mut check = tokio::time::interval_at(Instant::now() + period, period);
-    check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last = Instant::now();
+    let mut check = Woken::new(Box::pin(tokio::time::sleep_until(last + period)));
+    // The clock is read on the check's ticks, not per request (a clock read costs as
+    // much as a few hundred instructions of the request path): a request marks the
+    // connection `active`, and the next tick takes that as activity up to now. So an
+    // idle connection closes `quiet` to `quiet + period` after its last request, never
+    // earlier.
+    let mut active = false;
     loop {
         while buf.is_empty() {
             // Once the previous heads are gone this takes their allocation back.
@@ -159,17 +169,23 @@ where
                 biased;
                 read = stream.read_buf(&mut buf) => match read {
                     Ok(0) | Err(_) => return Ended::Closed,
-                    Ok(_) => last = Instant::now(),
+                    Ok(_) => active = true,
                 },
                 _ = &mut stopped => return Ended::Closed,
-                _ = check.tick() => {
-                    if last.elapsed() >= settings.quiet {
+                () = &mut check => {
+                    let now = Instant::now();
+                    if std::mem::take(&mut active) {
+                        last = now;
+                    } else if now.duration_since(last) >= settings.quiet {
                         tracing::debug!(%remote, "closing an idle connection");
                         return Ended::Closed;
                     }
+                    check.get_mut().as_mut().reset(now + period);
                 }
             }
         }
+        // When this head's first bytes came, read once a head needs a second read.
+        let mut head_started: Option<Instant> = None;
         let parsed = loop {
             match parse(&buf, settings, &mut spans) {
                 Buffered::Ready(parsed) => break parsed,
@@ -184,7 +200,8 @@ where
                         return Ended::HandOver(buf);
                     }
                     buf.reserve(READ_CHUNK);
-                    let deadline = last + settings.head_timeout;
+                    let deadline =
+                        *head_started.get_or_insert_with(Instant::now) + settings.head_timeout;
                     tokio::select! {
                         biased;
                         read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => match read {
@@ -211,7 +228,7 @@ where
         let reply = handler(request, remote).await.into();
         let close = close || stopping.has_changed().unwrap_or(true);
         let kept = respond(stream, &mut out, reply, close, settings.stall).await;
-        last = Instant::now();
+        active = true;
         if !kept || close {
             let _ = stream.shutdown().await;
             return Ended::Closed;
@@ -609,15 +626,14 @@ fn push_date(out: &mut Vec<u8>) {
     thread_local! {
         static DATE: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
     }
-    let now = SystemTime::now();
-    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let second = crate::clock::unix_seconds();
     let text = DATE.with(|cached| {
         let (at, text) = cached.get();
         if at == second {
             return text;
         }
         let mut text = [0u8; 29];
-        let formatted = httpdate::fmt_http_date(now);
+        let formatted = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(second));
         if let Some(dst) = text.get_mut(..formatted.len()) {
             dst.copy_from_slice(formatted.as_bytes());
         }

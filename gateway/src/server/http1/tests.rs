@@ -410,6 +410,57 @@ async fn a_quiet_connection_is_closed_after_the_shorter_timeout() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_connection_is_kept_for_the_whole_quiet_time_after_a_slow_response() {
+    // The idle check reads the clock on its ticks only; a tick that was due while the
+    // handler ran must not count the connection idle from before the response.
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(3),
+        idle_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let (_tx, stop) = watch::channel(false);
+    let (mut client, mut server) = pair().await;
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let handler = |_: Request<RequestBody>, _| async {
+        tokio::time::sleep(Duration::from_millis(2900)).await;
+        body::text(StatusCode::OK, "ok")
+    };
+    let started = Instant::now();
+    let serving = async {
+        let ended = serve(
+            &mut server,
+            &handler,
+            "127.0.0.1:1".parse().unwrap(),
+            Settings::new(&limits),
+            &stop,
+        )
+        .await;
+        (ended, started.elapsed())
+    };
+    let reading = async {
+        let mut answer = vec![0u8; 4096];
+        let n = client.read(&mut answer).await.unwrap();
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200 OK\r\n"));
+        started.elapsed()
+    };
+    let ((ended, closed), answered) = tokio::join!(serving, reading);
+    assert!(matches!(ended, Ended::Closed));
+    let idle = closed - answered;
+    assert!(
+        answered >= Duration::from_millis(2900),
+        "answered at {answered:?}"
+    );
+    // Quiet is 3 s, checked every 0.75 s.
+    assert!(
+        idle >= Duration::from_secs(3) && idle < Duration::from_secs(4),
+        "closed {idle:?} after the response"
+    );
+}
+
 /// A future that is ready at once, resolved without a runtime.
 fn futures_now<T>(future: impl Future<Output = T>) -> T {
     let mut future = std::pin::pin!(future);
