@@ -241,8 +241,9 @@ pub fn prepare_head(parts: &mut Parts, client: ClientInfo) -> Forwarding {
             hop_by_hop = true;
         }
     }
+    let insert_host = from_header.is_none() || several;
     // One Host for the upstream: the first (hyper refuses two; this loop does not).
-    let host = from_header.clone().or_else(|| {
+    let host = from_header.or_else(|| {
         parts
             .uri
             .authority()
@@ -253,9 +254,7 @@ pub fn prepare_head(parts: &mut Parts, client: ClientInfo) -> Forwarding {
         // `Connection` may have named X-Forwarded-For.
         previous_for = parts.headers.get(&X_FORWARDED_FOR).cloned();
     }
-    if (from_header.is_none() || several)
-        && let Some(host) = &host
-    {
+    if insert_host && let Some(host) = &host {
         parts.headers.insert(header::HOST, host.clone());
     }
     let ip = client_ip_value(client.ip);

@@ -383,13 +383,18 @@ async fn a_stop_ends_a_busy_connection_after_its_answer_and_an_idle_one_at_once(
     assert!(matches!(ended, Ok(Ended::Closed)));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_quiet_connection_is_closed_after_the_shorter_timeout() {
-    let limits = Limits {
+/// A header read timeout of 3 s under a longer idle timeout: connections go quiet
+/// after 3 s, checked every 0.75 s.
+fn quiet_after_3s() -> Settings {
+    Settings::new(&Limits {
         header_read_timeout: Duration::from_secs(3),
         idle_timeout: Duration::from_secs(60),
         ..Limits::default()
-    };
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_connection_is_closed_after_the_shorter_timeout() {
     let (_tx, stop) = watch::channel(false);
     let (_client, mut server) = pair().await;
     let handler = |_: Request<RequestBody>, _| async { body::text(StatusCode::OK, "ok") };
@@ -398,7 +403,7 @@ async fn a_quiet_connection_is_closed_after_the_shorter_timeout() {
         &mut server,
         &handler,
         "127.0.0.1:1".parse().unwrap(),
-        Settings::new(&limits),
+        quiet_after_3s(),
         &stop,
     )
     .await;
@@ -414,11 +419,6 @@ async fn a_quiet_connection_is_closed_after_the_shorter_timeout() {
 async fn a_connection_is_kept_for_the_whole_quiet_time_after_a_slow_response() {
     // The idle check reads the clock on its ticks only; a tick that was due while the
     // handler ran must not count the connection idle from before the response.
-    let limits = Limits {
-        header_read_timeout: Duration::from_secs(3),
-        idle_timeout: Duration::from_secs(60),
-        ..Limits::default()
-    };
     let (_tx, stop) = watch::channel(false);
     let (mut client, mut server) = pair().await;
     client
@@ -435,7 +435,7 @@ async fn a_connection_is_kept_for_the_whole_quiet_time_after_a_slow_response() {
             &mut server,
             &handler,
             "127.0.0.1:1".parse().unwrap(),
-            Settings::new(&limits),
+            quiet_after_3s(),
             &stop,
         )
         .await;
