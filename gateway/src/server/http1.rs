@@ -534,6 +534,12 @@ async fn respond(
             }
             out.clear();
         }
+        // A body that says it has nothing more (and no trailers) is not polled for
+        // its end: an upstream answer that came whole with its head is one poll, not
+        // two, through the body's layers.
+        if body.is_end_stream() {
+            break;
+        }
     }
     drop(body);
     let complete = match framing {

@@ -1,4 +1,5 @@
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Response;
@@ -587,4 +588,47 @@ fn what_the_loop_shows_of_a_request_holds_no_credential() {
     for secret in ["q-token", "h-token", "k-token"] {
         assert!(!shown.contains(secret), "{shown}");
     }
+}
+
+/// One data frame, then the end by `is_end_stream`; polled again, it fails.
+struct EndsByItsWord {
+    data: Option<Bytes>,
+    polls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl hyper::body::Body for EndsByItsWord {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Poll::Ready(Some(match self.data.take() {
+            Some(data) => Ok(Frame::data(data)),
+            None => Err(std::io::Error::other("polled after its end")),
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_says_it_ended_is_not_polled_again() {
+    let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let body = EndsByItsWord {
+        data: Some(Bytes::from_static(b"secure/pong\n")),
+        polls: polls.clone(),
+    };
+    let mut response = Response::new(body::boxed(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+    let (text, kept) = written(response, false).await;
+    assert!(kept, "{text}");
+    assert!(text.ends_with("\r\n\r\nsecure/pong\n"), "{text}");
+    assert_eq!(polls.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
