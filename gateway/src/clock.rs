@@ -6,21 +6,28 @@
 //! as much as 150 instructions of the request path, and a request read the clock ten
 //! times. Latency figures and timers keep the precise clocks.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::time::{ClockId, clock_gettime};
 
-/// Seconds since the Unix epoch, to the last tick (0 if the clock cannot be read,
-/// which on Linux it always can).
+/// Seconds since the Unix epoch, to the last tick. Should the coarse clock not be
+/// readable (Linux always has it), the precise one answers: a JWT's `exp` is never
+/// checked against a made-up time.
 pub fn unix_seconds() -> u64 {
     clock_gettime(ClockId::CLOCK_REALTIME_COARSE)
         .ok()
         .and_then(|t| u64::try_from(t.tv_sec()).ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        })
 }
 
 /// A monotonic time to the last tick, for measuring spans of seconds: only
-/// differences between two readings mean anything.
+/// differences between two readings mean anything. Unreadable (never, on Linux), it
+/// is zero: an idle upstream connection then looks fresh, and is still checked for
+/// being open before it is reused.
 pub fn monotonic() -> Duration {
     clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE)
         .map(Duration::from)
@@ -29,8 +36,6 @@ pub fn monotonic() -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{SystemTime, UNIX_EPOCH};
-
     use super::*;
 
     #[test]

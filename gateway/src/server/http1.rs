@@ -156,10 +156,11 @@ where
     let mut last = Instant::now();
     let mut check = Woken::new(Box::pin(tokio::time::sleep_until(last + period)));
     // The clock is read on the check's ticks, not per request (a clock read costs as
-    // much as a few hundred instructions of the request path): a request marks the
-    // connection `active`, and the next tick takes that as activity up to now. So an
-    // idle connection closes `quiet` to `quiet + period` after its last request, never
-    // earlier.
+    // much as a few hundred instructions of the request path): a read marks the
+    // connection `active`, and the next tick takes that as activity up to now. Ticks
+    // are only looked at here, between requests, so the first one after a request's
+    // answer still finds the mark its read left: an idle connection closes `quiet` to
+    // `quiet + period` after its last answer, never earlier.
     let mut active = false;
     loop {
         while buf.is_empty() {
@@ -228,7 +229,6 @@ where
         let reply = handler(request, remote).await.into();
         let close = close || stopping.has_changed().unwrap_or(true);
         let kept = respond(stream, &mut out, reply, close, settings.stall).await;
-        active = true;
         if !kept || close {
             let _ = stream.shutdown().await;
             return Ended::Closed;

@@ -1,5 +1,6 @@
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::Response;
@@ -394,20 +395,27 @@ fn quiet_after_3s() -> Settings {
     })
 }
 
+/// `serve` with [`quiet_after_3s`].
+async fn serve_quiet_after_3s<H, F>(
+    server: &mut TcpStream,
+    handler: &H,
+    stop: &watch::Receiver<bool>,
+) -> Ended
+where
+    H: Fn(Request<RequestBody>, SocketAddr) -> F,
+    F: Future<Output: Into<Reply>>,
+{
+    let remote = "127.0.0.1:1".parse().unwrap();
+    serve(server, handler, remote, quiet_after_3s(), stop).await
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_quiet_connection_is_closed_after_the_shorter_timeout() {
     let (_tx, stop) = watch::channel(false);
     let (_client, mut server) = pair().await;
     let handler = |_: Request<RequestBody>, _| async { body::text(StatusCode::OK, "ok") };
     let started = Instant::now();
-    let ended = serve(
-        &mut server,
-        &handler,
-        "127.0.0.1:1".parse().unwrap(),
-        quiet_after_3s(),
-        &stop,
-    )
-    .await;
+    let ended = serve_quiet_after_3s(&mut server, &handler, &stop).await;
     assert!(matches!(ended, Ended::Closed));
     let waited = started.elapsed();
     assert!(
@@ -432,14 +440,7 @@ async fn a_connection_is_kept_for_the_whole_quiet_time_after_a_slow_response() {
     };
     let started = Instant::now();
     let serving = async {
-        let ended = serve(
-            &mut server,
-            &handler,
-            "127.0.0.1:1".parse().unwrap(),
-            quiet_after_3s(),
-            &stop,
-        )
-        .await;
+        let ended = serve_quiet_after_3s(&mut server, &handler, &stop).await;
         (ended, started.elapsed())
     };
     let reading = async {
@@ -593,7 +594,7 @@ fn what_the_loop_shows_of_a_request_holds_no_credential() {
 /// One data frame, then the end by `is_end_stream`; polled again, it fails.
 struct EndsByItsWord {
     data: Option<Bytes>,
-    polls: Arc<std::sync::atomic::AtomicUsize>,
+    polls: Arc<AtomicUsize>,
 }
 
 impl hyper::body::Body for EndsByItsWord {
@@ -604,7 +605,7 @@ impl hyper::body::Body for EndsByItsWord {
         mut self: Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        self.polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.polls.fetch_add(1, Ordering::SeqCst);
         Poll::Ready(Some(match self.data.take() {
             Some(data) => Ok(Frame::data(data)),
             None => Err(std::io::Error::other("polled after its end")),
@@ -618,7 +619,7 @@ impl hyper::body::Body for EndsByItsWord {
 
 #[tokio::test]
 async fn a_body_that_says_it_ended_is_not_polled_again() {
-    let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let polls = Arc::new(AtomicUsize::new(0));
     let body = EndsByItsWord {
         data: Some(Bytes::from_static(b"secure/pong\n")),
         polls: polls.clone(),
@@ -630,5 +631,5 @@ async fn a_body_that_says_it_ended_is_not_polled_again() {
     let (text, kept) = written(response, false).await;
     assert!(kept, "{text}");
     assert!(text.ends_with("\r\n\r\nsecure/pong\n"), "{text}");
-    assert_eq!(polls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(polls.load(Ordering::SeqCst), 1);
 }

@@ -115,13 +115,18 @@ async fn a_timer_in_a_select_fires_at_its_deadline() {
     let started = tokio::time::Instant::now();
     let mut sleep = Woken::new(Box::pin(tokio::time::sleep(Duration::from_secs(3))));
     let mut ticks = 0u32;
-    loop {
-        tokio::select! {
-            biased;
-            () = &mut sleep => break,
-            () = tokio::time::sleep(Duration::from_millis(100)) => ticks += 1,
+    // Bounded: a timer whose wake-up were lost would leave the loop running.
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut sleep => break,
+                () = tokio::time::sleep(Duration::from_millis(100)) => ticks += 1,
+            }
         }
-    }
+    })
+    .await;
+    assert!(waited.is_ok(), "the timer never fired");
     assert_eq!(started.elapsed(), Duration::from_secs(3));
     assert!(ticks >= 29, "the other branch ran {ticks} times");
 }
