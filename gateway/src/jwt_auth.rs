@@ -309,11 +309,15 @@ pub fn authenticate(
     parts: &mut Parts,
     now: u64,
 ) -> Result<Arc<str>, Failure> {
-    // Borrowed from the request unless the request is about to lose it.
+    // Borrowed from the request unless the request is about to lose it; then copied
+    // into `hidden`, which wipes the copy when this returns.
+    let mut hidden = Zeroizing::new(Vec::new());
     let token = if conf.hide_credentials {
-        let token = find_token(conf, parts)?.map(|t| Cow::Owned(t.into_owned()));
+        let found = find_token(conf, parts)?
+            .map(|t| hidden.extend_from_slice(&t))
+            .is_some();
         hide(conf, parts);
-        token
+        found.then_some(Cow::Borrowed(hidden.as_slice()))
     } else {
         find_token(conf, parts)?
     };
