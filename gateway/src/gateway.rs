@@ -674,18 +674,14 @@ async fn handle(shared: Arc<Shared>, req: Request<RequestBody>, remote: SocketAd
     {
         forwarding.set_consumer(value);
     }
-    // Kept only for the access log: cloning the URI is not free.
-    let logged = runtime
-        .access_log
-        .then(|| (parts.method.clone(), parts.uri.clone()));
     // Also the start of the first attempt's head timeout.
     let upstream_started = tokio::time::Instant::now();
     let response = match proxy::forward(
         &route.upstream,
-        parts,
+        &parts,
         incoming,
         hash,
-        forwarding,
+        &forwarding,
         upstream_started,
     )
     .await
@@ -724,14 +720,14 @@ async fn handle(shared: Arc<Shared>, req: Request<RequestBody>, remote: SocketAd
         .into(),
     };
     route.count(response.status().as_u16());
-    if let Some((method, uri)) = logged {
-        tracing::info!(
-            target: "keygate_gateway::access",
-            client = %remote.ip(), %method, path = uri.path(), route = %route.id,
-            status = response.status().as_u16(),
-            micros = started.map_or(0, |s| s.elapsed().as_micros() as u64),
-        );
-    }
+    access_log(
+        &runtime,
+        remote,
+        &parts,
+        Some(&route.id),
+        response.status(),
+        started,
+    );
     response
 }
 

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::uri::Authority;
-use http::{Method, Request};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderMap, HeaderValue, Method};
 use tokio::net::TcpStream;
 
 pub use self::body::PooledBody;
@@ -106,6 +106,23 @@ pub fn workers() -> usize {
 /// per-worker state such as idle lists and caches.
 pub fn worker() -> usize {
     WORKER.with(Cell::get)
+}
+
+/// A request as it goes to an upstream, borrowed from the client's request: its
+/// head is written from these straight into the connection's buffer (no `Request`
+/// or `Uri` is built for the hop, and nothing is moved or cloned before).
+#[derive(Debug, Clone, Copy)]
+pub struct Outbound<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The target in origin form (`/path?query`).
+    pub target: &'a PathAndQuery,
+    /// The fields to send (hop-by-hop ones already removed).
+    pub headers: &'a HeaderMap,
+    /// A `Host` that replaces the request's own (`pass_host: node` or `rewrite`).
+    pub host: Option<&'a HeaderValue>,
+    /// The fields the gateway sets, replacing the request's own of those names.
+    pub forwarding: Option<&'a Forwarding>,
 }
 
 struct Idle {
@@ -204,15 +221,14 @@ impl Pool {
         Ok(Conn::new(stream))
     }
 
-    /// Sends `request` to node `index` on a pooled connection, or a new one, and
-    /// waits for the response head until `deadline` ([`PoolError::Timeout`]). The
-    /// request goes in origin form; a missing `Host` is the node's; `forwarding`'s
-    /// fields replace the request's own of those names.
+    /// Sends `outbound` with `body` to node `index` on a pooled connection, or a new
+    /// one, and waits for the response head until `deadline` ([`PoolError::Timeout`]).
+    /// The request goes in origin form; a missing `Host` is the node's.
     pub async fn send(
         self: &Arc<Self>,
         index: usize,
-        request: Request<ProxyBody>,
-        forwarding: Option<&Forwarding>,
+        outbound: Outbound<'_>,
+        body: ProxyBody,
         deadline: tokio::time::Instant,
     ) -> Result<Reply<PooledBody>, PoolError> {
         let Some(node) = self.nodes.get(index) else {
@@ -221,13 +237,10 @@ impl Pool {
                 source: std::io::Error::other("no such node"),
             });
         };
-        let (parts, body) = request.into_parts();
         let outgoing = Outgoing::of(&body);
-        let mut head = Vec::new();
-        exchange::encode_head(&mut head, &parts, outgoing, &node.authority, forwarding);
-        let head_request = parts.method == Method::HEAD;
+        let head_request = *outbound.method == Method::HEAD;
         let idempotent = matches!(
-            parts.method,
+            *outbound.method,
             Method::GET
                 | Method::HEAD
                 | Method::OPTIONS
@@ -248,7 +261,14 @@ impl Pool {
                 }
             };
             match conn
-                .exchange(&head, &mut body, outgoing, head_request, deadline)
+                .exchange(
+                    &outbound,
+                    &node.authority,
+                    &mut body,
+                    outgoing,
+                    head_request,
+                    deadline,
+                )
                 .await
             {
                 Ok(head) => return Ok(self.respond(index, conn, head)),

@@ -5,17 +5,18 @@ use std::cell::RefCell;
 use std::io::Write as _;
 use std::net::IpAddr;
 
+use http::Method;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::uri::{self, PathAndQuery};
-use http::{Method, Request, Uri};
+use http::uri::PathAndQuery;
 use hyper::body::Body as _;
 use smallvec::SmallVec;
 
 use crate::body::{self, IdleTimeout, RequestBody};
 use crate::config::PassHost;
+use crate::pool::Outbound;
 use crate::reply::Reply;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamError};
 
 /// Why no upstream response could be had.
 #[derive(Debug, thiserror::Error)]
@@ -338,30 +339,28 @@ fn format_ip(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
 /// only requests without a body can be re-sent (the body streams through and is gone
 /// after the first attempt), and a request that may have reached a node is only
 /// re-sent when its method is idempotent. The first attempt's head timeout runs from
-/// `started` (the caller's clock read, shared with its latency metric).
+/// `started` (the caller's clock read, shared with its latency metric). The head is
+/// borrowed, not taken: each attempt encodes it from `parts` (nothing of it is moved
+/// into this future or copied per attempt).
 pub async fn forward(
     upstream: &Upstream,
-    parts: Parts,
+    parts: &Parts,
     body: RequestBody,
     hash: Option<u64>,
-    forwarding: Forwarding,
+    forwarding: &Forwarding,
     started: tokio::time::Instant,
 ) -> Result<Reply, ProxyError> {
-    let Parts {
-        method,
-        uri,
-        version: client_version,
-        mut headers,
-        ..
-    } = parts;
-    // Shared with the client's request line: no copy, no re-parse.
-    let path_and_query = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let root;
+    let target = match parts.uri.path_and_query() {
+        Some(target) => target,
+        None => {
+            root = PathAndQuery::from_static("/");
+            &root
+        }
+    };
     let replayable = body.is_end_stream();
     let idempotent = matches!(
-        method,
+        parts.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     );
     let mut body = Some(body);
@@ -377,39 +376,27 @@ pub async fn forward(
         let Some(node) = upstream.nodes().get(index) else {
             break;
         };
-        let mut target = uri::Parts::default();
-        target.scheme = Some(upstream.scheme.clone());
-        target.authority = Some(node.authority.clone());
-        target.path_and_query = Some(path_and_query.clone());
-        let target = Uri::from_parts(target).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         // A request without a body (most) sends the empty body: no box to allocate.
         let request_body = match body.take() {
             Some(b) if !replayable => body::boxed(b),
             _ => body::empty(),
         };
-        // The last possible attempt takes the headers; earlier ones send a copy.
-        let last_attempt = !replayable || tried.len() >= max_attempts;
-        let mut request = Request::new(request_body);
-        *request.method_mut() = method.clone();
-        *request.uri_mut() = target;
-        *request.headers_mut() = if last_attempt {
-            std::mem::take(&mut headers)
-        } else {
-            headers.clone()
-        };
-        match upstream.pass_host {
-            PassHost::Pass => {}
+        let node_host;
+        let host = match upstream.pass_host {
+            PassHost::Pass => None,
             PassHost::Node => {
-                if let Ok(v) = HeaderValue::from_str(node.authority.as_str()) {
-                    request.headers_mut().insert(header::HOST, v);
-                }
+                node_host = HeaderValue::from_str(node.authority.as_str()).ok();
+                node_host.as_ref()
             }
-            PassHost::Rewrite => {
-                if let Some(v) = &upstream.upstream_host {
-                    request.headers_mut().insert(header::HOST, v.clone());
-                }
-            }
-        }
+            PassHost::Rewrite => upstream.upstream_host.as_ref(),
+        };
+        let outbound = Outbound {
+            method: &parts.method,
+            target,
+            headers: &parts.headers,
+            host,
+            forwarding: Some(forwarding),
+        };
         let in_flight = upstream.start(index);
         // The first attempt starts when the caller did (one clock read less per request).
         let attempt_started = if tried.len() == 1 {
@@ -420,7 +407,7 @@ pub async fn forward(
         let deadline = attempt_started + upstream.head_timeout;
         let outcome = upstream
             .client
-            .request(index, request, &forwarding, deadline)
+            .request(index, &node.authority, outbound, request_body, deadline)
             .await;
         drop(in_flight);
         let retry_safe = match outcome {
@@ -437,10 +424,11 @@ pub async fn forward(
                 }
                 // Answer in the client's protocol version, not the upstream's (an
                 // HTTP/1.0 upstream must not downgrade an HTTP/1.1 client).
-                *reply.response_mut().version_mut() = client_version;
+                *reply.response_mut().version_mut() = parts.version;
                 let read = upstream.read_timeout;
                 return Ok(reply.map(|b| body::boxed(IdleTimeout::new(b, read))));
             }
+            Err(UpstreamError::Target(e)) => return Err(ProxyError::BadRequest(e.to_string())),
             Err(e) if e.is_timeout() => {
                 upstream.report_failure(index);
                 tracing::debug!(node = %node.authority, "upstream timed out");
@@ -479,6 +467,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Request;
 
     fn parts(headers: &[(&str, &str)]) -> Parts {
         let mut builder = Request::builder().uri("/a?b=c");

@@ -8,8 +8,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request};
+use http::uri::{self, Authority, Scheme};
+use http::{HeaderValue, Request, Uri, header};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
@@ -21,8 +21,7 @@ use crate::config::{
     ConfigError, HashOn, LbType, Nodes, PassHost, PassiveCheckConfig, UpstreamConfig, invalid,
 };
 use crate::consumers::EnvLookup;
-use crate::pool::{Pool, PoolError, PooledBody};
-use crate::proxy::Forwarding;
+use crate::pool::{Outbound, Pool, PoolError, PooledBody};
 use crate::reply::Reply;
 use crate::tls::upstream::UpstreamTls;
 
@@ -96,6 +95,9 @@ pub enum UpstreamError {
     /// The TLS client had no response head by the deadline.
     #[error("no response head by the deadline")]
     Timeout,
+    /// The request's target makes no URI for the TLS client (nothing was sent).
+    #[error("request target: {0}")]
+    Target(#[from] uri::InvalidUriParts),
 }
 
 impl UpstreamError {
@@ -104,7 +106,7 @@ impl UpstreamError {
         match self {
             Self::Pool(e) => e.is_connect(),
             Self::Client(e) => e.is_connect(),
-            Self::Timeout => false,
+            Self::Timeout | Self::Target(_) => false,
         }
     }
 
@@ -112,7 +114,7 @@ impl UpstreamError {
     pub fn is_timeout(&self) -> bool {
         match self {
             Self::Pool(e) => e.is_timeout(),
-            Self::Client(_) => false,
+            Self::Client(_) | Self::Target(_) => false,
             Self::Timeout => true,
         }
     }
@@ -157,22 +159,23 @@ impl Body for UpstreamBody {
 }
 
 impl UpstreamClient {
-    /// Sends `request` with the `forwarding` fields to node `index` on a pooled
+    /// Sends `outbound` with `body` to node `index` (at `authority`) on a pooled
     /// connection (or a new one); the response head must come by `deadline`.
     pub async fn request(
         &self,
         index: usize,
-        mut request: Request<ProxyBody>,
-        forwarding: &Forwarding,
+        authority: &Authority,
+        outbound: Outbound<'_>,
+        body: ProxyBody,
         deadline: tokio::time::Instant,
     ) -> Result<Reply<UpstreamBody>, UpstreamError> {
         match self {
             Self::Http(pool) => Ok(pool
-                .send(index, request, Some(forwarding), deadline)
+                .send(index, outbound, body, deadline)
                 .await?
                 .map(UpstreamBody::Pooled)),
             Self::Https(client) => {
-                forwarding.apply(request.headers_mut());
+                let request = https_request(authority, &outbound, body)?;
                 let response = tokio::time::timeout_at(deadline, client.request(request))
                     .await
                     .map_err(|_| UpstreamError::Timeout)??;
@@ -180,6 +183,30 @@ impl UpstreamClient {
             }
         }
     }
+}
+
+/// `outbound` as a request for hyper's client: an absolute URI and fields of its own.
+fn https_request(
+    authority: &Authority,
+    outbound: &Outbound<'_>,
+    body: ProxyBody,
+) -> Result<Request<ProxyBody>, UpstreamError> {
+    let mut target = uri::Parts::default();
+    target.scheme = Some(Scheme::HTTPS);
+    target.authority = Some(authority.clone());
+    target.path_and_query = Some(outbound.target.clone());
+    let mut request = Request::new(body);
+    *request.method_mut() = outbound.method.clone();
+    *request.uri_mut() = Uri::from_parts(target)?;
+    let headers = request.headers_mut();
+    *headers = outbound.headers.clone();
+    if let Some(host) = outbound.host {
+        headers.insert(header::HOST, host.clone());
+    }
+    if let Some(forwarding) = outbound.forwarding {
+        forwarding.apply(headers);
+    }
+    Ok(request)
 }
 
 fn seconds(field: String, value: f64) -> Result<Duration, ConfigError> {

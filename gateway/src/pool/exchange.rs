@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use http::header;
-use http::request;
 use http::uri::Authority;
-use http::{Response, StatusCode, Version};
+use http::{HeaderValue, Response, StatusCode, Version};
 use http_body_util::BodyExt as _;
 use hyper::body::Body as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -21,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::{Instant, Sleep};
 
-use super::PoolError;
+use super::{Outbound, PoolError};
 use crate::body::ProxyBody;
 use crate::proxy::{Forwarding, is_hop_by_hop_name};
 use crate::reply::FieldLines;
@@ -33,6 +32,8 @@ pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// What one read asks for.
 pub(super) const READ_CHUNK: usize = 8 * 1024;
+/// The most a connection keeps of the buffer its last request head was written in.
+const KEPT_HEAD_CAPACITY: usize = 16 * 1024;
 
 /// A connection to a node and the bytes read from it but not consumed yet.
 pub(super) struct Conn {
@@ -40,6 +41,8 @@ pub(super) struct Conn {
     /// Kept across exchanges: once the previous response's bytes are dropped, its
     /// allocation is reused rather than a new one made per request.
     pub(super) buf: BytesMut,
+    /// The request head being sent, kept for the same reason.
+    out: Vec<u8>,
     /// The response head's deadline. Kept with the connection and moved later for
     /// each exchange, which the timer wheel takes as a compare-and-swap; a timer made
     /// per request (`tokio::time::timeout`) was inserted into and removed from the
@@ -118,6 +121,7 @@ impl Conn {
         Self {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
+            out: Vec::new(),
             // Not armed until the first exchange sets it.
             deadline: Box::pin(tokio::time::sleep(Duration::MAX)),
         }
@@ -144,11 +148,13 @@ impl Conn {
         }
     }
 
-    /// Sends `head` (and `body`, taken only once the head is out) and reads the
-    /// response head by `deadline`. 1xx responses other than 101 are skipped.
+    /// Sends `outbound`'s head to the node at `authority` (and `body`, taken only once
+    /// the head is out) and reads the response head by `deadline`. 1xx responses
+    /// other than 101 are skipped.
     pub(super) async fn exchange(
         &mut self,
-        head: &[u8],
+        outbound: &Outbound<'_>,
+        authority: &Authority,
         body: &mut Option<ProxyBody>,
         outgoing: Outgoing,
         head_request: bool,
@@ -157,10 +163,17 @@ impl Conn {
         let Self {
             stream,
             buf,
+            out,
             deadline: timer,
         } = self;
+        // A head far larger than most is not kept with an idle connection.
+        if out.capacity() > KEPT_HEAD_CAPACITY {
+            *out = Vec::new();
+        }
+        out.clear();
+        encode_head(out, outbound, outgoing, authority);
         timer.as_mut().reset(deadline);
-        let exchange = Self::send_and_read(stream, buf, head, body, outgoing, head_request);
+        let exchange = Self::send_and_read(stream, buf, out, body, outgoing, head_request);
         tokio::select! {
             biased;
             result = exchange => result,
@@ -258,30 +271,42 @@ async fn exchange_body(
 /// the request's own of those names.
 pub(super) fn encode_head(
     out: &mut Vec<u8>,
-    parts: &request::Parts,
+    outbound: &Outbound<'_>,
     outgoing: Outgoing,
     authority: &Authority,
-    forwarding: Option<&Forwarding>,
 ) {
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    // A scan of the few names rather than a lookup, which would hash the name.
-    let has_host = parts.headers.keys().any(|name| name == header::HOST);
+    let Outbound {
+        method,
+        target,
+        headers,
+        host,
+        forwarding,
+    } = *outbound;
+    // The Host line: the replacement, else the request's own (sent with its other
+    // fields), else the node's. A scan of the few names rather than a lookup, which
+    // would hash the name.
+    let target = target.as_str();
+    let own_host = host.is_none() && headers.keys().any(|name| name == header::HOST);
     // Sized once: growing the buffer midway copies the head.
     out.reserve(
         64 + target.len()
             + authority.as_str().len()
-            + wire::fields_len(&parts.headers)
+            + host.map_or(0, HeaderValue::len)
+            + wire::fields_len(headers)
             + forwarding.map_or(0, Forwarding::encoded_len),
     );
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !has_host {
-        wire::push_field(out, b"host", authority.as_str().as_bytes());
+    match host {
+        Some(host) => wire::push_field(out, b"host", host.as_bytes()),
+        None if !own_host => wire::push_field(out, b"host", authority.as_str().as_bytes()),
+        None => {}
     }
-    for (name, value) in &parts.headers {
+    for (name, value) in headers {
         if (outgoing != Outgoing::Empty && name == header::CONTENT_LENGTH)
+            || (host.is_some() && name == header::HOST)
             || (forwarding.is_some() && Forwarding::replaces(name))
         {
             continue;

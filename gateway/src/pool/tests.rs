@@ -4,12 +4,45 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::header;
-use http::{HeaderValue, Response};
+use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt as _;
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// `Pool::send` for a whole request: its head borrowed as the proxy borrows the
+/// client's.
+trait SendRequest {
+    async fn send_request(
+        &self,
+        index: usize,
+        request: Request<ProxyBody>,
+        forwarding: Option<&Forwarding>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Reply<PooledBody>, PoolError>;
+}
+
+impl SendRequest for Arc<Pool> {
+    async fn send_request(
+        &self,
+        index: usize,
+        request: Request<ProxyBody>,
+        forwarding: Option<&Forwarding>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Reply<PooledBody>, PoolError> {
+        let (parts, body) = request.into_parts();
+        let root = PathAndQuery::from_static("/");
+        let outbound = Outbound {
+            method: &parts.method,
+            target: parts.uri.path_and_query().unwrap_or(&root),
+            headers: &parts.headers,
+            host: None,
+            forwarding,
+        };
+        self.send(index, outbound, body, deadline).await
+    }
+}
 
 /// An upstream counting its connections; `close` answers `Connection: close`.
 async fn upstream(close: bool) -> (Authority, Arc<AtomicUsize>) {
@@ -67,7 +100,7 @@ async fn connections_are_reused_and_requests_go_in_origin_form() {
     let pool = Arc::new(Pool::new([authority.clone()], Duration::from_secs(5)));
     for i in 0..5 {
         let response = pool
-            .send(0, get(&authority, &format!("/a?i={i}")), None, far())
+            .send_request(0, get(&authority, &format!("/a?i={i}")), None, far())
             .await
             .unwrap();
         assert_eq!(body(response).await, format!("/a?i={i}"));
@@ -82,7 +115,7 @@ async fn connections_the_upstream_closed_are_not_reused() {
     let pool = Arc::new(Pool::new([authority.clone()], Duration::from_secs(5)));
     for _ in 0..3 {
         let response = pool
-            .send(0, get(&authority, "/c"), None, far())
+            .send_request(0, get(&authority, "/c"), None, far())
             .await
             .unwrap();
         assert_eq!(body(response).await, "/c");
@@ -98,7 +131,7 @@ async fn a_refused_connection_is_a_connect_error() {
     drop(listener);
     let pool = Arc::new(Pool::new([authority.clone()], Duration::from_secs(5)));
     let err = pool
-        .send(0, get(&authority, "/"), None, far())
+        .send_request(0, get(&authority, "/"), None, far())
         .await
         .unwrap_err();
     assert!(err.is_connect(), "{err}");
@@ -184,7 +217,7 @@ async fn send_empty(
     path: &str,
 ) -> Result<Reply<PooledBody>, PoolError> {
     let authority = pool.nodes[0].authority.clone();
-    pool.send(
+    pool.send_request(
         0,
         request(method, &authority, path, crate::body::empty()),
         None,
@@ -360,7 +393,7 @@ async fn request_bodies_go_with_their_length_or_chunked() {
     // A client's own (wrong) content-length is replaced by the body's.
     post.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
-    let response = pool.send(0, post, None, far()).await.unwrap();
+    let response = pool.send_request(0, post, None, far()).await.unwrap();
     assert_eq!(text(response).await.unwrap(), "");
     let sent = String::from_utf8(seen.recv().await.unwrap()).unwrap();
     assert!(sent.starts_with("POST /p?q=1 HTTP/1.1\r\n"), "{sent}");
@@ -380,7 +413,7 @@ async fn request_bodies_go_with_their_length_or_chunked() {
         .unwrap();
     drop(tx);
     let response = pool
-        .send(
+        .send_request(
             0,
             request("PUT", &authority, "/c", crate::body::boxed(stream)),
             None,
@@ -417,7 +450,7 @@ async fn an_early_answer_ends_the_exchange_and_closes_the_connection() {
     let pool = pool(&authority);
     let response = tokio::time::timeout(
         Duration::from_secs(2),
-        pool.send(
+        pool.send_request(
             0,
             request("POST", &authority, "/", crate::body::boxed(stream)),
             None,
@@ -558,7 +591,7 @@ async fn forwarding_fields_replace_the_clients_own() {
     let mut forwarding = crate::proxy::prepare_head(&mut parts, client);
     forwarding.set_consumer(HeaderValue::from_static("jack"));
     let reply = pool
-        .send(
+        .send_request(
             0,
             Request::from_parts(parts, body),
             Some(&forwarding),
@@ -605,7 +638,7 @@ async fn no_head_by_the_deadline_is_a_timeout_and_the_connection_is_dropped() {
     let started = tokio::time::Instant::now();
     let deadline = started + Duration::from_millis(200);
     let err = pool
-        .send(0, get(&authority, "/slow"), None, deadline)
+        .send_request(0, get(&authority, "/slow"), None, deadline)
         .await
         .unwrap_err();
     assert!(err.is_timeout(), "{err}");
@@ -626,15 +659,83 @@ async fn a_reused_connection_gets_each_requests_own_deadline() {
     // request on it must not inherit it.
     let soon = tokio::time::Instant::now() + Duration::from_millis(50);
     let reply = pool
-        .send(0, get(&authority, "/1"), None, soon)
+        .send_request(0, get(&authority, "/1"), None, soon)
         .await
         .unwrap();
     assert_eq!(body(reply).await, "/1");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(pool.idle(0).unwrap().len(), 1);
     let reply = pool
-        .send(0, get(&authority, "/2"), None, far())
+        .send_request(0, get(&authority, "/2"), None, far())
         .await
         .unwrap();
     assert_eq!(body(reply).await, "/2");
+}
+
+#[tokio::test]
+async fn a_replacement_host_is_sent_once_in_place_of_the_requests_own() {
+    let (authority, mut seen) =
+        scripted(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]).await;
+    let pool = pool(&authority);
+    let (parts, _) = Request::get("/r")
+        .header(header::HOST, "client.example")
+        .header("x-kept", "1")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let replacement = HeaderValue::from_static("upstream.example");
+    let outbound = Outbound {
+        method: &parts.method,
+        target: parts.uri.path_and_query().unwrap(),
+        headers: &parts.headers,
+        host: Some(&replacement),
+        forwarding: None,
+    };
+    let reply = pool
+        .send(0, outbound, crate::body::empty(), far())
+        .await
+        .unwrap();
+    assert_eq!(text(reply).await.unwrap(), "ok");
+    let head = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+    assert_eq!(
+        head,
+        "GET /r HTTP/1.1\r\nhost: upstream.example\r\nx-kept: 1\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn a_reused_connection_sends_only_the_new_requests_head() {
+    let (authority, mut seen) = scripted(vec![
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb",
+    ])
+    .await;
+    let pool = pool(&authority);
+    let long = "/first-and-much-longer-path?with=a&query=string";
+    let first = pool
+        .send_request(
+            0,
+            Request::get(long)
+                .header("x-first", "1")
+                .body(crate::body::empty())
+                .unwrap(),
+            None,
+            far(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(text(first).await.unwrap(), "a");
+    let second = send_empty(&pool, "GET", "/b").await.unwrap();
+    assert_eq!(text(second).await.unwrap(), "b");
+    let first = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+    assert!(
+        first.starts_with(&format!("GET {long} HTTP/1.1\r\n")),
+        "{first}"
+    );
+    // The buffer the first head was written in is reused: nothing of it is left.
+    let second = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+    assert_eq!(
+        second,
+        format!("GET /b HTTP/1.1\r\nhost: {authority}\r\n\r\n")
+    );
 }
