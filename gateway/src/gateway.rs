@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use http::{HeaderValue, Method, Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use secrecy::ExposeSecret as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -669,8 +669,8 @@ async fn handle(shared: Arc<Shared>, req: Request<RequestBody>, remote: SocketAd
             https,
         },
     );
-    if let Some(name) = consumer_name.as_deref()
-        && let Ok(value) = HeaderValue::from_str(name)
+    if let Some(name) = &consumer_name
+        && let Some(value) = proxy::consumer_value(name)
     {
         forwarding.set_consumer(value);
     }

@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::io::Write as _;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::Method;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -118,15 +119,16 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Removes identity headers only the gateway may set, so a client cannot forge them.
 pub fn strip_identity(headers: &mut HeaderMap) {
-    let forged: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| {
-            let k = k.as_str();
-            k.starts_with("x-consumer-") || k == "x-credential-identifier"
-        })
-        .cloned()
-        .collect();
-    for name in forged {
+    let forged = |name: &HeaderName| {
+        let name = name.as_str();
+        name.starts_with("x-consumer-") || name == "x-credential-identifier"
+    };
+    // Nearly every request has none: one scan, and no list is made.
+    if !headers.keys().any(forged) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|n| forged(n)).cloned().collect();
+    for name in names {
         headers.remove(name);
     }
 }
@@ -280,6 +282,28 @@ pub fn prepare_head(parts: &mut Parts, client: ClientInfo) -> Forwarding {
         host,
         consumer: None,
     }
+}
+
+/// The consumer's name as a header value (`X-Consumer-Username`). The last one is
+/// kept per worker thread, as the client's address is (see [`client_ip_value`]): a
+/// sidecar's requests mostly come as one consumer, and they take a reference to it
+/// instead of copying the name into a value of their own. `None` when the name
+/// cannot be a header value.
+pub fn consumer_value(name: &Arc<str>) -> Option<HeaderValue> {
+    thread_local! {
+        static LAST: RefCell<Option<(Arc<str>, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.try_borrow_mut().ok()?;
+        if let Some((cached, value)) = &*last
+            && **cached == **name
+        {
+            return Some(value.clone());
+        }
+        let value = HeaderValue::from_str(name).ok()?;
+        *last = Some((name.clone(), value.clone()));
+        Some(value)
+    })
 }
 
 /// `ip` as a header value. The last one is kept per worker thread: requests come
@@ -653,5 +677,18 @@ mod tests {
         strip_identity(&mut p.headers);
         let names: Vec<_> = p.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-other"]);
+    }
+
+    #[test]
+    fn consumer_values_follow_the_name_asked_for() {
+        let jack: Arc<str> = Arc::from("jack");
+        // The same name again (another Arc of it, as after a reload), then another.
+        assert_eq!(consumer_value(&jack).unwrap(), "jack");
+        assert_eq!(consumer_value(&Arc::from("jack")).unwrap(), "jack");
+        assert_eq!(consumer_value(&Arc::from("jill")).unwrap(), "jill");
+        assert_eq!(consumer_value(&jack).unwrap(), "jack");
+        // A name no header value can carry is not sent, and does not replace the last.
+        assert!(consumer_value(&Arc::from("line\nbreak")).is_none());
+        assert_eq!(consumer_value(&jack).unwrap(), "jack");
     }
 }
