@@ -728,6 +728,8 @@ async fn handle(shared: Arc<Shared>, req: Request<RequestBody>, remote: SocketAd
         response.status(),
         started,
     );
+    // Its map, emptied, takes the head of a later request on this worker.
+    server::recycle_headers(parts.headers);
     response
 }
 

@@ -336,7 +336,10 @@ fn build(
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     // Filled where it lies: a map built beside it would be moved in and the empty
-    // one dropped.
+    // one dropped. An earlier request's map, where there is one, has the room.
+    if let Some(spare) = super::recycle::take() {
+        *request.headers_mut() = spare;
+    }
     let headers = request.headers_mut();
     headers.reserve(parsed.fields + ADDED_HEADERS);
     for span in spans.get(..parsed.fields)? {
