@@ -6,29 +6,78 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::BodyExt as _;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 /// Errors carried by bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Every body the gateway sends or forwards: streamed, never buffered whole.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+/// Every body the gateway sends or forwards: streamed, never buffered whole. Bytes
+/// the gateway already holds whole (its own answers, an upstream answer that came
+/// with its head) are kept as they are; any other body is boxed. Most proxied
+/// answers are whole, and a box for each was an allocation and a free per request.
+pub struct ProxyBody(Kind);
+
+enum Kind {
+    /// The whole body, or none; `Some` is never empty.
+    Whole(Option<Bytes>),
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl std::fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Lengths only: a body can carry a secret.
+        match &self.0 {
+            Kind::Whole(data) => write!(
+                f,
+                "ProxyBody::Whole({} bytes)",
+                data.as_ref().map_or(0, Bytes::len)
+            ),
+            Kind::Boxed(_) => f.write_str("ProxyBody::Boxed"),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().0 {
+            Kind::Whole(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Boxed(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Whole(data) => data.is_none(),
+            Kind::Boxed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Whole(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Boxed(body) => body.size_hint(),
+        }
+    }
+}
 
 /// An empty body.
 pub fn empty() -> ProxyBody {
-    Empty::<Bytes>::new()
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    ProxyBody(Kind::Whole(None))
 }
 
 /// A body from bytes.
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    let bytes: Bytes = bytes.into();
+    ProxyBody(Kind::Whole((!bytes.is_empty()).then_some(bytes)))
 }
 
 /// Wraps any body whose errors convert into [`BoxError`].
@@ -37,7 +86,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    body.map_err(Into::into).boxed_unsync()
+    ProxyBody(Kind::Boxed(body.map_err(Into::into).boxed_unsync()))
 }
 
 /// A response with a JSON body (the gateway's own answers, shaped like APISIX's).
@@ -285,5 +334,33 @@ mod tests {
             assert!(matches!(body.frame().await, Some(Ok(_))));
         }
         assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn whole_bodies_are_one_frame_of_their_length() {
+        let body = full("pong");
+        assert!(!body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(4));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "pong");
+        // Empty bytes are the empty body: ended before a poll, length 0.
+        for body in [full(""), empty()] {
+            assert!(body.is_end_stream());
+            assert_eq!(body.size_hint().exact(), Some(0));
+            assert!(body.collect().await.unwrap().to_bytes().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn boxed_bodies_keep_their_frames_and_hints() {
+        let body = boxed(http_body_util::Full::new(Bytes::from_static(b"abc")));
+        assert!(!body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(3));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "abc");
+    }
+
+    #[test]
+    fn a_proxy_body_is_printed_as_its_length() {
+        assert_eq!(format!("{:?}", full("secret")), "ProxyBody::Whole(6 bytes)");
+        assert!(!format!("{:?}", full("secret")).contains("secret"));
     }
 }

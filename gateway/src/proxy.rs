@@ -449,8 +449,13 @@ pub async fn forward(
                 // Answer in the client's protocol version, not the upstream's (an
                 // HTTP/1.0 upstream must not downgrade an HTTP/1.1 client).
                 *reply.response_mut().version_mut() = parts.version;
+                // A body that came whole with the head waits for nothing: no read
+                // timeout, no box.
                 let read = upstream.read_timeout;
-                return Ok(reply.map(|b| body::boxed(IdleTimeout::new(b, read))));
+                return Ok(reply.map(|b| match b.into_whole() {
+                    Ok(data) => body::full(data.unwrap_or_default()),
+                    Err(b) => body::boxed(IdleTimeout::new(b, read)),
+                }));
             }
             Err(UpstreamError::Target(e)) => return Err(ProxyError::BadRequest(e.to_string())),
             Err(e) if e.is_timeout() => {

@@ -129,6 +129,17 @@ pub enum UpstreamBody {
     Incoming(Incoming),
 }
 
+impl UpstreamBody {
+    /// The body's bytes, when the pool had them all with the head (`None`: an empty
+    /// body); else the body as it was.
+    pub fn into_whole(self) -> Result<Option<Bytes>, Self> {
+        match self {
+            Self::Pooled(body) => body.into_whole().map_err(Self::Pooled),
+            incoming @ Self::Incoming(_) => Err(incoming),
+        }
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;

@@ -156,6 +156,15 @@ impl PooledBody {
         }
     }
 
+    /// The body's bytes, when they are all here (`None`: an empty body); else the
+    /// body as it was.
+    pub fn into_whole(self) -> Result<Option<Bytes>, Self> {
+        match self.kind {
+            Kind::Whole(data) => Ok(data),
+            kind @ Kind::Streaming(_) => Err(Self { kind }),
+        }
+    }
+
     /// A body still to be read from `conn`.
     pub(super) fn streaming(conn: Conn, decoder: Decoder, home: Home) -> Self {
         Self {
