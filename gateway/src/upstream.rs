@@ -132,6 +132,10 @@ pub enum UpstreamBody {
 impl UpstreamBody {
     /// The body's bytes, when the pool had them all with the head (`None`: an empty
     /// body); else the body as it was.
+    #[expect(
+        clippy::result_large_err,
+        reason = "not an error: the body itself, handed back, moved as it would be anyway"
+    )]
     pub fn into_whole(self) -> Result<Option<Bytes>, Self> {
         match self {
             Self::Pooled(body) => body.into_whole().map_err(Self::Pooled),

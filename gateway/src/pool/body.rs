@@ -158,6 +158,10 @@ impl PooledBody {
 
     /// The body's bytes, when they are all here (`None`: an empty body); else the
     /// body as it was.
+    #[expect(
+        clippy::result_large_err,
+        reason = "not an error: the body itself, handed back, moved as it would be anyway"
+    )]
     pub fn into_whole(self) -> Result<Option<Bytes>, Self> {
         match self.kind {
             Kind::Whole(data) => Ok(data),
