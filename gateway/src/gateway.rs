@@ -729,7 +729,7 @@ async fn handle(shared: Arc<Shared>, req: Request<RequestBody>, remote: SocketAd
         started,
     );
     // Its map, emptied, takes the head of a later request on this worker.
-    server::recycle_headers(parts.headers);
+    crate::recycle::give_headers(parts.headers);
     response
 }
 

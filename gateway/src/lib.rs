@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod query;
+mod recycle;
 pub mod reply;
 pub mod router;
 pub mod runtime;

@@ -37,13 +37,21 @@ impl std::fmt::Debug for FieldLines {
 }
 
 impl FieldLines {
-    /// Room for `bytes` of lines.
+    /// Room for `bytes` of lines (in an earlier answer's buffer where this worker has
+    /// one: see [`Self::recycle`]).
     pub(crate) fn with_capacity(bytes: usize) -> Self {
+        let mut lines = crate::recycle::take_lines().unwrap_or_default();
+        lines.reserve(bytes);
         Self {
-            lines: Vec::with_capacity(bytes),
+            lines,
             content_length: None,
             date: false,
         }
+    }
+
+    /// Gives the buffer back, emptied, for a later answer on this worker.
+    pub(crate) fn recycle(self) {
+        crate::recycle::give_lines(self.lines);
     }
 
     /// Appends the field `name: value`. `name` and `value` must be what httparse

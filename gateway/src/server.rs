@@ -8,7 +8,6 @@
 
 mod activity;
 mod http1;
-mod recycle;
 mod woken;
 
 use std::convert::Infallible;
@@ -32,7 +31,6 @@ use tokio_rustls::TlsAcceptor;
 use self::activity::{Activity, Tracked};
 use self::http1::Ended;
 pub use self::http1::{Decoded, decode_requests};
-pub use self::recycle::give as recycle_headers;
 use crate::body::{self, ProxyBody, RequestBody};
 use crate::limits::Limits;
 use crate::reply::Reply;

@@ -337,7 +337,7 @@ fn build(
     *request.version_mut() = Version::HTTP_11;
     // Filled where it lies: a map built beside it would be moved in and the empty
     // one dropped. An earlier request's map, where there is one, has the room.
-    if let Some(spare) = super::recycle::take() {
+    if let Some(spare) = crate::recycle::take_headers() {
         *request.headers_mut() = spare;
     }
     let headers = request.headers_mut();
@@ -478,6 +478,10 @@ async fn respond(
         }
     };
     encode_head(out, status, fields, framing, declared.is_some(), close);
+    // The lines are in `out` now.
+    if let Some(lines) = lines {
+        lines.recycle();
+    }
     if framing == Framing::Empty {
         drop(body);
         return send(stream, out, stall).await;
