@@ -110,8 +110,9 @@ pub fn worker() -> usize {
 
 /// A request as it goes to an upstream, borrowed from the client's request: its
 /// head is written from these straight into the connection's buffer (no `Request`
-/// or `Uri` is built for the hop, and nothing is moved or cloned before).
-#[derive(Debug, Clone, Copy)]
+/// or `Uri` is built for the hop, and nothing is moved or cloned before). `Debug`
+/// shows the method and counts only: the fields and the target can carry a token.
+#[derive(Clone, Copy)]
 pub struct Outbound<'a> {
     /// The method.
     pub method: &'a Method,
@@ -123,6 +124,18 @@ pub struct Outbound<'a> {
     pub host: Option<&'a HeaderValue>,
     /// The fields the gateway sets, replacing the request's own of those names.
     pub forwarding: Option<&'a Forwarding>,
+}
+
+impl std::fmt::Debug for Outbound<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound")
+            .field("method", self.method)
+            .field("target_bytes", &self.target.as_str().len())
+            .field("fields", &self.headers.len())
+            .field("host", &self.host.is_some())
+            .field("forwarding", &self.forwarding.is_some())
+            .finish()
+    }
 }
 
 struct Idle {

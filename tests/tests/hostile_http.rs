@@ -551,3 +551,54 @@ async fn upstream_fields_reach_the_client_without_hop_by_hop_ones() -> Result<()
     );
     Ok(())
 }
+
+/// `pass_host` over a plain upstream (the gateway's own pool writes the head): the
+/// client's Host, the node's, or the rewritten one, each sent exactly once.
+#[tokio::test]
+async fn the_upstream_gets_one_host_as_pass_host_says() -> Result<()> {
+    let upstream = Recorder::start().await?;
+    let node = upstream.node();
+    let gateway = GatewayProcess::start_ready(&format!(
+        r#"
+routes:
+  - id: pass
+    uri: /pass
+    upstream: {{ nodes: {{ "{node}": 1 }} }}
+  - id: node
+    uri: /node
+    upstream: {{ nodes: {{ "{node}": 1 }}, pass_host: node }}
+  - id: rewrite
+    uri: /rewrite
+    upstream: {{ nodes: {{ "{node}": 1 }}, pass_host: rewrite, upstream_host: api.internal }}
+"#
+    ))
+    .await?;
+    for path in ["/pass", "/node", "/rewrite"] {
+        let response = send(&gateway, &get_request(path, &["X-Kept: yes".to_owned()])).await?;
+        ensure!(response.status == 200, "{path}: HTTP {}", response.status);
+    }
+    let heads = upstream.heads();
+    ensure!(heads.len() == 3, "{} upstream requests", heads.len());
+    for (head, expected) in heads.iter().zip([
+        "gateway.test".to_owned(),
+        node.clone(),
+        "api.internal".to_owned(),
+    ]) {
+        let hosts: Vec<&str> = head
+            .split("\r\n")
+            .filter_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("host").then(|| value.trim())
+            })
+            .collect();
+        ensure!(
+            hosts == [expected.as_str()],
+            "Host lines {hosts:?} in {head:?}"
+        );
+        ensure!(
+            head.to_ascii_lowercase().contains("x-kept: yes"),
+            "an ordinary header was lost: {head:?}"
+        );
+    }
+    Ok(())
+}

@@ -166,22 +166,23 @@ impl Conn {
             out,
             deadline: timer,
         } = self;
-        // A head far larger than most is not kept with an idle connection.
-        if out.capacity() > KEPT_HEAD_CAPACITY {
-            *out = Vec::new();
-        }
         out.clear();
         encode_head(out, outbound, outgoing, authority);
         timer.as_mut().reset(deadline);
         let exchange = Self::send_and_read(stream, buf, out, body, outgoing, head_request);
-        tokio::select! {
+        let result = tokio::select! {
             biased;
             result = exchange => result,
             () = timer.as_mut() => Err(Failure {
                 error: PoolError::Timeout,
                 replay: Replay::Never,
             }),
+        };
+        // A head far larger than most is not kept with the connection while it idles.
+        if out.capacity() > KEPT_HEAD_CAPACITY {
+            *out = Vec::new();
         }
+        result
     }
 
     async fn send_and_read(

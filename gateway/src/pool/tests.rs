@@ -739,3 +739,22 @@ async fn a_reused_connection_sends_only_the_new_requests_head() {
         format!("GET /b HTTP/1.1\r\nhost: {authority}\r\n\r\n")
     );
 }
+
+#[test]
+fn an_outbound_head_is_printed_without_its_fields_or_target() {
+    let (parts, _) = Request::get("/p?api_key=query-secret")
+        .header(header::AUTHORIZATION, "Bearer field-secret")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let outbound = Outbound {
+        method: &parts.method,
+        target: parts.uri.path_and_query().unwrap(),
+        headers: &parts.headers,
+        host: None,
+        forwarding: None,
+    };
+    let printed = format!("{outbound:?}");
+    assert!(printed.contains("GET"), "{printed}");
+    assert!(!printed.contains("secret"), "{printed}");
+}
