@@ -6,9 +6,13 @@
 #   scripts/bench.sh --quick    # about 2 minutes: fewer rounds, shorter runs, one pass
 #   scripts/bench.sh --only agents   # about 1-2 minutes: only the agent part (read
 #                                    # latency, RSS at 10/1000/10000 secrets, start to ready)
+#   scripts/bench.sh --only proxies --targets nginx,keygate-plain,keygate-hs256 --rounds 12
+#                                    # only the proxy passes, only these targets: many
+#                                    # rounds of a comparison that one run cannot settle
 #
 # Options: --rounds N, --duration SECONDS, --connections N, --out DIR (keeps the work
-# directory with configs, logs and results.tsv there), --skip-build, --only agents.
+# directory with configs, logs and results.tsv there), --skip-build, --only agents|proxies,
+# --targets LIST (comma-separated; the proxy passes' targets, default all).
 # It installs what it needs (haproxy nginx wrk via apt-get, OpenBao via
 # scripts/openbao-env.sh), builds keygate in release mode, and stops everything it
 # started on exit. See bench/README.md for what is measured and how to read it.
@@ -16,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo="$(pwd)"
 
-mode=full rounds=3 duration=5 connections=64 out="" build=1 only=""
+mode=full rounds=3 duration=5 connections=64 out="" build=1 only="" only_targets=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) mode=quick rounds=2 duration=2 ;;
@@ -26,9 +30,11 @@ while [[ $# -gt 0 ]]; do
         --out) out="$2"; shift ;;
         --skip-build) build=0 ;;
         --only)
-            [[ "${2:-}" == agents ]] || { echo "bench: --only takes: agents" >&2; exit 64; }
+            [[ "${2:-}" == agents || "${2:-}" == proxies ]] \
+                || { echo "bench: --only takes: agents, proxies" >&2; exit 64; }
             only="$2"; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        --targets) only_targets="$2"; shift ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "bench: unknown option $1" >&2; exit 64 ;;
     esac
     shift
@@ -439,6 +445,13 @@ set_targets() {
     )
 }
 targets=(direct nginx haproxy-plain keygate-plain haproxy-hs256 keygate-hs256 haproxy-rs256 keygate-rs256 haproxy-es256 keygate-es256)
+if [[ -n $only_targets ]]; then
+    IFS=, read -ra chosen <<<"$only_targets"
+    for t in "${chosen[@]}"; do
+        [[ " ${targets[*]} " == *" $t "* ]] || fail "--targets: no target $t (known: ${targets[*]})"
+    done
+    targets=("${chosen[@]}")
+fi
 
 check_targets() {
     for t in "${targets[@]}"; do
@@ -528,6 +541,8 @@ for w in "${passes[@]}"; do
     fi
     stop "$nginx_pid" "$haproxy_pid" "$gateway_pid" "$upstream_pid"
 done
+
+[[ $only == proxies ]] && finish
 
 # --- scale: consumers and routes ---------------------------------------------------------
 say "scale: 10 vs 10000 consumers and routes (keygate, one worker on CPU 1)"

@@ -13,6 +13,8 @@ use crate::results::median;
 /// One target in one pass, over its rounds.
 #[derive(Debug, Default)]
 struct Series {
+    /// The round of each figure below, in order.
+    rounds: Vec<u32>,
     rps: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
@@ -148,6 +150,7 @@ fn parse(text: &str) -> Result<Results> {
                 let Some((_, s)) = targets.get_mut(ti) else {
                     continue;
                 };
+                s.rounds.push(num(3)? as u32);
                 s.rps.push(num(4)?);
                 s.p50.push(num(5)?);
                 s.p99.push(num(6)?);
@@ -347,6 +350,28 @@ fn render(r: &Results) -> Result<String> {
     Ok(o)
 }
 
+/// `a`'s req/s over `b`'s round by round (the two ran minutes apart at most, so a
+/// machine that drifts moves both): the median ratio, in how many rounds `a` was at
+/// or above `min` times `b`, of how many, and the lowest and highest ratio.
+fn paired(a: &Series, b: &Series, min: f64) -> Option<(f64, usize, usize, f64, f64)> {
+    let ratios: Vec<f64> = a
+        .rounds
+        .iter()
+        .zip(&a.rps)
+        .filter_map(|(round, ra)| {
+            let i = b.rounds.iter().position(|r| r == round)?;
+            b.rps.get(i).filter(|rb| **rb > 0.0).map(|rb| ra / rb)
+        })
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    let ahead = ratios.iter().filter(|x| **x >= min).count();
+    let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Some((median(&ratios), ahead, ratios.len(), low, high))
+}
+
 fn verdict(ok: Option<bool>) -> &'static str {
     match ok {
         Some(true) => "[met] ",
@@ -376,7 +401,17 @@ fn targets(r: &Results) -> Vec<String> {
                 let x = sa.rps() / sb.rps();
                 (x, x >= min)
             };
-            lines.push(format!("{} {what} [{pass}]: {x:.2}x", verdict(Some(ok))));
+            let rounds = match paired(sa, sb, min) {
+                Some((median, ahead, n, low, high)) if !by_p99 && n > 1 => format!(
+                    " (round by round: median {median:.2}x, {ahead} of {n} rounds at {min:.2}x \
+                     or more, {low:.2}-{high:.2}x)"
+                ),
+                _ => String::new(),
+            };
+            lines.push(format!(
+                "{} {what} [{pass}]: {x:.2}x{rounds}",
+                verdict(Some(ok))
+            ));
         }
     };
     vs(
@@ -582,5 +617,26 @@ rss\tkeygate-agent\t10000\t9000\n";
             "{out}"
         );
         assert!(out.contains("1.10-1.30"), "{out}");
+    }
+
+    #[test]
+    fn pairs_rounds_for_the_round_by_round_ratio() {
+        // Round 1 is missing for nginx: only rounds 0, 2 and 3 pair up.
+        let text = "load\t1w\tnginx\t0\t100\t500\t900\t0\t1.00\n\
+load\t1w\tnginx\t2\t200\t500\t900\t0\t1.00\n\
+load\t1w\tnginx\t3\t100\t500\t900\t0\t1.00\n\
+load\t1w\tkeygate-hs256\t0\t90\t450\t1000\t0\t1.00\n\
+load\t1w\tkeygate-hs256\t1\t1000\t450\t1000\t0\t1.00\n\
+load\t1w\tkeygate-hs256\t2\t210\t450\t1000\t0\t1.00\n\
+load\t1w\tkeygate-hs256\t3\t120\t450\t1000\t0\t1.00\n";
+        let out = render(&parse(text).unwrap()).unwrap();
+        // Ratios 0.90, 1.05 and 1.20; medians of req/s 165 (4 rounds) over 100.
+        assert!(
+            out.contains(
+                "[met]  HS256 req/s >= 1.0x nginx without auth [1w]: 1.65x \
+                 (round by round: median 1.05x, 2 of 3 rounds at 1.00x or more, 0.90-1.20x)"
+            ),
+            "{out}"
+        );
     }
 }
