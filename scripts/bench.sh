@@ -9,9 +9,10 @@
 #   scripts/bench.sh --only proxies --targets nginx,keygate-plain,keygate-hs256 --rounds 12
 #                                    # only the proxy passes, only these targets: many
 #                                    # rounds of a comparison that one run cannot settle
+#   scripts/bench.sh --only scale --rounds 8   # only 10 vs 10000 consumers/routes and reload
 #
 # Options: --rounds N, --duration SECONDS, --connections N, --out DIR (keeps the work
-# directory with configs, logs and results.tsv there), --skip-build, --only agents|proxies,
+# directory with configs, logs and results.tsv there), --skip-build, --only agents|proxies|scale,
 # --targets LIST (comma-separated; the proxy passes' targets, default all).
 # It installs what it needs (haproxy nginx wrk via apt-get, OpenBao via
 # scripts/openbao-env.sh), builds keygate in release mode, and stops everything it
@@ -30,11 +31,11 @@ while [[ $# -gt 0 ]]; do
         --out) out="$2"; shift ;;
         --skip-build) build=0 ;;
         --only)
-            [[ "${2:-}" == agents || "${2:-}" == proxies ]] \
-                || { echo "bench: --only takes: agents, proxies" >&2; exit 64; }
+            [[ "${2:-}" == agents || "${2:-}" == proxies || "${2:-}" == scale ]] \
+                || { echo "bench: --only takes: agents, proxies, scale" >&2; exit 64; }
             only="$2"; shift ;;
         --targets) only_targets="$2"; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "bench: unknown option $1" >&2; exit 64 ;;
     esac
     shift
@@ -507,6 +508,7 @@ interleave() { # pass threads target...: every round runs each target once, star
 
 passes=(1)
 [[ $mode == full ]] && passes=(1 2)
+[[ $only == scale ]] && passes=()
 for w in "${passes[@]}"; do
     if [[ $w == 1 ]]; then
         # Each proxy has CPU 1 to itself; wrk and the upstream share CPU 0.
@@ -585,5 +587,5 @@ pbig="pid_${big//-/_}"
     --url "${base[$big]}/p10000/ping" --authorization "${auth[$big]}" --n 10000 --out "$results"
 stop "${scale_pids[@]}" "$upstream_pid"
 
-agents
+[[ $only == scale ]] || agents
 finish

@@ -255,6 +255,15 @@ async fn seed_flow_with_an_inline_secret() -> Result<()> {
         metrics.contains(r#"keygate_gateway_http_responses_total{route="secure",code="2xx"} 2"#),
         "{metrics}"
     );
+    // A class a route never answered with, and a route never asked, have no series.
+    assert!(
+        !metrics.contains(r#"keygate_gateway_http_responses_total{route="secure",code="5xx"}"#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"keygate_gateway_http_responses_total{route="open""#),
+        "{metrics}"
+    );
     gw.stop().await?;
     Ok(())
 }
