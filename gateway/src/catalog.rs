@@ -221,37 +221,41 @@ pub fn parse<T: DeserializeOwned>(value: &Value) -> Result<T, (String, String)> 
     })
 }
 
+/// The ids of the file's resources of `kind`, in file order (a position where a
+/// resource has no id).
+pub fn file_ids(file: &Config, kind: Kind) -> Vec<String> {
+    let by_position = |i: usize, id: &Option<String>| id.clone().unwrap_or_else(|| i.to_string());
+    match kind {
+        Kind::Route => file
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| by_position(i, &r.id))
+            .collect(),
+        Kind::Upstream => file
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| by_position(i, &u.id))
+            .collect(),
+        Kind::Consumer => file.consumers.iter().map(|c| c.username.clone()).collect(),
+        Kind::Ssl => file
+            .ssls
+            .iter()
+            .enumerate()
+            .map(|(i, s)| by_position(i, &s.id))
+            .collect(),
+    }
+}
+
 /// The file's resources of `kind` as entries.
 fn file_entries(file: &Config, kind: Kind) -> Vec<Entry> {
-    let (ids, raw): (Vec<String>, &[Value]) = match kind {
-        Kind::Route => (
-            file.routes
-                .iter()
-                .enumerate()
-                .map(|(i, r)| r.id.clone().unwrap_or_else(|| i.to_string()))
-                .collect(),
-            &file.raw.routes,
-        ),
-        Kind::Upstream => (
-            file.upstreams
-                .iter()
-                .enumerate()
-                .map(|(i, u)| u.id.clone().unwrap_or_else(|| i.to_string()))
-                .collect(),
-            &file.raw.upstreams,
-        ),
-        Kind::Consumer => (
-            file.consumers.iter().map(|c| c.username.clone()).collect(),
-            &file.raw.consumers,
-        ),
-        Kind::Ssl => (
-            file.ssls
-                .iter()
-                .enumerate()
-                .map(|(i, s)| s.id.clone().unwrap_or_else(|| i.to_string()))
-                .collect(),
-            &file.raw.ssls,
-        ),
+    let ids = file_ids(file, kind);
+    let raw: &[Value] = match kind {
+        Kind::Route => &file.raw.routes,
+        Kind::Upstream => &file.raw.upstreams,
+        Kind::Consumer => &file.raw.consumers,
+        Kind::Ssl => &file.raw.ssls,
     };
     let mut out = Vec::with_capacity(ids.len());
     for (i, id) in ids.iter().enumerate() {

@@ -6,8 +6,8 @@
 
 use serde_json::Value;
 
-use crate::catalog::{Catalog, Entry, Origin};
-use crate::config::{Config, ConfigError};
+use crate::catalog::{self, Catalog, Entry, Origin};
+use crate::config::{Config, ConfigError, RawResources};
 use crate::consumers::EnvLookup;
 use crate::kind::Kind;
 use crate::runtime::Runtime;
@@ -56,8 +56,9 @@ pub struct Control {
 
 impl Control {
     /// Starts from `file` and, with the Admin API enabled, its loaded `store`.
-    pub fn new(file: Config, store: Option<Store>) -> Self {
+    pub fn new(mut file: Config, store: Option<Store>) -> Self {
         let catalog = Catalog::build(&file, store.as_ref());
+        drop_raw(&mut file);
         Self {
             file,
             store,
@@ -122,6 +123,8 @@ impl Control {
         let catalog = Catalog::build(&file, self.store.as_ref());
         let runtime = build(&catalog, &file, env, None)
             .map_err(|(field, reason)| ConfigError::Invalid { field, reason })?;
+        let mut file = file;
+        drop_raw(&mut file);
         self.file = file;
         self.catalog = catalog;
         Ok(runtime)
@@ -222,7 +225,7 @@ impl Control {
                 message(&field, &reason)
             ))
         })?;
-        let in_file = Catalog::build(&self.file, None).get(kind, id).is_some();
+        let in_file = catalog::file_ids(&self.file, kind).iter().any(|i| i == id);
         let store = self.store.as_mut().ok_or(WriteError::NoStore)?;
         if in_file {
             store.put(
@@ -271,6 +274,13 @@ fn build(
         ConfigError::Invalid { field, reason } => (catalog.describe_field(&field, focus), reason),
         other => (String::new(), other.to_string()),
     })
+}
+
+/// Drops the file's resources as JSON once the catalog holds them: kept, they were a
+/// second copy of every route and consumer (about 1.5 KB each), and every `to_config`
+/// cloned them again. The typed lists stay; they are what file entries run as.
+fn drop_raw(file: &mut Config) {
+    file.raw = RawResources::default();
 }
 
 #[cfg(test)]

@@ -115,3 +115,20 @@ fn a_reload_keeps_the_admin_changes_on_top() {
     let err = control.reload(clash, &env).unwrap_err().to_string();
     assert!(err.contains("consumers[1].plugins.jwt-auth.key"), "{err}");
 }
+
+#[test]
+fn the_file_json_lives_in_the_catalog_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut control = control(dir.path());
+    let shown = |control: &Control| {
+        control
+            .catalog()
+            .get(Kind::Consumer, "jack")
+            .map(|e| e.value["plugins"]["jwt-auth"]["key"].clone())
+    };
+    assert_eq!(shown(&control), Some(json!("test-key")));
+    assert!(control.file().raw.consumers.is_empty());
+    control.reload(Config::parse(FILE).unwrap(), &env).unwrap();
+    assert_eq!(shown(&control), Some(json!("test-key")));
+    assert!(control.file().raw.routes.is_empty());
+}
