@@ -197,8 +197,13 @@ EOF
     read_bao() {
         "$kb" agent-read --bao "$work/bao-agent.sock" --name 'kv/apisix/bench/s{}' --spread 10 --count "$reads" --label bao-agent --out "$results"
     }
+    # The machine's floor beside them: a bare round trip over a Unix socket pair between
+    # two tokio runtimes (no agent, no gRPC), the wake-ups any read pays.
+    read_echo() {
+        "$kb" agent-read --echo --count "$reads" --label unix-echo --out "$results"
+    }
     for ((r = 0; r < read_rounds; r++)); do
-        if ((r % 2 == 0)); then read_keygate; read_bao; else read_bao; read_keygate; fi
+        if ((r % 2 == 0)); then read_keygate; read_bao; read_echo; else read_echo; read_bao; read_keygate; fi
     done
     stop "$keygate_pid"
     printf 'rss\tbao-agent\t10\t%s\n' "$(rss_kb "$bao_agent_pid")" >>"$results"

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
 use keygate_proto::agent::v1::{GetRequest, SecretState};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::task::JoinSet;
 
 use crate::results;
@@ -86,9 +87,14 @@ pub struct ReadArgs {
     /// OpenBao Agent socket (HTTP `GET /v1/<name>`).
     #[arg(long)]
     bao: Option<PathBuf>,
+    /// No agent: the machine's floor, a 64-byte round trip over a Unix socket pair to an
+    /// echo on another thread's tokio runtime (what any read over the socket pays in
+    /// wake-ups, without gRPC or HTTP).
+    #[arg(long, conflicts_with_all = ["keygate", "bao"])]
+    echo: bool,
     /// The secret: an agent name (`bench/s{}`) or a Vault path (`kv/apisix/bench/s{}`);
     /// `{}` is replaced by the request number modulo `--spread`.
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     name: String,
     /// Distinct secrets to cycle through.
     #[arg(long, default_value_t = 1)]
@@ -116,6 +122,41 @@ pub async fn read(args: &ReadArgs) -> Result<()> {
     let mut latencies = Vec::with_capacity(args.count);
     let load = results::load1();
     match (&args.keygate, &args.bao) {
+        (None, None) if args.echo => {
+            let (near, far) = std::os::unix::net::UnixStream::pair()?;
+            far.set_nonblocking(true)?;
+            near.set_nonblocking(true)?;
+            let echo = std::thread::spawn(move || -> Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()?;
+                runtime.block_on(async move {
+                    let mut far = tokio::net::UnixStream::from_std(far)?;
+                    let mut buf = [0u8; 64];
+                    loop {
+                        match far.read(&mut buf).await? {
+                            0 => return Ok(()),
+                            n => far.write_all(buf.get(..n).unwrap_or_default()).await?,
+                        }
+                    }
+                })
+            });
+            {
+                let mut stream = tokio::net::UnixStream::from_std(near.try_clone()?)?;
+                let mut buf = [0u8; 64];
+                for i in 0..args.warmup + args.count {
+                    let t0 = Instant::now();
+                    stream.write_all(&buf).await?;
+                    stream.read_exact(&mut buf).await?;
+                    if i >= args.warmup {
+                        latencies.push(t0.elapsed());
+                    }
+                }
+            }
+            near.shutdown(std::net::Shutdown::Both)?;
+            echo.join()
+                .map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
+        }
         (Some(socket), None) => {
             let mut client = keygate_proto::connect_direct(socket)
                 .await
@@ -163,7 +204,7 @@ pub async fn read(args: &ReadArgs) -> Result<()> {
                 }
             }
         }
-        _ => bail!("give exactly one of --keygate and --bao"),
+        _ => bail!("give exactly one of --keygate, --bao and --echo"),
     }
     let mut us: Vec<f64> = latencies
         .iter()

@@ -519,9 +519,19 @@ fn targets(r: &Results) -> Vec<String> {
     }
     let keygate = r.reads.get("keygate").map(Reads::p50);
     let bao = r.reads.get("bao-agent").map(Reads::p50);
+    let floor = r
+        .reads
+        .get("unix-echo")
+        .map(|e| {
+            format!(
+                " (the machine's floor, a bare Unix socket round trip: {:.0} us)",
+                e.p50()
+            )
+        })
+        .unwrap_or_default();
     lines.push(match keygate {
         Some(p50) => format!(
-            "{} agent read p50 <= 100 us: {p50:.0} us",
+            "{} agent read p50 <= 100 us: {p50:.0} us{floor}",
             verdict(Some(p50 <= 100.0))
         ),
         None => format!("{} agent read p50 <= 100 us: not measured", verdict(None)),
@@ -648,6 +658,20 @@ load\t1w\tkeygate-hs256\t3\t120\t450\t1000\t0\t1.00\n";
             out.contains(
                 "[met]  HS256 req/s >= 1.0x nginx without auth [1w]: 1.65x \
                  (round by round: median 1.05x, 2 of 3 rounds at 1.00x or more, 0.90-1.20x)"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn the_agent_read_target_shows_the_floor_beside_it() {
+        let text = "read\tkeygate\t120.0\t200.0\t125.0\t2000\t0.5\n\
+read\tunix-echo\t60.0\t110.0\t62.0\t2000\t0.5\n";
+        let out = render(&parse(text).unwrap()).unwrap();
+        assert!(
+            out.contains(
+                "[MISS] agent read p50 <= 100 us: 120 us \
+                 (the machine's floor, a bare Unix socket round trip: 60 us)"
             ),
             "{out}"
         );
