@@ -39,6 +39,7 @@ use crate::control::{Control, WriteError, Written};
 use crate::gateway::Shared;
 use crate::kind::{Kind, check_id};
 use crate::query;
+use crate::secrets;
 
 pub mod patch;
 mod write_through;
@@ -820,14 +821,14 @@ fn stage_consumer(shared: &Shared, id: String, change: Change) -> Stage {
         Ok(Some(plan)) => plan,
         Ok(None) => return Stage::Done(commit(shared, control, Kind::Consumer, prepared)),
         Err(msg) => {
-            write_through::wipe(prepared.value);
+            secrets::wipe(prepared.value);
             return Stage::Done(error(StatusCode::BAD_REQUEST, msg));
         }
     };
     let Prepared { id, value, status } = prepared;
-    write_through::wipe(value);
+    secrets::wipe(value);
     let (inline, checked) = control.check(Kind::Consumer, &id, plan.inline, &env);
-    write_through::wipe(inline);
+    secrets::wipe(inline);
     let (stripped, checked) = match checked {
         Ok(()) => control.check(Kind::Consumer, &id, plan.stripped, &env),
         Err(e) => (plan.stripped, Err(e)),

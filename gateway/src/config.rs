@@ -101,7 +101,8 @@ pub struct Config {
     #[serde(default)]
     pub ssls: Vec<SslConfig>,
     /// `routes`, `upstreams` and `consumers` as JSON values, as written (what the Admin
-    /// API shows for resources that come from this file).
+    /// API shows for resources that come from this file). Empty in the file `Control`
+    /// keeps: the catalog is built from them, then they are wiped.
     #[serde(skip)]
     pub raw: RawResources,
 }

@@ -11,6 +11,7 @@ use crate::config::{Config, ConfigError, RawResources};
 use crate::consumers::EnvLookup;
 use crate::kind::Kind;
 use crate::runtime::Runtime;
+use crate::secrets::wipe;
 use crate::store::{Record, Store, StoreError};
 
 /// Why an admin write was refused.
@@ -76,7 +77,8 @@ impl Control {
         self.store.as_ref()
     }
 
-    /// The configuration file in effect.
+    /// The configuration file in effect: its settings and typed resource lists. Its
+    /// resources as JSON (`Config::raw`) are in the catalog only.
     pub fn file(&self) -> &Config {
         &self.file
     }
@@ -119,11 +121,10 @@ impl Control {
 
     /// Takes a new configuration file. On success the state is updated and the runtime
     /// is returned to be swapped in; on error nothing changes.
-    pub fn reload(&mut self, file: Config, env: EnvLookup<'_>) -> Result<Runtime, ConfigError> {
+    pub fn reload(&mut self, mut file: Config, env: EnvLookup<'_>) -> Result<Runtime, ConfigError> {
         let catalog = Catalog::build(&file, self.store.as_ref());
         let runtime = build(&catalog, &file, env, None)
             .map_err(|(field, reason)| ConfigError::Invalid { field, reason })?;
-        let mut file = file;
         drop_raw(&mut file);
         self.file = file;
         self.catalog = catalog;
@@ -278,9 +279,18 @@ fn build(
 
 /// Drops the file's resources as JSON once the catalog holds them: kept, they were a
 /// second copy of every route and consumer (about 1.5 KB each), and every `to_config`
-/// cloned them again. The typed lists stay; they are what file entries run as.
+/// cloned them again. The typed lists stay; they are what file entries run as. The
+/// values may hold literal credentials (`secret`, `private_key`): wiped, not just freed.
 fn drop_raw(file: &mut Config) {
-    file.raw = RawResources::default();
+    let RawResources {
+        routes,
+        upstreams,
+        consumers,
+        ssls,
+    } = std::mem::take(&mut file.raw);
+    for value in [routes, upstreams, consumers, ssls].into_iter().flatten() {
+        wipe(value);
+    }
 }
 
 #[cfg(test)]

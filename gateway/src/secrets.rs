@@ -10,6 +10,24 @@ use keygate_proto::agent::v1 as pb;
 use secrecy::{ExposeSecret as _, SecretBox};
 use zeroize::Zeroize as _;
 
+/// Drops a JSON value after zeroizing every string in it (a resource or an Admin API
+/// body may hold credentials).
+pub fn wipe(mut value: serde_json::Value) {
+    zeroize_strings(&mut value);
+}
+
+/// Zeroizes every string in `value`, at any depth (object keys are names, not values,
+/// and stay).
+fn zeroize_strings(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.zeroize(),
+        Value::Array(items) => items.iter_mut().for_each(zeroize_strings),
+        Value::Object(map) => map.values_mut().for_each(zeroize_strings),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
 /// One field value. Zeroized on drop; `Debug` prints no value.
 pub struct SecretBytes(SecretBox<[u8]>);
 
@@ -167,6 +185,24 @@ pub enum Missing {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_string_in_a_json_value_is_zeroized() {
+        let mut value = serde_json::json!({
+            "username": "jack",
+            "plugins": {"jwt-auth": {"key": "k", "secret": "s3cr3t", "exp": 60}},
+            "list": ["a", {"private_key": "pem"}],
+        });
+        super::zeroize_strings(&mut value);
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "username": "",
+                "plugins": {"jwt-auth": {"key": "", "secret": "", "exp": 60}},
+                "list": ["", {"private_key": ""}],
+            })
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -29,11 +29,12 @@ use http::StatusCode;
 use keygate_proto::agent::v1::PutRequest;
 use serde_json::{Map, Value};
 use tonic::Code;
-use zeroize::{Zeroize as _, Zeroizing};
+use zeroize::Zeroizing;
 
 use super::{Answer, error};
 use crate::consumers::vault_name;
 use crate::gateway::Shared;
+use crate::secrets::wipe;
 
 /// One `Put` to make: the agent name and the fields (values wiped on drop).
 pub(crate) struct VaultWrite {
@@ -181,19 +182,6 @@ pub(crate) fn plan(consumer: &Value) -> Result<Option<Plan>, String> {
         inline,
         writes,
     }))
-}
-
-/// Drops a JSON value after zeroizing every string in it (it may hold credentials).
-pub(crate) fn wipe(mut value: Value) {
-    fn walk(value: &mut Value) {
-        match value {
-            Value::String(s) => s.zeroize(),
-            Value::Array(items) => items.iter_mut().for_each(walk),
-            Value::Object(map) => map.values_mut().for_each(walk),
-            Value::Null | Value::Bool(_) | Value::Number(_) => {}
-        }
-    }
-    walk(&mut value);
 }
 
 /// How long one call to the agent may take (its own Vault timeout is 10 s by default).
