@@ -123,9 +123,10 @@ impl Control {
     /// is returned to be swapped in; on error nothing changes.
     pub fn reload(&mut self, mut file: Config, env: EnvLookup<'_>) -> Result<Runtime, ConfigError> {
         let catalog = Catalog::build(&file, self.store.as_ref());
-        let runtime = build(&catalog, &file, env, None)
-            .map_err(|(field, reason)| ConfigError::Invalid { field, reason })?;
+        let runtime = build(&catalog, &file, env, None);
+        // Wiped whether or not the new file is taken.
         drop_raw(&mut file);
+        let runtime = runtime.map_err(|(field, reason)| ConfigError::Invalid { field, reason })?;
         self.file = file;
         self.catalog = catalog;
         Ok(runtime)
