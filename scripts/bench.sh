@@ -41,6 +41,11 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 
+if [[ -n $only_targets && ( $only == agents || $only == scale ) ]]; then
+    echo "bench: --targets picks proxy-pass targets; --only $only runs none" >&2
+    exit 64
+fi
+
 say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 fail() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
 

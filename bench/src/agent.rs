@@ -94,8 +94,8 @@ pub struct ReadArgs {
     echo: bool,
     /// The secret: an agent name (`bench/s{}`) or a Vault path (`kv/apisix/bench/s{}`);
     /// `{}` is replaced by the request number modulo `--spread`.
-    #[arg(long, default_value = "")]
-    name: String,
+    #[arg(long, required_unless_present = "echo")]
+    name: Option<String>,
     /// Distinct secrets to cycle through.
     #[arg(long, default_value_t = 1)]
     spread: usize,
@@ -117,6 +117,8 @@ pub struct ReadArgs {
 pub async fn read(args: &ReadArgs) -> Result<()> {
     let name = |i: usize| {
         args.name
+            .as_deref()
+            .unwrap_or_default()
             .replace("{}", &(i % args.spread.max(1)).to_string())
     };
     let mut latencies = Vec::with_capacity(args.count);
@@ -126,6 +128,7 @@ pub async fn read(args: &ReadArgs) -> Result<()> {
             let (near, far) = std::os::unix::net::UnixStream::pair()?;
             far.set_nonblocking(true)?;
             near.set_nonblocking(true)?;
+            // The echo ends when `near` is closed (its read sees the end).
             let echo = std::thread::spawn(move || -> Result<()> {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_io()
@@ -141,19 +144,17 @@ pub async fn read(args: &ReadArgs) -> Result<()> {
                     }
                 })
             });
-            {
-                let mut stream = tokio::net::UnixStream::from_std(near.try_clone()?)?;
-                let mut buf = [0u8; 64];
-                for i in 0..args.warmup + args.count {
-                    let t0 = Instant::now();
-                    stream.write_all(&buf).await?;
-                    stream.read_exact(&mut buf).await?;
-                    if i >= args.warmup {
-                        latencies.push(t0.elapsed());
-                    }
+            let mut near = tokio::net::UnixStream::from_std(near)?;
+            let mut buf = [0u8; 64];
+            for i in 0..args.warmup + args.count {
+                let t0 = Instant::now();
+                near.write_all(&buf).await?;
+                near.read_exact(&mut buf).await?;
+                if i >= args.warmup {
+                    latencies.push(t0.elapsed());
                 }
             }
-            near.shutdown(std::net::Shutdown::Both)?;
+            drop(near);
             echo.join()
                 .map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
         }

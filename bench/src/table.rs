@@ -350,10 +350,21 @@ fn render(r: &Results) -> Result<String> {
     Ok(o)
 }
 
+/// `a`'s req/s over `b`'s taken within each round both ran in.
+struct Paired {
+    /// The median of the per-round ratios.
+    median: f64,
+    /// Rounds whose ratio was at or above the `min` asked for.
+    met: usize,
+    /// Rounds both ran in.
+    rounds: usize,
+    low: f64,
+    high: f64,
+}
+
 /// `a`'s req/s over `b`'s round by round (the two ran minutes apart at most, so a
-/// machine that drifts moves both): the median ratio, in how many rounds `a` was at
-/// or above `min` times `b`, of how many, and the lowest and highest ratio.
-fn paired(a: &Series, b: &Series, min: f64) -> Option<(f64, usize, usize, f64, f64)> {
+/// machine that drifts moves both). `None` when no round has both.
+fn paired(a: &Series, b: &Series, min: f64) -> Option<Paired> {
     let ratios: Vec<f64> = a
         .rounds
         .iter()
@@ -366,10 +377,13 @@ fn paired(a: &Series, b: &Series, min: f64) -> Option<(f64, usize, usize, f64, f
     if ratios.is_empty() {
         return None;
     }
-    let ahead = ratios.iter().filter(|x| **x >= min).count();
-    let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    Some((median(&ratios), ahead, ratios.len(), low, high))
+    Some(Paired {
+        median: median(&ratios),
+        met: ratios.iter().filter(|x| **x >= min).count(),
+        rounds: ratios.len(),
+        low: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        high: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    })
 }
 
 fn verdict(ok: Option<bool>) -> &'static str {
@@ -402,9 +416,10 @@ fn targets(r: &Results) -> Vec<String> {
                 (x, x >= min)
             };
             let rounds = match paired(sa, sb, min) {
-                Some((median, ahead, n, low, high)) if !by_p99 && n > 1 => format!(
-                    " (round by round: median {median:.2}x, {ahead} of {n} rounds at {min:.2}x \
-                     or more, {low:.2}-{high:.2}x)"
+                Some(p) if !by_p99 && p.rounds > 1 => format!(
+                    " (round by round: median {:.2}x, {} of {} rounds at {min:.2}x or more, \
+                     {:.2}-{:.2}x)",
+                    p.median, p.met, p.rounds, p.low, p.high
                 ),
                 _ => String::new(),
             };
@@ -499,13 +514,16 @@ fn targets(r: &Results) -> Vec<String> {
         match (base, r.series("scale", case)) {
             (Some(b), Some(c)) => {
                 let loss = (1.0 - c.rps() / b.rps()) * 100.0;
+                // A loss of 5 % or less is a ratio of 0.95 or more.
                 let rounds = match paired(c, b, 0.95) {
-                    Some((median, within, n, low, high)) if n > 1 => format!(
-                        " (round by round: median {:.1}%, {within} of {n} rounds within 5%, \
+                    Some(p) if p.rounds > 1 => format!(
+                        " (round by round: median {:.1}%, {} of {} rounds within 5%, \
                          {:.1}% to {:.1}%)",
-                        (1.0 - median) * 100.0,
-                        (1.0 - high) * 100.0,
-                        (1.0 - low) * 100.0
+                        (1.0 - p.median) * 100.0,
+                        p.met,
+                        p.rounds,
+                        (1.0 - p.high) * 100.0,
+                        (1.0 - p.low) * 100.0
                     ),
                     _ => String::new(),
                 };
