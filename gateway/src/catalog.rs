@@ -19,8 +19,10 @@ pub enum Origin {
     Admin,
 }
 
-/// One effective resource.
-#[derive(Debug, Clone, PartialEq)]
+/// One effective resource. Its JSON holds literal secrets (a consumer's `secret`, an
+/// SSL's `key`): they are wiped when the entry is dropped (a reload or an Admin API
+/// write replaces entries), and `Debug` does not show them.
+#[derive(Clone, PartialEq)]
 pub struct Entry {
     /// Its id (or username).
     pub id: String,
@@ -32,6 +34,24 @@ pub struct Entry {
     pub modified: u64,
     /// The JSON the Admin API shows (and merges `PATCH` bodies into).
     pub value: Value,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        crate::secrets::wipe(std::mem::take(&mut self.value));
+    }
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("id", &self.id)
+            .field("origin", &self.origin)
+            .field("created", &self.created)
+            .field("modified", &self.modified)
+            .field("value", &"[REDACTED]")
+            .finish()
+    }
 }
 
 /// The effective resources of each kind, in order.

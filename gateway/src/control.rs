@@ -109,7 +109,7 @@ impl Control {
             .map_err(|(field, reason)| WriteError::Invalid(message(&field, &reason)));
         let value = candidate
             .remove(kind, id)
-            .map_or(Value::Null, |entry| entry.value);
+            .map_or(Value::Null, |mut entry| std::mem::take(&mut entry.value));
         (value, result)
     }
 

@@ -136,3 +136,22 @@ fn errors_are_described_by_resource() {
     );
     assert_eq!(catalog.describe_field("agent", None), "agent");
 }
+
+#[test]
+fn debug_shows_no_resource_json() {
+    let entry = Entry {
+        id: "jack".into(),
+        origin: Origin::Admin,
+        created: 3,
+        modified: 4,
+        value: json!({"username": "jack", "plugins": {"jwt-auth": {"secret": "s3cr3t-value"}}}),
+    };
+    let shown = format!(
+        "{:?}",
+        Catalog {
+            lists: [vec![entry], vec![], vec![], vec![]]
+        }
+    );
+    assert!(shown.contains("jack"), "{shown}");
+    assert!(!shown.contains("s3cr3t-value"), "{shown}");
+}

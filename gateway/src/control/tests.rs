@@ -64,7 +64,10 @@ fn writes_persist_and_override_the_file() {
             .put(Kind::Consumer, "jack", body, 100, &env)
             .unwrap();
         assert!(!written.created, "jack existed in the file");
-        let value = written.entry.map(|e| e.value).unwrap();
+        let value = written
+            .entry
+            .map(|mut e| std::mem::take(&mut e.value))
+            .unwrap();
         assert_eq!(value["create_time"], 100);
         assert_eq!(
             written.runtime.consumers.agent_names(),
