@@ -2,7 +2,7 @@
 # The benchmark harness (issue 7): keygate side by side with HAProxy (jwt_verify), nginx
 # and OpenBao Agent, on loopback, in one run; prints a table. Run by hand, never in CI.
 #
-#   scripts/bench.sh            # full run, about 8-10 minutes
+#   scripts/bench.sh            # full run, about 15 minutes
 #   scripts/bench.sh --quick    # about 2 minutes: fewer rounds, shorter runs, one pass
 #   scripts/bench.sh --only agents   # about 1-2 minutes: only the agent part (read
 #                                    # latency, RSS at 10/1000/10000 secrets, start to ready)
@@ -92,6 +92,7 @@ pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    uncap
     [[ $keep == 1 ]] || rm -rf "$work"
 }
 trap cleanup EXIT
@@ -130,6 +131,38 @@ expect_status() { # code url [header]
 }
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# The capped pass: each proxy in a CPU cgroup of its own with a CFS quota. On 2 cores
+# one worker never limits the throughput (wrk and the upstream saturate the other CPU
+# first), so without a cap req/s says little about the proxy's own cost; with one, the
+# proxy is the bottleneck. cgroup v2 (cpu.max) or v1 (cpu.cfs_*); no cgroup, no pass.
+cap_period_us=10000 cap_quota_us=3000
+cgroup_cpu_root() {
+    if [[ -w /sys/fs/cgroup/cgroup.subtree_control ]] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+        echo v2:/sys/fs/cgroup
+    elif [[ -w /sys/fs/cgroup/cpu/cgroup.procs && -e /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]]; then
+        echo v1:/sys/fs/cgroup/cpu
+    fi
+}
+cap_groups=()
+cap() { # name pid...: the processes (all their threads) into a capped group of their own
+    local root="${cgroup_root#*:}" version="${cgroup_root%%:*}" group name="$1"; shift
+    group="$root/keygate-bench-$$-$name"
+    mkdir -p "$group"
+    if [[ $version == v2 ]]; then
+        grep -qw cpu "$root/cgroup.subtree_control" || echo +cpu >"$root/cgroup.subtree_control"
+        echo "$cap_quota_us $cap_period_us" >"$group/cpu.max"
+    else
+        echo "$cap_period_us" >"$group/cpu.cfs_period_us"
+        echo "$cap_quota_us" >"$group/cpu.cfs_quota_us"
+    fi
+    for pid in "$@"; do echo "$pid" >"$group/cgroup.procs"; done
+    cap_groups+=("$group")
+}
+uncap() { # after the capped processes have exited
+    for group in "${cap_groups[@]}"; do rmdir "$group" 2>/dev/null || true; done
+    cap_groups=()
+}
 
 metric() { # url name: the sum of the samples of one metric
     curl -s "$1" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 {s += $2} END {print s + 0}'
@@ -517,29 +550,53 @@ interleave() { # pass threads target...: every round runs each target once, star
 }
 
 passes=(1)
-[[ $mode == full ]] && passes=(1 2)
+cgroup_root="$(cgroup_cpu_root)"
+if [[ $mode == full ]]; then
+    if [[ -n $cgroup_root ]]; then
+        passes=(1 cap 2)
+    else
+        say "no writable CPU cgroup: the capped pass is skipped"
+        passes=(1 2)
+    fi
+fi
 [[ $only == scale ]] && passes=()
 for w in "${passes[@]}"; do
+    pass="${w}w" workers="$w" pass_targets=("${targets[@]}")
     if [[ $w == 1 ]]; then
         # Each proxy has CPU 1 to itself; wrk and the upstream share CPU 0.
         proxy_cpus=1 wrk_cpus=0 upstream_cpus=0
+    elif [[ $w == cap ]]; then
+        # As the one-worker pass, each proxy held to a share of CPU 1. The upstream is
+        # not a proxy: not measured here.
+        pass=cap workers=1 proxy_cpus=1 wrk_cpus=0 upstream_cpus=0
+        pass_targets=()
+        for t in "${targets[@]}"; do [[ $t == direct ]] || pass_targets+=("$t"); done
     else
         # Each proxy pins its workers one per CPU (start_proxies); wrk and the upstream
         # are left to the scheduler.
         proxy_cpus=0-$((cores - 1)) wrk_cpus=0-$((cores - 1)) upstream_cpus=0-$((cores - 1))
     fi
-    say "pass ${w}w: proxies with $w worker(s) on CPU $proxy_cpus, wrk and upstream on CPU $wrk_cpus"
+    say "pass $pass: proxies with $workers worker(s) on CPU $proxy_cpus, wrk and upstream on CPU $wrk_cpus"
     start_upstream "$upstream_cpus"
-    start_proxies "$w" "$proxy_cpus"
+    start_proxies "$workers" "$proxy_cpus"
     set_targets
     check_targets
+    if [[ $w == cap ]]; then
+        meta cap "each proxy in a cgroup of its own held to ${cap_quota_us} us of CPU per ${cap_period_us} us (CFS quota, cgroup ${cgroup_root%%:*})"
+        # shellcheck disable=SC2046 # nginx's master and workers
+        cap nginx $(with_children "$nginx_pid" | tr , ' ')
+        cap haproxy "$haproxy_pid"
+        cap keygate "$gateway_pid"
+    fi
     if [[ $w == 1 ]]; then
         vault_before="$(metric "http://$agent_ops/metrics" keygate_agent_vault_requests_total)"
         snaps_before="$(metric "http://$gw_status/metrics" keygate_gateway_agent_snapshots_total)"
         disc_before="$(metric "http://$gw_status/metrics" keygate_gateway_agent_disconnects_total)"
         served_before="$(metric "http://$gw_status/metrics" keygate_gateway_http_responses_total)"
     fi
-    interleave "${w}w" "$w" "${targets[@]}"
+    if [[ ${#pass_targets[@]} -gt 0 ]]; then
+        interleave "$pass" "$workers" "${pass_targets[@]}"
+    fi
     if [[ $w == 1 ]]; then
         {
             printf 'agentreq\tgateway_requests_served\t%s\n' "$(($(metric "http://$gw_status/metrics" keygate_gateway_http_responses_total) - served_before))"
@@ -552,6 +609,7 @@ for w in "${passes[@]}"; do
         printf 'rss\thaproxy-after-load\t0\t%s\n' "$(rss_kb "$haproxy_pid")" >>"$results"
     fi
     stop "$nginx_pid" "$haproxy_pid" "$gateway_pid" "$upstream_pid"
+    uncap
 done
 
 [[ $only == proxies ]] && finish

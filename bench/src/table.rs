@@ -233,6 +233,8 @@ fn render(r: &Results) -> Result<String> {
             "1w" => "one worker thread per proxy, each pinned to its own CPU".to_owned(),
             "2w" => "two worker threads per proxy, pinned one per CPU, sharing both CPUs with wrk and the upstream"
                 .to_owned(),
+            "cap" => "one worker thread per proxy, pinned, under a CPU quota (`cap` above): the proxy is the bottleneck"
+                .to_owned(),
             "scale" => "keygate scale (HS256, one worker): consumers/routes".to_owned(),
             other => other.to_owned(),
         };
@@ -404,6 +406,11 @@ fn targets(r: &Results) -> Vec<String> {
         .collect();
     let mut vs = |what: &str, a: &str, b: &str, min: f64, by_p99: bool| {
         for pass in &passes {
+            // The quota's stalls (up to a period) make the capped pass's p99, whoever
+            // the proxy.
+            if by_p99 && *pass == "cap" {
+                continue;
+            }
             let (Some(sa), Some(sb)) = (r.series(pass, a), r.series(pass, b)) else {
                 lines.push(format!("{} {what} [{pass}]: not measured", verdict(None)));
                 continue;
@@ -487,7 +494,7 @@ fn targets(r: &Results) -> Vec<String> {
     // give each of HAProxy's requests, less HAProxy's own CPU, is what wrk, the upstream
     // and idle took; 1.25x HAProxy leaves keygate the rest at 1.25 times the rate.
     if let Some(cores) = r.cores() {
-        for pass in passes.iter().filter(|p| **p != "1w") {
+        for pass in passes.iter().filter(|p| !matches!(**p, "1w" | "cap")) {
             if let (Some(k), Some(h)) = (
                 r.series(pass, "keygate-hs256"),
                 r.series(pass, "haproxy-hs256"),
@@ -658,6 +665,29 @@ rss\tkeygate-agent\t10000\t9000\n";
             "{out}"
         );
         assert!(out.contains("1.10-1.30"), "{out}");
+    }
+
+    #[test]
+    fn the_capped_pass_has_throughput_verdicts_but_no_p99_verdict() {
+        let text = "load\tcap\tnginx\t0\t10000\t15000\t18000\t0\t1.00\t25.0\n\
+load\tcap\thaproxy-hs256\t0\t8000\t16000\t18000\t0\t1.00\t30.0\n\
+load\tcap\tkeygate-hs256\t0\t12000\t14000\t19000\t0\t1.00\t20.0\n";
+        let out = render(&parse(text).unwrap()).unwrap();
+        assert!(
+            out.contains("[cap] one worker thread per proxy, pinned, under a CPU quota"),
+            "{out}"
+        );
+        assert!(
+            out.contains("[met]  HS256 req/s >= 1.25x HAProxy [cap]: 1.50x"),
+            "{out}"
+        );
+        assert!(
+            out.contains("[met]  HS256 req/s >= 1.0x nginx without auth [cap]: 1.20x"),
+            "{out}"
+        );
+        // keygate's p99 is above HAProxy's here: a verdict would be a MISS.
+        assert!(!out.contains("p99 <= HAProxy's [cap]"), "{out}");
+        assert!(!out.contains("[cap] needs keygate"), "{out}");
     }
 
     #[test]
