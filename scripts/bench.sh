@@ -144,7 +144,12 @@ cgroup_cpu_root() {
         echo v1:/sys/fs/cgroup/cpu
     fi
 }
-cap_groups=()
+cap_groups=() cap_said=0
+cap_meta() { # the quota, once, in the table's header
+    ((cap_said)) && return 0
+    meta cap "each proxy in a cgroup of its own held to ${cap_quota_us} us of CPU per ${cap_period_us} us (CFS quota, cgroup ${cgroup_root%%:*})"
+    cap_said=1
+}
 cap() { # name pid...: the processes (all their threads) into a capped group of their own
     local root="${cgroup_root#*:}" version="${cgroup_root%%:*}" group name="$1"; shift
     group="$root/keygate-bench-$$-$name"
@@ -159,8 +164,14 @@ cap() { # name pid...: the processes (all their threads) into a capped group of 
     for pid in "$@"; do echo "$pid" >"$group/cgroup.procs"; done
     cap_groups+=("$group")
 }
-uncap() { # after the capped processes have exited
-    for group in "${cap_groups[@]}"; do rmdir "$group" 2>/dev/null || true; done
+uncap() { # the capped processes still running back to the root group; the groups go
+    local group pid
+    for group in "${cap_groups[@]}"; do
+        while read -r pid; do
+            echo "$pid" >"${cgroup_root#*:}/cgroup.procs" 2>/dev/null || true
+        done <"$group/cgroup.procs"
+        rmdir "$group" 2>/dev/null || true
+    done
     cap_groups=()
 }
 
@@ -582,7 +593,7 @@ for w in "${passes[@]}"; do
     set_targets
     check_targets
     if [[ $w == cap ]]; then
-        meta cap "each proxy in a cgroup of its own held to ${cap_quota_us} us of CPU per ${cap_period_us} us (CFS quota, cgroup ${cgroup_root%%:*})"
+        cap_meta
         # shellcheck disable=SC2046 # nginx's master and workers
         cap nginx $(with_children "$nginx_pid" | tr , ' ')
         cap haproxy "$haproxy_pid"
@@ -642,6 +653,17 @@ for c in "${cases[@]}"; do
     wait_until "gateway $c" curl -sf -H "Authorization: ${auth[$c]}" "${url[$c]}"
 done
 interleave scale 1 "${cases[@]}"
+if [[ $mode == full && -n $cgroup_root ]]; then
+    # The same gateways, each under the quota of the capped pass: their own cost, not
+    # wrk's and the upstream's, sets the throughput.
+    cap_meta
+    for c in "${cases[@]}"; do
+        p="pid_${c//-/_}"
+        cap "scale-$c" "${!p}"
+    done
+    interleave scale-cap 1 "${cases[@]}"
+    uncap
+fi
 for c in "${cases[@]}"; do
     p="pid_${c//-/_}"
     printf 'rss\tgateway-%s\t0\t%s\n' "$c" "$(rss_kb "${!p}")" >>"$results"
