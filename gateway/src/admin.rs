@@ -295,7 +295,7 @@ async fn read_json(incoming: RequestBody, max: usize) -> Result<Value, Answer> {
 fn item(kind: Kind, entry: &Entry) -> Value {
     json!({
         "key": kind.key(&entry.id),
-        "value": entry.value,
+        "value": entry.value(),
         "createdIndex": entry.created,
         "modifiedIndex": entry.modified,
     })
@@ -311,7 +311,14 @@ fn list(shared: &Shared, kind: Kind, query: &str) -> Answer {
         .catalog()
         .entries(kind)
         .iter()
-        .filter(|e| filters_match(&e.value, name.as_deref(), uri.as_deref(), label.as_deref()))
+        .filter(|e| {
+            filters_match(
+                &e.value(),
+                name.as_deref(),
+                uri.as_deref(),
+                label.as_deref(),
+            )
+        })
         .map(|e| item(kind, e))
         .collect();
     drop(control);
@@ -628,7 +635,7 @@ fn prepare(control: &Control, kind: Kind, id: String, change: Change) -> Result<
             let Some(entry) = control.catalog().get(kind, &id) else {
                 return Err(not_found());
             };
-            let mut value = entry.value.clone();
+            let mut value = entry.value();
             let stamped = match &body {
                 Value::Object(map) => map.contains_key("update_time"),
                 _ => false,
@@ -706,7 +713,7 @@ fn finish(
                     });
                     (
                         status,
-                        json!({ "key": kind.key(&entry.id), "value": entry.value }),
+                        json!({ "key": kind.key(&entry.id), "value": entry.value() }),
                     )
                 }
                 None => (

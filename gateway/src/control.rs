@@ -94,22 +94,13 @@ impl Control {
         env: EnvLookup<'_>,
     ) -> (Value, Result<(), WriteError>) {
         let mut candidate = self.catalog.clone();
-        candidate.set(
-            kind,
-            Entry {
-                id: id.to_owned(),
-                origin: Origin::Admin,
-                created: 0,
-                modified: 0,
-                value,
-            },
-        );
+        candidate.set(kind, Entry::new(id, Origin::Admin, 0, 0, &value));
         let result = build(&candidate, &self.file, env, Some((kind, id)))
             .map(drop)
             .map_err(|(field, reason)| WriteError::Invalid(message(&field, &reason)));
         let value = candidate
             .remove(kind, id)
-            .map_or(Value::Null, |mut entry| std::mem::take(&mut entry.value));
+            .map_or(Value::Null, |entry| entry.value());
         (value, result)
     }
 
@@ -162,19 +153,12 @@ impl Control {
         };
         if let Value::Object(map) = &mut value {
             let create_time = previous
-                .and_then(|p| p.value.get("create_time"))
-                .cloned()
+                .and_then(|p| p.value().get("create_time").cloned())
                 .unwrap_or_else(|| Value::from(now));
             map.entry("create_time").or_insert(create_time);
             map.entry("update_time").or_insert_with(|| Value::from(now));
         }
-        let entry = Entry {
-            id: id.to_owned(),
-            origin: Origin::Admin,
-            created,
-            modified: revision,
-            value: value.clone(),
-        };
+        let entry = Entry::new(id, Origin::Admin, created, revision, &value);
         let existed = previous.is_some();
         let mut candidate = self.catalog.clone();
         candidate.set(kind, entry.clone());

@@ -44,14 +44,14 @@ fn file_resources_show_with_their_ids() {
     let routes = catalog.entries(Kind::Route);
     assert_eq!(routes.len(), 2);
     assert_eq!(routes[0].id, "0");
-    assert_eq!(routes[0].value["id"], "0");
-    assert_eq!(routes[0].value["uri"], "/a");
+    assert_eq!(routes[0].value()["id"], "0");
+    assert_eq!(routes[0].value()["uri"], "/a");
     assert_eq!(routes[0].origin, Origin::File(0));
     assert_eq!(
         catalog
             .get(Kind::Consumer, "jack")
-            .map(|e| &e.value["username"]),
-        Some(&json!("jack"))
+            .map(|e| e.value()["username"].clone()),
+        Some(json!("jack"))
     );
     assert_eq!(catalog.routes_using_upstream("up"), vec!["r2"]);
 }
@@ -139,13 +139,13 @@ fn errors_are_described_by_resource() {
 
 #[test]
 fn debug_shows_no_resource_json() {
-    let entry = Entry {
-        id: "jack".into(),
-        origin: Origin::Admin,
-        created: 3,
-        modified: 4,
-        value: json!({"username": "jack", "plugins": {"jwt-auth": {"secret": "s3cr3t-value"}}}),
-    };
+    let entry = Entry::new(
+        "jack",
+        Origin::Admin,
+        3,
+        4,
+        &json!({"username": "jack", "plugins": {"jwt-auth": {"secret": "s3cr3t-value"}}}),
+    );
     let shown = format!(
         "{:?}",
         Catalog {
@@ -154,4 +154,20 @@ fn debug_shows_no_resource_json() {
     );
     assert!(shown.contains("jack"), "{shown}");
     assert!(!shown.contains("s3cr3t-value"), "{shown}");
+}
+
+#[test]
+fn an_entry_gives_back_the_json_it_was_given() {
+    let value = json!({
+        "id": "r1",
+        "uri": "/a",
+        "priority": -3,
+        "weight": 1.5,
+        "hosts": ["a.example", "b.example"],
+        "plugins": {"jwt-auth": {}, "limit-count": {"count": 10, "key": null}},
+        "enable_websocket": false,
+    });
+    let entry = Entry::new("r1", Origin::File(0), 0, 0, &value);
+    assert_eq!(entry.value(), value);
+    assert_eq!(entry.clone().value(), value);
 }
