@@ -137,11 +137,31 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # first), so without a cap req/s says little about the proxy's own cost; with one, the
 # proxy is the bottleneck. cgroup v2 (cpu.max) or v1 (cpu.cfs_*); no cgroup, no pass.
 cap_period_us=10000 cap_quota_us=3000
-cgroup_cpu_root() {
-    if [[ -w /sys/fs/cgroup/cgroup.subtree_control ]] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
-        echo v2:/sys/fs/cgroup
-    elif [[ -w /sys/fs/cgroup/cpu/cgroup.procs && -e /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]]; then
-        echo v1:/sys/fs/cgroup/cpu
+cgroup_cpu_root() { # v2:<dir> or v1:<dir> when a capped group can be made there, else nothing
+    local root version probe
+    if [[ -e /sys/fs/cgroup/cgroup.controllers ]]; then
+        version=v2 root=/sys/fs/cgroup
+    elif [[ -e /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]]; then
+        version=v1 root=/sys/fs/cgroup/cpu
+    else
+        return 0
+    fi
+    # Made and removed once, so that a cgroup the run may not use (a container's own
+    # namespace, where the root holds processes and v2 refuses +cpu) skips the pass
+    # here rather than failing it half-way.
+    probe="$root/keygate-bench-$$-probe"
+    if (
+        if [[ $version == v2 ]]; then
+            grep -qw cpu "$root/cgroup.subtree_control" || echo +cpu >"$root/cgroup.subtree_control"
+            mkdir "$probe" && echo "$cap_quota_us $cap_period_us" >"$probe/cpu.max"
+        else
+            mkdir "$probe" && echo "$cap_quota_us" >"$probe/cpu.cfs_quota_us"
+        fi
+    ) 2>/dev/null; then
+        rmdir "$probe" 2>/dev/null || true
+        echo "$version:$root"
+    else
+        rmdir "$probe" 2>/dev/null || true
     fi
 }
 cap_groups=() cap_said=0
@@ -154,23 +174,25 @@ cap() { # name pid...: the processes (all their threads) into a capped group of 
     local root="${cgroup_root#*:}" version="${cgroup_root%%:*}" group name="$1"; shift
     group="$root/keygate-bench-$$-$name"
     mkdir -p "$group"
+    cap_groups+=("$group")
     if [[ $version == v2 ]]; then
-        grep -qw cpu "$root/cgroup.subtree_control" || echo +cpu >"$root/cgroup.subtree_control"
         echo "$cap_quota_us $cap_period_us" >"$group/cpu.max"
     else
         echo "$cap_period_us" >"$group/cpu.cfs_period_us"
         echo "$cap_quota_us" >"$group/cpu.cfs_quota_us"
     fi
     for pid in "$@"; do echo "$pid" >"$group/cgroup.procs"; done
-    cap_groups+=("$group")
 }
-uncap() { # the capped processes still running back to the root group; the groups go
+uncap() { # processes still in the groups back to the root group (where the run
+    # started them); the groups go
     local group pid
     for group in "${cap_groups[@]}"; do
-        while read -r pid; do
-            echo "$pid" >"${cgroup_root#*:}/cgroup.procs" 2>/dev/null || true
-        done <"$group/cgroup.procs"
-        rmdir "$group" 2>/dev/null || true
+        if [[ -r $group/cgroup.procs ]]; then
+            while read -r pid; do
+                echo "$pid" >"${cgroup_root#*:}/cgroup.procs" 2>/dev/null || true
+            done <"$group/cgroup.procs"
+        fi
+        rmdir "$group" 2>/dev/null || say "could not remove $group"
     done
     cap_groups=()
 }

@@ -312,12 +312,7 @@ fn list(shared: &Shared, kind: Kind, query: &str) -> Answer {
         .entries(kind)
         .iter()
         .filter(|e| {
-            filters_match(
-                &e.value(),
-                name.as_deref(),
-                uri.as_deref(),
-                label.as_deref(),
-            )
+            e.with_value(|v| filters_match(v, name.as_deref(), uri.as_deref(), label.as_deref()))
         })
         .map(|e| item(kind, e))
         .collect();

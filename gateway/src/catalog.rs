@@ -47,17 +47,56 @@ impl Entry {
             origin,
             created,
             modified,
-            // A `Value` always serializes (its keys are strings).
-            json: serde_json::to_string(value)
-                .unwrap_or_else(|_| "null".to_owned())
-                .into_boxed_str(),
+            json: compact(value),
         }
     }
 
-    /// The JSON the Admin API shows.
+    /// The JSON the Admin API shows (a copy the caller owns).
     pub fn value(&self) -> Value {
         // The text is what `new` wrote, which parses.
         serde_json::from_str(&self.json).unwrap_or(Value::Null)
+    }
+
+    /// `f` of the entry's JSON, parsed for it and wiped after.
+    pub fn with_value<T>(&self, f: impl FnOnce(&Value) -> T) -> T {
+        let value = self.value();
+        let out = f(&value);
+        crate::secrets::wipe(value);
+        out
+    }
+}
+
+/// `value` as compact JSON text, written into a buffer of its exact size: a growing
+/// buffer would leave copies of the literal secrets it holds in freed memory.
+fn compact(value: &Value) -> Box<str> {
+    /// Counts what would be written.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // A `Value` always serializes (its keys are strings); `null` stands in otherwise.
+    if serde_json::to_writer(&mut count, value).is_err() {
+        return "null".into();
+    }
+    let mut text = Vec::with_capacity(count.0);
+    if serde_json::to_writer(&mut text, value).is_err() {
+        zeroize::Zeroize::zeroize(&mut text);
+        return "null".into();
+    }
+    // Exactly full, so the conversion to a boxed slice does not reallocate.
+    match String::from_utf8(text) {
+        Ok(text) => text.into_boxed_str(),
+        Err(e) => {
+            zeroize::Zeroize::zeroize(&mut e.into_bytes());
+            "null".into()
+        }
     }
 }
 
@@ -183,7 +222,7 @@ impl Catalog {
                         "not in the file any more",
                     )
                 }),
-                Origin::Admin => parse(&entry.value()).map_err(|(path, reason)| {
+                Origin::Admin => entry.with_value(parse).map_err(|(path, reason)| {
                     let field = if path.is_empty() || path == "." {
                         format!("{}[{i}]", kind.plural())
                     } else {
@@ -219,7 +258,7 @@ impl Catalog {
     pub fn routes_using_upstream(&self, id: &str) -> Vec<&str> {
         self.entries(Kind::Route)
             .iter()
-            .filter(|e| upstream_ref(&e.value()).as_deref() == Some(id))
+            .filter(|e| e.with_value(upstream_ref).as_deref() == Some(id))
             .map(|e| e.id.as_str())
             .collect()
     }

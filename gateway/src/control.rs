@@ -98,9 +98,7 @@ impl Control {
         let result = build(&candidate, &self.file, env, Some((kind, id)))
             .map(drop)
             .map_err(|(field, reason)| WriteError::Invalid(message(&field, &reason)));
-        let value = candidate
-            .remove(kind, id)
-            .map_or(Value::Null, |entry| entry.value());
+        // The candidate's copy is wiped as it drops; the caller wipes this one.
         (value, result)
     }
 
@@ -153,7 +151,7 @@ impl Control {
         };
         if let Value::Object(map) = &mut value {
             let create_time = previous
-                .and_then(|p| p.value().get("create_time").cloned())
+                .and_then(|p| p.with_value(|v| v.get("create_time").cloned()))
                 .unwrap_or_else(|| Value::from(now));
             map.entry("create_time").or_insert(create_time);
             map.entry("update_time").or_insert_with(|| Value::from(now));

@@ -29,9 +29,10 @@ fn handed_out() -> &'static Mutex<HashMap<u16, File>> {
     PORTS.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// Where the claim files live, shared by every test process of this user.
+/// Where the claim files live, shared by every test process of this user (one
+/// directory per user: another user's would not be writable).
 fn claims_dir() -> PathBuf {
-    std::env::temp_dir().join("keygate-test-ports")
+    std::env::temp_dir().join(format!("keygate-test-ports-{}", nix::unistd::getuid()))
 }
 
 /// The first port of the kernel's ephemeral range (32768 when unknown).
@@ -45,7 +46,8 @@ fn ephemeral_low() -> u16 {
 /// Claims `port` for this process; `None` when another process holds it.
 fn claim(port: u16) -> Result<Option<File>> {
     let dir = claims_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating {} (test port claims)", dir.display()))?;
     let path = dir.join(port.to_string());
     let file = OpenOptions::new()
         .create(true)
