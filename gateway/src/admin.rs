@@ -93,6 +93,9 @@ fn not_found() -> Answer {
     (StatusCode::NOT_FOUND, json!({ "message": "Key not found" }))
 }
 
+/// An answer this large (bytes of JSON) came from a tree worth giving back to the kernel.
+const LARGE_ANSWER: usize = 1 << 20;
+
 /// Answers one Admin API request.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
@@ -113,7 +116,14 @@ pub(crate) async fn handle(
         Ok(()) => serve(&shared, &parts, incoming).await,
     };
     shared.metrics.count_admin(status.as_u16());
-    let mut response = Response::new(body::full(Bytes::from(value.to_string())));
+    let text = value.to_string();
+    drop(value);
+    if text.len() > LARGE_ANSWER {
+        // The answer's JSON tree (a list of thousands of resources) is freed now;
+        // glibc would keep its pages. Off this thread: a trim walks every arena.
+        tokio::task::spawn_blocking(crate::heap::trim);
+    }
+    let mut response = Response::new(body::full(Bytes::from(text)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -307,20 +317,20 @@ fn list(shared: &Shared, kind: Kind, query: &str) -> Answer {
     let name = param("name");
     let uri = param("uri");
     let label = param("label");
-    let matching: Vec<Value> = control
+    // Entries are parsed for the answer only once the page is known.
+    let matching: Vec<&Entry> = control
         .catalog()
         .entries(kind)
         .iter()
         .filter(|e| {
             e.with_value(|v| filters_match(v, name.as_deref(), uri.as_deref(), label.as_deref()))
         })
-        .map(|e| item(kind, e))
         .collect();
-    drop(control);
     let total = matching.len();
     let (page, page_size) = (param("page"), param("page_size"));
     if page.is_none() && page_size.is_none() {
-        return (StatusCode::OK, json!({ "total": total, "list": matching }));
+        let list: Vec<Value> = matching.into_iter().map(|e| item(kind, e)).collect();
+        return (StatusCode::OK, json!({ "total": total, "list": list }));
     }
     let page = match page.map_or(Ok(1), |p| p.parse::<usize>()) {
         Ok(p) if p >= 1 => p,
@@ -344,6 +354,7 @@ fn list(shared: &Shared, kind: Kind, query: &str) -> Answer {
         .into_iter()
         .skip((page - 1).saturating_mul(page_size))
         .take(page_size)
+        .map(|e| item(kind, e))
         .collect();
     (StatusCode::OK, json!({ "total": total, "list": list }))
 }

@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::config::{Config, ConfigError, invalid};
+use crate::json_text::JsonText;
 use crate::kind::Kind;
 use crate::store::Store;
 
@@ -19,12 +20,9 @@ pub enum Origin {
     Admin,
 }
 
-/// One effective resource. Its JSON is kept as compact text: a `serde_json::Value` tree
-/// costs a B-tree node of about 600 bytes per object (three for a consumer), so at
-/// 10 000 resources the trees were most of the gateway's memory; the Admin API, the only
-/// reader, parses an entry when it shows or changes it. The JSON holds literal secrets
-/// (a consumer's `secret`, an SSL's `key`): wiped when the entry is dropped (a reload or
-/// an Admin API write replaces entries), and `Debug` does not show it.
+/// One effective resource. Its JSON is compact text (see [`JsonText`]), wiped when the
+/// entry is dropped (a reload or an Admin API write replaces entries); `Debug` does not
+/// show it.
 #[derive(Clone, PartialEq)]
 pub struct Entry {
     /// Its id (or username).
@@ -35,8 +33,8 @@ pub struct Entry {
     pub created: u64,
     /// Revision of the last admin write (0 for the file's).
     pub modified: u64,
-    /// The JSON the Admin API shows (and merges `PATCH` bodies into), compact.
-    json: Box<str>,
+    /// The JSON the Admin API shows (and merges `PATCH` bodies into).
+    pub json: JsonText,
 }
 
 impl Entry {
@@ -47,63 +45,18 @@ impl Entry {
             origin,
             created,
             modified,
-            json: compact(value),
+            json: JsonText::new(value),
         }
     }
 
     /// The JSON the Admin API shows (a copy the caller owns).
     pub fn value(&self) -> Value {
-        // The text is what `new` wrote, which parses.
-        serde_json::from_str(&self.json).unwrap_or(Value::Null)
+        self.json.value()
     }
 
     /// `f` of the entry's JSON, parsed for it and wiped after.
     pub fn with_value<T>(&self, f: impl FnOnce(&Value) -> T) -> T {
-        let value = self.value();
-        let out = f(&value);
-        crate::secrets::wipe(value);
-        out
-    }
-}
-
-/// `value` as compact JSON text, written into a buffer of its exact size: a growing
-/// buffer would leave copies of the literal secrets it holds in freed memory.
-fn compact(value: &Value) -> Box<str> {
-    /// Counts what would be written.
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // A `Value` always serializes (its keys are strings); `null` stands in otherwise.
-    if serde_json::to_writer(&mut count, value).is_err() {
-        return "null".into();
-    }
-    let mut text = Vec::with_capacity(count.0);
-    if serde_json::to_writer(&mut text, value).is_err() {
-        zeroize::Zeroize::zeroize(&mut text);
-        return "null".into();
-    }
-    // Exactly full, so the conversion to a boxed slice does not reallocate.
-    match String::from_utf8(text) {
-        Ok(text) => text.into_boxed_str(),
-        Err(e) => {
-            zeroize::Zeroize::zeroize(&mut e.into_bytes());
-            "null".into()
-        }
-    }
-}
-
-impl Drop for Entry {
-    fn drop(&mut self) {
-        let mut json = String::from(std::mem::take(&mut self.json));
-        zeroize::Zeroize::zeroize(&mut json);
+        self.json.with_value(f)
     }
 }
 
@@ -114,7 +67,7 @@ impl std::fmt::Debug for Entry {
             .field("origin", &self.origin)
             .field("created", &self.created)
             .field("modified", &self.modified)
-            .field("value", &"[REDACTED]")
+            .field("json", &self.json)
             .finish()
     }
 }
@@ -142,15 +95,15 @@ impl Catalog {
             records.sort_by_key(|r| (r.created, r.modified));
             for record in records {
                 match &record.value {
-                    Some(value) => catalog.set(
+                    Some(json) => catalog.set(
                         kind,
-                        Entry::new(
-                            &record.id,
-                            Origin::Admin,
-                            record.created,
-                            record.modified,
-                            value,
-                        ),
+                        Entry {
+                            id: record.id.clone(),
+                            origin: Origin::Admin,
+                            created: record.created,
+                            modified: record.modified,
+                            json: json.clone(),
+                        },
                     ),
                     None => {
                         catalog.remove(kind, &record.id);

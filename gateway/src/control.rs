@@ -169,9 +169,10 @@ impl Control {
                 id: id.to_owned(),
                 created,
                 modified: revision,
-                value: Some(value),
+                value: Some(entry.json.clone()),
             },
         )?;
+        crate::secrets::wipe(value);
         self.catalog = candidate;
         Ok(Written {
             runtime,

@@ -17,6 +17,7 @@ pub mod consumers;
 pub mod control;
 mod gateway;
 pub mod heap;
+pub mod json_text;
 pub mod jwt;
 pub mod jwt_auth;
 pub mod key_auth;

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::json_text::JsonText;
 use crate::kind::{Kind, check_id};
 
 pub mod atomic;
@@ -76,9 +77,10 @@ pub struct Record {
     /// Revision of the last write.
     #[serde(rename = "modifiedIndex")]
     pub modified: u64,
-    /// The resource's JSON; `None` for a tombstone.
+    /// The resource's JSON (compact text, not a tree); `None`
+    /// for a tombstone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<serde_json::Value>,
+    pub value: Option<JsonText>,
 }
 
 /// The loaded state, kept in memory and written through on every change.
@@ -252,7 +254,7 @@ fn load_dir(kind: Kind, dir: &Path) -> Result<BTreeMap<String, Record>, StoreErr
                 record.id
             )));
         }
-        if !matches!(record.value, None | Some(serde_json::Value::Object(_))) {
+        if !record.value.as_ref().is_none_or(JsonText::is_object) {
             return Err(corrupt("value is not a JSON object".into()));
         }
         map.insert(record.id.clone(), record);

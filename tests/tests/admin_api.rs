@@ -870,3 +870,73 @@ async fn the_file_seeds_and_admin_changes_override_across_reloads() -> Result<()
     ensure!(gw.get("/gone", &[]).await?.0 == 404);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_page_and_filter_as_apisix() -> Result<()> {
+    let upstream = Upstream::start().await?;
+    let gw = start(&upstream).await?;
+    let node = upstream.node();
+    for i in 1..=23 {
+        let name = if i % 2 == 0 { "even" } else { "odd" };
+        let body = format!(
+            r#"{{"uri":"/r{i}","name":"{name}-{i}","upstream":{{"type":"roundrobin","nodes":{{"{node}":1}}}}}}"#
+        );
+        let answer = gw
+            .admin(
+                "PUT",
+                &format!("/apisix/admin/routes/{i}"),
+                Some(KEY),
+                Some(&body),
+            )
+            .await?;
+        ensure!(answer.0 == 201, "{answer:?}");
+    }
+    let ids = |answer: &(u16, String)| -> Result<(u64, Vec<String>)> {
+        ensure!(answer.0 == 200, "{answer:?}");
+        let v = parse(&answer.1)?;
+        let ids = v["list"]
+            .as_array()
+            .context("no list")?
+            .iter()
+            .map(|item| item["value"]["id"].as_str().unwrap_or("?").to_owned())
+            .collect();
+        Ok((v["total"].as_u64().context("no total")?, ids))
+    };
+    let all = ids(&gw
+        .admin("GET", "/apisix/admin/routes", Some(KEY), None)
+        .await?)?;
+    ensure!(all.0 == 23 && all.1.len() == 23, "{all:?}");
+    // Oldest first; the third page of 10 holds the last 3.
+    let page = ids(&gw
+        .admin(
+            "GET",
+            "/apisix/admin/routes?page=3&page_size=10",
+            Some(KEY),
+            None,
+        )
+        .await?)?;
+    ensure!(
+        page == (23, vec!["21".into(), "22".into(), "23".into()]),
+        "{page:?}"
+    );
+    let past = ids(&gw
+        .admin(
+            "GET",
+            "/apisix/admin/routes?page=4&page_size=10",
+            Some(KEY),
+            None,
+        )
+        .await?)?;
+    ensure!(past == (23, vec![]), "{past:?}");
+    // The total counts what the filter matches; the page is taken from those.
+    let even = ids(&gw
+        .admin(
+            "GET",
+            "/apisix/admin/routes?name=even&page=2&page_size=10",
+            Some(KEY),
+            None,
+        )
+        .await?)?;
+    ensure!(even == (11, vec!["22".into()]), "{even:?}");
+    Ok(())
+}

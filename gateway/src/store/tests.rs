@@ -15,7 +15,9 @@ fn record(id: &str, created: u64, modified: u64) -> Record {
         id: id.to_owned(),
         created,
         modified,
-        value: Some(json!({ "id": id, "uri": "/x" })),
+        value: Some(crate::json_text::JsonText::new(
+            &json!({ "id": id, "uri": "/x" }),
+        )),
     }
 }
 
