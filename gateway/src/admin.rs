@@ -305,7 +305,7 @@ async fn read_json(incoming: RequestBody, max: usize) -> Result<Value, Answer> {
 fn item(kind: Kind, entry: &Entry) -> Value {
     json!({
         "key": kind.key(&entry.id),
-        "value": entry.value(),
+        "value": entry.json.value(),
         "createdIndex": entry.created,
         "modifiedIndex": entry.modified,
     })
@@ -323,7 +323,8 @@ fn list(shared: &Shared, kind: Kind, query: &str) -> Answer {
         .entries(kind)
         .iter()
         .filter(|e| {
-            e.with_value(|v| filters_match(v, name.as_deref(), uri.as_deref(), label.as_deref()))
+            e.json
+                .with_value(|v| filters_match(v, name.as_deref(), uri.as_deref(), label.as_deref()))
         })
         .collect();
     let total = matching.len();
@@ -641,7 +642,7 @@ fn prepare(control: &Control, kind: Kind, id: String, change: Change) -> Result<
             let Some(entry) = control.catalog().get(kind, &id) else {
                 return Err(not_found());
             };
-            let mut value = entry.value();
+            let mut value = entry.json.value();
             let stamped = match &body {
                 Value::Object(map) => map.contains_key("update_time"),
                 _ => false,
@@ -719,7 +720,7 @@ fn finish(
                     });
                     (
                         status,
-                        json!({ "key": kind.key(&entry.id), "value": entry.value() }),
+                        json!({ "key": kind.key(&entry.id), "value": entry.json.value() }),
                     )
                 }
                 None => (

@@ -23,7 +23,7 @@ pub enum Origin {
 /// One effective resource. Its JSON is compact text (see [`JsonText`]), wiped when the
 /// entry is dropped (a reload or an Admin API write replaces entries); `Debug` does not
 /// show it.
-#[derive(Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     /// Its id (or username).
     pub id: String,
@@ -47,28 +47,6 @@ impl Entry {
             modified,
             json: JsonText::new(value),
         }
-    }
-
-    /// The JSON the Admin API shows (a copy the caller owns).
-    pub fn value(&self) -> Value {
-        self.json.value()
-    }
-
-    /// `f` of the entry's JSON, parsed for it and wiped after.
-    pub fn with_value<T>(&self, f: impl FnOnce(&Value) -> T) -> T {
-        self.json.with_value(f)
-    }
-}
-
-impl std::fmt::Debug for Entry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Entry")
-            .field("id", &self.id)
-            .field("origin", &self.origin)
-            .field("created", &self.created)
-            .field("modified", &self.modified)
-            .field("json", &self.json)
-            .finish()
     }
 }
 
@@ -175,7 +153,7 @@ impl Catalog {
                         "not in the file any more",
                     )
                 }),
-                Origin::Admin => entry.with_value(parse).map_err(|(path, reason)| {
+                Origin::Admin => entry.json.with_value(parse).map_err(|(path, reason)| {
                     let field = if path.is_empty() || path == "." {
                         format!("{}[{i}]", kind.plural())
                     } else {
@@ -211,7 +189,7 @@ impl Catalog {
     pub fn routes_using_upstream(&self, id: &str) -> Vec<&str> {
         self.entries(Kind::Route)
             .iter()
-            .filter(|e| e.with_value(upstream_ref).as_deref() == Some(id))
+            .filter(|e| e.json.with_value(upstream_ref).as_deref() == Some(id))
             .map(|e| e.id.as_str())
             .collect()
     }

@@ -137,8 +137,15 @@ impl Control {
         now: u64,
         env: EnvLookup<'_>,
     ) -> Result<Written, WriteError> {
-        let store = self.store.as_ref().ok_or(WriteError::NoStore)?;
-        crate::tls::admin::check_stored(kind, &value).map_err(WriteError::Invalid)?;
+        // `value` may hold credentials: wiped on every way out.
+        let Some(store) = self.store.as_ref() else {
+            wipe(value);
+            return Err(WriteError::NoStore);
+        };
+        if let Err(e) = crate::tls::admin::check_stored(kind, &value) {
+            wipe(value);
+            return Err(WriteError::Invalid(e));
+        }
         let revision = store.next_revision();
         let previous = self.catalog.get(kind, id);
         let created = match previous {
@@ -151,12 +158,13 @@ impl Control {
         };
         if let Value::Object(map) = &mut value {
             let create_time = previous
-                .and_then(|p| p.with_value(|v| v.get("create_time").cloned()))
+                .and_then(|p| p.json.with_value(|v| v.get("create_time").cloned()))
                 .unwrap_or_else(|| Value::from(now));
             map.entry("create_time").or_insert(create_time);
             map.entry("update_time").or_insert_with(|| Value::from(now));
         }
         let entry = Entry::new(id, Origin::Admin, created, revision, &value);
+        wipe(value);
         let existed = previous.is_some();
         let mut candidate = self.catalog.clone();
         candidate.set(kind, entry.clone());
@@ -172,7 +180,6 @@ impl Control {
                 value: Some(entry.json.clone()),
             },
         )?;
-        crate::secrets::wipe(value);
         self.catalog = candidate;
         Ok(Written {
             runtime,

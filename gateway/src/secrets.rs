@@ -185,6 +185,8 @@ pub enum Missing {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn every_string_in_a_json_value_is_zeroized() {
         let mut value = serde_json::json!({
@@ -192,7 +194,7 @@ mod tests {
             "plugins": {"jwt-auth": {"key": "k", "secret": "s3cr3t", "exp": 60}},
             "list": ["a", {"private_key": "pem"}],
         });
-        super::zeroize_strings(&mut value);
+        zeroize_strings(&mut value);
         assert_eq!(
             value,
             serde_json::json!({
@@ -202,8 +204,6 @@ mod tests {
             })
         );
     }
-
-    use super::*;
 
     #[test]
     fn take_wipes_the_source_and_keeps_the_value() {

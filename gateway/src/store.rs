@@ -25,6 +25,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::json_text::JsonText;
 use crate::kind::{Kind, check_id};
@@ -194,10 +195,14 @@ impl Store {
     pub fn put(&mut self, kind: Kind, record: Record) -> Result<(), StoreError> {
         let dir = self.root.join(kind.plural());
         let name = format!("{}{RECORD_SUFFIX}", record.id);
-        let bytes = serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt {
-            path: dir.join(&name),
-            reason: e.to_string(),
-        })?;
+        // The record may hold credentials: its bytes are wiped once written.
+        let bytes =
+            Zeroizing::new(
+                serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt {
+                    path: dir.join(&name),
+                    reason: e.to_string(),
+                })?,
+            );
         atomic::write(&dir, &name, &bytes).map_err(io_err(&dir.join(&name)))?;
         self.revision = self.revision.max(record.modified);
         if let Some(map) = self.records.get_mut(kind.index()) {
@@ -246,7 +251,7 @@ fn load_dir(kind: Kind, dir: &Path) -> Result<BTreeMap<String, Record>, StoreErr
             reason,
         };
         check_id(kind, id).map_err(|why| corrupt(format!("file name: {why}")))?;
-        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        let bytes = Zeroizing::new(std::fs::read(&path).map_err(io_err(&path))?);
         let record: Record = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         if record.id != id {
             return Err(corrupt(format!(

@@ -44,13 +44,13 @@ fn file_resources_show_with_their_ids() {
     let routes = catalog.entries(Kind::Route);
     assert_eq!(routes.len(), 2);
     assert_eq!(routes[0].id, "0");
-    assert_eq!(routes[0].value()["id"], "0");
-    assert_eq!(routes[0].value()["uri"], "/a");
+    assert_eq!(routes[0].json.value()["id"], "0");
+    assert_eq!(routes[0].json.value()["uri"], "/a");
     assert_eq!(routes[0].origin, Origin::File(0));
     assert_eq!(
         catalog
             .get(Kind::Consumer, "jack")
-            .map(|e| e.value()["username"].clone()),
+            .map(|e| e.json.value()["username"].clone()),
         Some(json!("jack"))
     );
     assert_eq!(catalog.routes_using_upstream("up"), vec!["r2"]);

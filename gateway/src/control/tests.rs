@@ -64,7 +64,7 @@ fn writes_persist_and_override_the_file() {
             .put(Kind::Consumer, "jack", body, 100, &env)
             .unwrap();
         assert!(!written.created, "jack existed in the file");
-        let value = written.entry.map(|e| e.value()).unwrap();
+        let value = written.entry.map(|e| e.json.value()).unwrap();
         assert_eq!(value["create_time"], 100);
         assert_eq!(
             written.runtime.consumers.agent_names(),
@@ -108,7 +108,7 @@ fn a_reload_keeps_the_admin_changes_on_top() {
     let runtime = control.reload(new_file, &env).unwrap();
     assert_eq!(runtime.routes.len(), 1);
     let route = control.catalog().get(Kind::Route, "1").unwrap();
-    assert_eq!(route.value()["uri"], "/from-admin");
+    assert_eq!(route.json.value()["uri"], "/from-admin");
     // A file that clashes with the store is refused, naming the resource.
     let clash = Config::parse(&FILE.replace("username: jack", "username: jill")
         .replace("consumers:", "consumers:\n  - username: jo\n    plugins: { jwt-auth: { key: dup, secret: a } }\n  - username: jo2\n    plugins: { jwt-auth: { key: dup, secret: b } }")).unwrap();
@@ -124,7 +124,7 @@ fn the_file_json_lives_in_the_catalog_alone() {
         control
             .catalog()
             .get(Kind::Consumer, "jack")
-            .map(|e| e.value()["plugins"]["jwt-auth"]["key"].clone())
+            .map(|e| e.json.value()["plugins"]["jwt-auth"]["key"].clone())
     };
     assert_eq!(shown(&control), Some(json!("test-key")));
     assert!(control.file().raw.consumers.is_empty());
