@@ -2,7 +2,7 @@
 # The benchmark harness (issue 7): keygate side by side with HAProxy (jwt_verify), nginx
 # and OpenBao Agent, on loopback, in one run; prints a table. Run by hand, never in CI.
 #
-#   scripts/bench.sh            # full run, about 15 minutes
+#   scripts/bench.sh            # full run, about 17 minutes (2 cores)
 #   scripts/bench.sh --quick    # about 2 minutes: fewer rounds, shorter runs, one pass
 #   scripts/bench.sh --only agents   # about 1-2 minutes: only the agent part (read
 #                                    # latency, RSS at 10/1000/10000 secrets, start to ready)
