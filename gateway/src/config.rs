@@ -212,17 +212,16 @@ impl Config {
     /// Parses YAML text.
     pub fn parse(text: &str) -> Result<Self, serde_yaml_ng::Error> {
         let mut config: Self = serde_yaml_ng::from_str(text)?;
-        // The same text as JSON values, for the Admin API's view of file resources. A
-        // file that parsed above but not as plain JSON-like data (non-string keys) gets
-        // no raw view; the Admin API then shows those resources by id only.
-        if let Ok(raw) = serde_yaml_ng::from_str::<RawLists>(text) {
-            config.raw = RawResources {
-                routes: raw.routes,
-                upstreams: raw.upstreams,
-                consumers: raw.consumers,
-                ssls: raw.ssls,
-            };
-        }
+        // The same resources as JSON values: what the Admin API shows and what the
+        // gateway runs (the catalog is built from them, the typed lists are dropped). A
+        // resource that is not plain JSON-like data (a non-string key) is refused here.
+        let raw: RawLists = serde_yaml_ng::from_str(text)?;
+        config.raw = RawResources {
+            routes: raw.routes,
+            upstreams: raw.upstreams,
+            consumers: raw.consumers,
+            ssls: raw.ssls,
+        };
         Ok(config)
     }
 }

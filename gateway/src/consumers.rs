@@ -15,7 +15,7 @@ use crate::config::{
     BasicAuthConsumerConfig, ConfigError, ConsumerConfig, JwtAuthConsumerConfig,
     KeyAuthConsumerConfig, invalid,
 };
-use crate::jwt::{Algorithm, KeyError, SignKey, VerifyKey};
+use crate::jwt::{Algorithm, KeyError, ShortSecret, SignKey, VerifyKey};
 use crate::secrets::{Missing, SecretSnapshot};
 
 /// The agent name of a consumer's plugin credentials, as in the seed:
@@ -759,6 +759,49 @@ impl AuthState {
     /// Consumers whose verification key is missing (for readiness and metrics).
     pub fn unavailable_count(&self) -> usize {
         self.by_key.values().filter(|c| c.verify.is_err()).count()
+    }
+
+    /// The consumers whose HMAC secret is shorter than RFC 8725 asks for.
+    pub fn short_secrets(&self) -> impl Iterator<Item = (&JwtConsumer, ShortSecret)> {
+        self.by_key.values().filter_map(|c| {
+            let short = c.verify.as_ref().ok()?.short_secret()?;
+            Some((c.as_ref(), short))
+        })
+    }
+}
+
+/// How many consumers [`warn_short_secrets`] names one by one; the rest are counted.
+const SHORT_SECRETS_NAMED: usize = 5;
+
+/// Warns about the consumers whose HMAC secret is too short in `new` but was not in
+/// `old` (a new consumer, a changed secret, an agent's value): once when it appears, not
+/// on every rebuild (an Admin API write rebuilds all consumers, and with 10 000 of them
+/// one line each was megabytes of log per write). Never the secret itself.
+pub fn warn_short_secrets(old: &AuthState, new: &AuthState) {
+    let known: HashSet<&str> = old.short_secrets().map(|(c, _)| &*c.username).collect();
+    let mut fresh: Vec<(&JwtConsumer, ShortSecret)> = new
+        .short_secrets()
+        .filter(|(c, _)| !known.contains(&*c.username))
+        .collect();
+    if fresh.is_empty() {
+        return;
+    }
+    fresh.sort_by(|a, b| a.0.username.cmp(&b.0.username));
+    for (consumer, short) in fresh.iter().take(SHORT_SECRETS_NAMED) {
+        tracing::warn!(
+            consumer = %consumer.username,
+            alg = consumer.algorithm.as_str(),
+            secret.bytes = short.bytes,
+            secret.minimum_bytes = short.minimum,
+            "HMAC secret shorter than the hash output (RFC 8725 section 3.5): tokens signed with it can be brute-forced offline; use at least {} random bytes",
+            short.minimum
+        );
+    }
+    if let Some(more) = fresh.len().checked_sub(SHORT_SECRETS_NAMED).filter(|&n| n > 0) {
+        tracing::warn!(
+            consumers = more,
+            "{more} more consumers have HMAC secrets shorter than the hash output (not named one by one)"
+        );
     }
 }
 

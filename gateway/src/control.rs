@@ -50,7 +50,11 @@ pub struct Written {
 /// The file, the store and their merge.
 #[derive(Debug)]
 pub struct Control {
+    /// The file's settings; its resources live in the catalog only.
     file: Config,
+    /// The ids of the file's resources of each kind (deleting one of them through the
+    /// Admin API leaves a tombstone, so that the file's copy does not come back).
+    file_ids: [Vec<String>; 4],
     store: Option<Store>,
     catalog: Catalog,
 }
@@ -59,9 +63,10 @@ impl Control {
     /// Starts from `file` and, with the Admin API enabled, its loaded `store`.
     pub fn new(mut file: Config, store: Option<Store>) -> Self {
         let catalog = Catalog::build(&file, store.as_ref());
-        drop_raw(&mut file);
+        let file_ids = strip_resources(&mut file);
         Self {
             file,
+            file_ids,
             store,
             catalog,
         }
@@ -77,8 +82,8 @@ impl Control {
         self.store.as_ref()
     }
 
-    /// The configuration file in effect: its settings and typed resource lists. Its
-    /// resources as JSON (`Config::raw`) are in the catalog only.
+    /// The configuration file in effect: its settings. Its resources (typed lists and
+    /// `Config::raw`) are empty; they are in the catalog only.
     pub fn file(&self) -> &Config {
         &self.file
     }
@@ -112,11 +117,12 @@ impl Control {
     /// is returned to be swapped in; on error nothing changes.
     pub fn reload(&mut self, mut file: Config, env: EnvLookup<'_>) -> Result<Runtime, ConfigError> {
         let catalog = Catalog::build(&file, self.store.as_ref());
-        let runtime = build(&catalog, &file, env, None);
         // Wiped whether or not the new file is taken.
-        drop_raw(&mut file);
-        let runtime = runtime.map_err(|(field, reason)| ConfigError::Invalid { field, reason })?;
+        let file_ids = strip_resources(&mut file);
+        let runtime = build(&catalog, &file, env, None)
+            .map_err(|(field, reason)| ConfigError::Invalid { field, reason })?;
         self.file = file;
+        self.file_ids = file_ids;
         self.catalog = catalog;
         Ok(runtime)
     }
@@ -217,7 +223,10 @@ impl Control {
                 message(&field, &reason)
             ))
         })?;
-        let in_file = catalog::file_ids(&self.file, kind).iter().any(|i| i == id);
+        let in_file = self
+            .file_ids
+            .get(kind.index())
+            .is_some_and(|ids| ids.iter().any(|i| i == id));
         let store = self.store.as_mut().ok_or(WriteError::NoStore)?;
         if in_file {
             store.put(
@@ -268,11 +277,18 @@ fn build(
     })
 }
 
-/// Drops the file's resources as JSON once the catalog holds them: kept, they were a
-/// second copy of every route and consumer (about 1.5 KB each), and every `to_config`
-/// cloned them again. The typed lists stay; they are what file entries run as. The
-/// values may hold literal credentials (`secret`, `private_key`): wiped, not just freed.
-fn drop_raw(file: &mut Config) {
+/// Takes the file's resources out once the catalog holds them, and gives back their
+/// ids. The catalog's JSON is what every runtime is built from (file entries are parsed
+/// from it as the Admin API's are); kept, the typed lists and the file's JSON were two
+/// more copies of every route and consumer (with 10 000 of each, about 11 MB). They may
+/// hold literal credentials (`secret`, `private_key`): the JSON is wiped, the typed
+/// credentials are `SecretString`s, zeroized as they drop.
+fn strip_resources(file: &mut Config) -> [Vec<String>; 4] {
+    let ids = Kind::ALL.map(|kind| catalog::file_ids(file, kind));
+    file.routes = Vec::new();
+    file.upstreams = Vec::new();
+    file.consumers = Vec::new();
+    file.ssls = Vec::new();
     let RawResources {
         routes,
         upstreams,
@@ -282,6 +298,7 @@ fn drop_raw(file: &mut Config) {
     for value in [routes, upstreams, consumers, ssls].into_iter().flatten() {
         wipe(value);
     }
+    ids
 }
 
 #[cfg(test)]

@@ -117,6 +117,7 @@ impl Shared {
         let runtime = self.runtime.load();
         let snapshot = self.snapshot.load();
         let auth = runtime.consumers.resolve(snapshot.as_deref());
+        crate::consumers::warn_short_secrets(&self.auth.load(), &auth);
         self.auth.store(Arc::new(auth));
         let certs = runtime.resolve_tls(snapshot.as_deref(), Some(&self.certs.load()));
         self.certs.store(Arc::new(certs));
@@ -236,6 +237,7 @@ impl Gateway {
         let runtime = control.runtime(&|k| std::env::var(k).ok())?;
         let names = runtime.agent_names();
         let auth = runtime.consumers.resolve(None);
+        crate::consumers::warn_short_secrets(&AuthState::default(), &auth);
         let certs = Arc::new(ArcSwap::from_pointee(runtime.resolve_tls(None, None)));
         let tls_counters = Arc::new(TlsCounters::default());
         let bind_failed = |source| Error::Bind {

@@ -5,6 +5,7 @@
 //! secrets (a consumer's `secret`, an SSL's `key`): it is zeroized when dropped, never
 //! reallocated, and `Debug` does not show it.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -50,6 +51,16 @@ impl JsonText {
         let out = f(&value);
         crate::secrets::wipe(value);
         out
+    }
+
+    /// The JSON read straight into `T`, without a tree in between; an error comes with
+    /// the path of the offending field.
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, (String, String)> {
+        let mut json = serde_json::Deserializer::from_str(&self.0);
+        serde_path_to_error::deserialize(&mut json).map_err(|e| {
+            let path = e.path().to_string();
+            (path, e.into_inner().to_string())
+        })
     }
 
     /// Whether the JSON is an object.

@@ -13,7 +13,6 @@ use jsonwebtoken::{DecodingKey, EncodingKey};
 use secrecy::{ExposeSecret as _, SecretBox};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tracing::warn;
 
 use crate::config::TimeClaim;
 
@@ -144,7 +143,7 @@ fn family(alg: Algorithm) -> &'static str {
 /// What verifies a consumer's tokens.
 pub enum VerifyKey {
     /// HMAC, pre-keyed.
-    Hmac(ring::hmac::Key),
+    Hmac(ring::hmac::Key, Option<ShortSecret>),
     /// A public key.
     Public(Box<DecodingKey>),
 }
@@ -153,7 +152,7 @@ pub enum VerifyKey {
 impl std::fmt::Debug for VerifyKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Hmac(_) => f.write_str("VerifyKey::Hmac([REDACTED])"),
+            Self::Hmac(..) => f.write_str("VerifyKey::Hmac([REDACTED])"),
             Self::Public(_) => f.write_str("VerifyKey::Public(..)"),
         }
     }
@@ -161,21 +160,28 @@ impl std::fmt::Debug for VerifyKey {
 
 impl VerifyKey {
     /// An HMAC key from a secret (base64-decoded first if `base64_secret`). A secret
-    /// shorter than the hash output is accepted for APISIX compatibility but warned
-    /// about (RFC 8725 section 3.5: such a key can be brute-forced from one token).
+    /// shorter than the hash output is accepted for APISIX compatibility; the key
+    /// remembers it ([`Self::short_secret`]) so that the gateway can warn once per
+    /// consumer rather than on every build of the consumers.
     pub fn hmac(alg: Algorithm, secret: &[u8], base64_secret: bool) -> Result<Self, KeyError> {
         let (key, len) = hmac_key(alg, secret, base64_secret)?;
-        if let Some(minimum) = alg.hmac().map(|h| h.digest_algorithm().output_len())
-            && len < minimum
-        {
-            warn!(
-                alg = alg.as_str(),
-                secret.bytes = len,
-                secret.minimum_bytes = minimum,
-                "HMAC secret shorter than the hash output (RFC 8725 section 3.5): tokens signed with it can be brute-forced offline; use at least {minimum} random bytes"
-            );
+        let short = alg
+            .hmac()
+            .map(|h| h.digest_algorithm().output_len())
+            .filter(|&minimum| len < minimum)
+            .map(|minimum| ShortSecret {
+                bytes: len,
+                minimum,
+            });
+        Ok(Self::Hmac(key, short))
+    }
+
+    /// How far short of RFC 8725's minimum the HMAC secret behind this key is, if it is.
+    pub fn short_secret(&self) -> Option<ShortSecret> {
+        match self {
+            Self::Hmac(_, short) => *short,
+            Self::Public(_) => None,
         }
-        Ok(Self::Hmac(key))
     }
 
     /// A public key from PEM text.
@@ -198,6 +204,16 @@ impl VerifyKey {
         };
         Ok(Self::Public(Box::new(key)))
     }
+}
+
+/// An HMAC secret shorter than its hash's output. RFC 8725 section 3.5: a key that
+/// short can be brute-forced offline from one signed token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShortSecret {
+    /// The secret's length (after base64 decoding, where it applies).
+    pub bytes: usize,
+    /// The hash's output length, the least the RFC asks for.
+    pub minimum: usize,
 }
 
 /// The HMAC key and the length of the secret it was made from.
@@ -338,7 +354,7 @@ impl Token<'_> {
     /// caller has already compared with the header's).
     pub fn verify_signature(&self, alg: Algorithm, key: &VerifyKey) -> bool {
         match key {
-            VerifyKey::Hmac(key) => match B64URL.decode(self.signature) {
+            VerifyKey::Hmac(key, _) => match B64URL.decode(self.signature) {
                 // ring compares in constant time.
                 Ok(sig) => ring::hmac::verify(key, self.signing_input.as_bytes(), &sig).is_ok(),
                 Err(_) => false,

@@ -177,3 +177,60 @@ fn names_follow_the_agent_rules() {
     }
     assert!(check_name(&"a".repeat(513)).is_err());
 }
+
+/// What `f` logs at warn level and above, without colours.
+fn warnings(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    String::from_utf8(lines.0.lock().unwrap().clone()).unwrap()
+}
+
+#[test]
+fn short_hmac_secrets_are_warned_about_once_per_consumer_and_never_shown() {
+    let consumer = |name: &str, secret: &str| {
+        format!("{{username: {name}, plugins: {{jwt-auth: {{key: key-{name}, secret: {secret}}}}}}}")
+    };
+    let mut list: Vec<String> = (0..7)
+        .map(|i| consumer(&format!("c{i}"), &format!("tiny-secret-{i}")))
+        .collect();
+    list.push(consumer("strong", &"x".repeat(32)));
+    let first = set(&format!("consumers: [{}]", list.join(", "))).resolve(None);
+
+    let logged = warnings(|| warn_short_secrets(&AuthState::default(), &first));
+    assert_eq!(logged.lines().count(), 6, "{logged}");
+    for name in ["c0", "c1", "c2", "c3", "c4"] {
+        assert!(logged.contains(&format!("consumer={name} ")), "{logged}");
+    }
+    assert!(logged.contains("secret.bytes=13 secret.minimum_bytes=32"), "{logged}");
+    assert!(logged.contains("2 more consumers have HMAC secrets shorter"), "{logged}");
+    assert!(!logged.contains("strong"), "{logged}");
+    assert!(!logged.contains("tiny-secret"), "a secret was logged: {logged}");
+
+    // The same consumers again (a rebuild after an unrelated change): nothing.
+    let again = set(&format!("consumers: [{}]", list.join(", "))).resolve(None);
+    assert_eq!(warnings(|| warn_short_secrets(&first, &again)), "");
+
+    // One more short secret: that consumer alone.
+    list.push(consumer("c7", "tiny-secret-7"));
+    let third = set(&format!("consumers: [{}]", list.join(", "))).resolve(None);
+    let logged = warnings(|| warn_short_secrets(&again, &third));
+    assert_eq!(logged.lines().count(), 1, "{logged}");
+    assert!(logged.contains("consumer=c7 "), "{logged}");
+}

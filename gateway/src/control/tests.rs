@@ -117,7 +117,7 @@ fn a_reload_keeps_the_admin_changes_on_top() {
 }
 
 #[test]
-fn the_file_json_lives_in_the_catalog_alone() {
+fn the_file_resources_live_in_the_catalog_alone() {
     let dir = tempfile::tempdir().unwrap();
     let mut control = control(dir.path());
     let shown = |control: &Control| {
@@ -126,9 +126,44 @@ fn the_file_json_lives_in_the_catalog_alone() {
             .get(Kind::Consumer, "jack")
             .map(|e| e.json.value()["plugins"]["jwt-auth"]["key"].clone())
     };
+    let no_resources = |file: &Config| {
+        file.routes.is_empty()
+            && file.upstreams.is_empty()
+            && file.consumers.is_empty()
+            && file.ssls.is_empty()
+            && file.raw.routes.is_empty()
+            && file.raw.upstreams.is_empty()
+            && file.raw.consumers.is_empty()
+            && file.raw.ssls.is_empty()
+    };
     assert_eq!(shown(&control), Some(json!("test-key")));
-    assert!(control.file().raw.consumers.is_empty());
-    control.reload(Config::parse(FILE).unwrap(), &env).unwrap();
+    assert!(no_resources(control.file()));
+    // What runs is parsed from the catalog's JSON.
+    let runtime = control.runtime(&env).unwrap();
+    assert_eq!(runtime.routes.len(), 1);
+    assert!(runtime.consumers.agent_names().is_empty(), "jack's secret is literal");
+
+    let second_route = "routes:\n  - id: \"2\"\n    uri: /b\n    upstream_id: up";
+    let reloaded = Config::parse(&FILE.replace("routes:", second_route)).unwrap();
+    assert_eq!(control.reload(reloaded, &env).unwrap().routes.len(), 2);
     assert_eq!(shown(&control), Some(json!("test-key")));
-    assert!(control.file().raw.routes.is_empty());
+    assert!(no_resources(control.file()));
+    // Route 2 is the reloaded file's: deleting it leaves a tombstone, so that a
+    // restart does not bring the file's copy back.
+    control.delete(Kind::Route, "2", &env).unwrap();
+    let tombstone = control
+        .store()
+        .and_then(|s| s.records(Kind::Route).find(|r| r.id == "2"))
+        .map(|r| r.value.is_none());
+    assert_eq!(tombstone, Some(true));
+}
+
+#[test]
+fn a_file_upstream_without_an_id_is_refused() {
+    let file = Config::parse(&FILE.replace("  - id: up\n    nodes", "  - nodes")).unwrap();
+    let control = Control::new(file, None);
+    let Err(ConfigError::Invalid { field, reason }) = control.runtime(&env) else {
+        panic!("ran an upstream that no route can name");
+    };
+    assert_eq!((field.as_str(), reason.as_str()), ("upstreams[0].id", "required"));
 }
