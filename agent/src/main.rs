@@ -4,7 +4,7 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 use keygate_agent::cli::{self, Cli, Command, LogFormat};
 use keygate_agent::config::Settings;
 use tracing_subscriber::EnvFilter;
@@ -14,7 +14,19 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: keygate_agent::hygiene::WipeOnFree = keygate_agent::hygiene::WipeOnFree;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A bad command line is a usage error: 64 (EX_USAGE), as the gateway answers it,
+    // not clap's 2.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(cli::EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     init_tracing(cli.log_format);
     // Two workers are plenty for a handful of peers and Vault calls, and keep the
     // footprint (and any locked memory) the same on a 2-core and a 64-core host.

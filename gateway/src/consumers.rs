@@ -797,7 +797,11 @@ pub fn warn_short_secrets(old: &AuthState, new: &AuthState) {
             short.minimum
         );
     }
-    if let Some(more) = fresh.len().checked_sub(SHORT_SECRETS_NAMED).filter(|&n| n > 0) {
+    if let Some(more) = fresh
+        .len()
+        .checked_sub(SHORT_SECRETS_NAMED)
+        .filter(|&n| n > 0)
+    {
         tracing::warn!(
             consumers = more,
             "{more} more consumers have HMAC secrets shorter than the hash output (not named one by one)"

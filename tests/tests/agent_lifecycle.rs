@@ -300,4 +300,12 @@ async fn command_line_exit_codes() {
         "get without an agent: {}",
         out.stderr
     );
+
+    // A bad command line is a usage error (64, as the gateway's), with clap's message;
+    // --help is not an error.
+    let out = run_agent_cli(&["--no-such-flag"]).await.unwrap();
+    assert_eq!(out.code, Some(EXIT_CONFIG), "a bad flag: {}", out.stderr);
+    assert!(out.stderr.contains("--no-such-flag"), "{}", out.stderr);
+    let out = run_agent_cli(&["--help"]).await.unwrap();
+    assert_eq!(out.code, Some(0), "--help: {}", out.stderr);
 }

@@ -205,7 +205,9 @@ fn warnings(f: impl FnOnce()) -> String {
 #[test]
 fn short_hmac_secrets_are_warned_about_once_per_consumer_and_never_shown() {
     let consumer = |name: &str, secret: &str| {
-        format!("{{username: {name}, plugins: {{jwt-auth: {{key: key-{name}, secret: {secret}}}}}}}")
+        format!(
+            "{{username: {name}, plugins: {{jwt-auth: {{key: key-{name}, secret: {secret}}}}}}}"
+        )
     };
     let mut list: Vec<String> = (0..7)
         .map(|i| consumer(&format!("c{i}"), &format!("tiny-secret-{i}")))
@@ -218,10 +220,19 @@ fn short_hmac_secrets_are_warned_about_once_per_consumer_and_never_shown() {
     for name in ["c0", "c1", "c2", "c3", "c4"] {
         assert!(logged.contains(&format!("consumer={name} ")), "{logged}");
     }
-    assert!(logged.contains("secret.bytes=13 secret.minimum_bytes=32"), "{logged}");
-    assert!(logged.contains("2 more consumers have HMAC secrets shorter"), "{logged}");
+    assert!(
+        logged.contains("secret.bytes=13 secret.minimum_bytes=32"),
+        "{logged}"
+    );
+    assert!(
+        logged.contains("2 more consumers have HMAC secrets shorter"),
+        "{logged}"
+    );
     assert!(!logged.contains("strong"), "{logged}");
-    assert!(!logged.contains("tiny-secret"), "a secret was logged: {logged}");
+    assert!(
+        !logged.contains("tiny-secret"),
+        "a secret was logged: {logged}"
+    );
 
     // The same consumers again (a rebuild after an unrelated change): nothing.
     let again = set(&format!("consumers: [{}]", list.join(", "))).resolve(None);

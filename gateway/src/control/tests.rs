@@ -141,7 +141,10 @@ fn the_file_resources_live_in_the_catalog_alone() {
     // What runs is parsed from the catalog's JSON.
     let runtime = control.runtime(&env).unwrap();
     assert_eq!(runtime.routes.len(), 1);
-    assert!(runtime.consumers.agent_names().is_empty(), "jack's secret is literal");
+    assert!(
+        runtime.consumers.agent_names().is_empty(),
+        "jack's secret is literal"
+    );
 
     let second_route = "routes:\n  - id: \"2\"\n    uri: /b\n    upstream_id: up";
     let reloaded = Config::parse(&FILE.replace("routes:", second_route)).unwrap();
@@ -165,5 +168,8 @@ fn a_file_upstream_without_an_id_is_refused() {
     let Err(ConfigError::Invalid { field, reason }) = control.runtime(&env) else {
         panic!("ran an upstream that no route can name");
     };
-    assert_eq!((field.as_str(), reason.as_str()), ("upstreams[0].id", "required"));
+    assert_eq!(
+        (field.as_str(), reason.as_str()),
+        ("upstreams[0].id", "required")
+    );
 }
