@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::SecretString;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
 use crate::jwt::Algorithm;
@@ -100,9 +101,10 @@ pub struct Config {
     /// Certificates the HTTPS listener serves, chosen by SNI (APISIX's SSL objects).
     #[serde(default)]
     pub ssls: Vec<SslConfig>,
-    /// `routes`, `upstreams` and `consumers` as JSON values, as written (what the Admin
-    /// API shows for resources that come from this file). Empty in the file `Control`
-    /// keeps: the catalog is built from them, then they are wiped.
+    /// `routes`, `upstreams`, `consumers` and `ssls` as JSON values, as written: what the
+    /// Admin API shows for the file's resources and what the gateway runs (the catalog
+    /// is built from them; the typed lists above only check the file as it loads). Empty
+    /// in the file `Control` keeps: they are wiped once the catalog holds them.
     #[serde(skip)]
     pub raw: RawResources,
 }
@@ -119,6 +121,21 @@ pub struct RawResources {
     pub consumers: Vec<serde_json::Value>,
     /// `ssls`.
     pub ssls: Vec<serde_json::Value>,
+}
+
+impl RawResources {
+    /// Zeroizes every string of every resource (literal `secret`s, `key`s), then drops.
+    pub fn wipe(self) {
+        let Self {
+            routes,
+            upstreams,
+            consumers,
+            ssls,
+        } = self;
+        for value in [routes, upstreams, consumers, ssls].into_iter().flatten() {
+            crate::secrets::wipe(value);
+        }
+    }
 }
 
 impl std::fmt::Debug for RawResources {
@@ -213,15 +230,26 @@ impl Config {
     pub fn parse(text: &str) -> Result<Self, serde_yaml_ng::Error> {
         let mut config: Self = serde_yaml_ng::from_str(text)?;
         // The same resources as JSON values: what the Admin API shows and what the
-        // gateway runs (the catalog is built from them, the typed lists are dropped). A
-        // resource that is not plain JSON-like data (a non-string key) is refused here.
+        // gateway runs (the catalog is built from them, the typed lists are dropped).
         let raw: RawLists = serde_yaml_ng::from_str(text)?;
-        config.raw = RawResources {
+        let raw = RawResources {
             routes: raw.routes,
             upstreams: raw.upstreams,
             consumers: raw.consumers,
             ssls: raw.ssls,
         };
+        // YAML reads `key: 1001` into a text field as "1001"; the JSON the gateway runs
+        // has a number there, which a text field refuses (APISIX's schema does too).
+        // Refused here, by field, rather than at start or reload.
+        let checked = check_as_json::<RouteConfig>("routes", &raw.routes)
+            .and_then(|()| check_as_json::<UpstreamConfig>("upstreams", &raw.upstreams))
+            .and_then(|()| check_as_json::<ConsumerConfig>("consumers", &raw.consumers))
+            .and_then(|()| check_as_json::<SslConfig>("ssls", &raw.ssls));
+        if let Err(e) = checked {
+            raw.wipe();
+            return Err(e);
+        }
+        config.raw = raw;
         Ok(config)
     }
 }
@@ -770,6 +798,48 @@ fn default_exp() -> u64 {
 pub struct VaultRef {}
 
 /// Accepts `id: 1` as well as `id: "1"`, as APISIX does.
+/// Whether each of `values` reads as a `T` from JSON, as the gateway will read it. The
+/// error names the field; a value of the wrong type is named by its type only (it may
+/// be a credential).
+fn check_as_json<T: DeserializeOwned>(
+    plural: &str,
+    values: &[serde_json::Value],
+) -> Result<(), serde_yaml_ng::Error> {
+    for (i, value) in values.iter().enumerate() {
+        if let Err(e) = serde_path_to_error::deserialize::<_, T>(value) {
+            let path = e.path().to_string();
+            let field = if path.is_empty() || path == "." {
+                format!("{plural}[{i}]")
+            } else {
+                format!("{plural}[{i}].{path}")
+            };
+            let reason = without_value(&e.into_inner().to_string());
+            return Err(serde::de::Error::custom(format!("{field}: {reason}")));
+        }
+    }
+    Ok(())
+}
+
+/// serde's "invalid type: integer `1001`, expected a string" without the value, and with
+/// what to do about it when a scalar stands where text is expected.
+fn without_value(reason: &str) -> String {
+    let Some((found, expected)) = reason
+        .strip_prefix("invalid type: ")
+        .and_then(|rest| rest.split_once(", expected "))
+    else {
+        return reason.to_owned();
+    };
+    let kind = found.split(['`', '"']).next().unwrap_or(found).trim_end();
+    let hint = if expected.contains("string")
+        && matches!(kind, "integer" | "floating point" | "boolean")
+    {
+        " (quote it in YAML)"
+    } else {
+        ""
+    };
+    format!("invalid type: {kind}, expected {expected}{hint}")
+}
+
 fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]

@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use crate::catalog::{self, Catalog, Entry, Origin};
-use crate::config::{Config, ConfigError, RawResources};
+use crate::config::{Config, ConfigError};
 use crate::consumers::EnvLookup;
 use crate::kind::Kind;
 use crate::runtime::Runtime;
@@ -289,15 +289,7 @@ fn strip_resources(file: &mut Config) -> [Vec<String>; 4] {
     file.upstreams = Vec::new();
     file.consumers = Vec::new();
     file.ssls = Vec::new();
-    let RawResources {
-        routes,
-        upstreams,
-        consumers,
-        ssls,
-    } = std::mem::take(&mut file.raw);
-    for value in [routes, upstreams, consumers, ssls].into_iter().flatten() {
-        wipe(value);
-    }
+    std::mem::take(&mut file.raw).wipe();
     ids
 }
 

@@ -226,7 +226,7 @@ impl Gateway {
     /// HAProxy do: no work stealing, and upstream connections stay on the thread that
     /// opened them. Everything else (Admin API, status, HTTPS, the agent stream)
     /// runs on the calling runtime, which serves proxy connections as well.
-    pub async fn bind_with_workers(config: Config, workers: usize) -> Result<Self, Error> {
+    pub async fn bind_with_workers(mut config: Config, workers: usize) -> Result<Self, Error> {
         let workers = workers.max(1);
         crate::pool::set_workers(workers);
         let store = match &config.admin {
@@ -234,6 +234,8 @@ impl Gateway {
             None => None,
         };
         let control = Control::new(config.clone(), store);
+        // Control has its own copy; this one's literal credentials go now.
+        std::mem::take(&mut config.raw).wipe();
         let runtime = control.runtime(&|k| std::env::var(k).ok())?;
         let names = runtime.agent_names();
         let auth = runtime.consumers.resolve(None);

@@ -49,9 +49,23 @@ pub mod http1 {
     pub use crate::server::{Decoded, decode_requests};
 }
 
-/// Validates `config` without binding anything (`check-config`).
+/// Validates `config` without binding anything (`check-config`), building it as a
+/// start or a reload does: from the catalog's JSON of its resources.
 pub fn check(config: &Config) -> Result<(), ConfigError> {
-    runtime::Runtime::build(config, &|k| std::env::var(k).ok()).map(|_| ())
+    build(config).map(drop)
+}
+
+/// Logs what a start with `config` would warn about (consumers' short HMAC secrets):
+/// `check-config` says it too.
+pub fn log_warnings(config: &Config) {
+    if let Ok(runtime) = build(config) {
+        let none = consumers::AuthState::default();
+        consumers::warn_short_secrets(&none, &runtime.consumers.resolve(None));
+    }
+}
+
+fn build(config: &Config) -> Result<runtime::Runtime, ConfigError> {
+    control::Control::new(config.clone(), None).runtime(&|k| std::env::var(k).ok())
 }
 
 /// Binds, serves until `shutdown` completes, drains, returns.

@@ -81,7 +81,10 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig => ExitCode::SUCCESS,
+        Command::CheckConfig => {
+            keygate_gateway::log_warnings(&config);
+            ExitCode::SUCCESS
+        }
         Command::Run => run(path, config, cli.threads, cli.cpu_affinity),
     }
 }
@@ -207,12 +210,17 @@ async fn reload_on_change(path: PathBuf, handle: Handle) {
         }
         last = now;
         match Config::load(&path).map_err(keygate_gateway::Error::from) {
-            Ok(config) => match handle.reload(&config) {
-                Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "new configuration rejected; keeping the old one")
+            Ok(mut config) => {
+                let reloaded = handle.reload(&config);
+                // The gateway took its own copy; this one's literal credentials go.
+                std::mem::take(&mut config.raw).wipe();
+                match reloaded {
+                    Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "new configuration rejected; keeping the old one")
+                    }
                 }
-            },
+            }
             Err(e) => {
                 tracing::error!(error = %e, "new configuration rejected; keeping the old one")
             }

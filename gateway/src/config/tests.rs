@@ -264,3 +264,35 @@ fn literal_secrets_never_print() {
     let printed = format!("{config:?}");
     assert!(!printed.contains("hunter2"), "{printed}");
 }
+
+#[test]
+fn a_scalar_where_text_is_expected_is_refused_by_field_without_its_value() {
+    let upstream = "upstream: {nodes: {\"a:1\": 1}}";
+    for (yaml, field) in [
+        (
+            "consumers: [{username: a, plugins: {jwt-auth: {key: 1001, secret: a-long-enough-secret}}}]".to_owned(),
+            "consumers[0].plugins.jwt-auth.key",
+        ),
+        (
+            "consumers: [{username: a, plugins: {jwt-auth: {key: k, secret: 87654321}}}]".to_owned(),
+            "consumers[0].plugins.jwt-auth.secret",
+        ),
+        (
+            format!("routes: [{{uri: /a, labels: {{build: true}}, {upstream}}}]"),
+            "routes[0].labels.build",
+        ),
+    ] {
+        // YAML alone reads these as text; the JSON the gateway runs would not.
+        let e = Config::parse(&yaml).unwrap_err().to_string();
+        assert!(e.contains(&format!("{field}: invalid type: ")), "{yaml}\n  -> {e}");
+        assert!(e.contains("expected a string (quote it in YAML)"), "{e}");
+        for value in ["1001", "87654321"] {
+            assert!(!e.contains(value), "the value is in the error: {e}");
+        }
+    }
+    // Quoted, they load.
+    Config::parse(
+        "consumers: [{username: a, plugins: {jwt-auth: {key: \"1001\", secret: \"87654321\"}}}]",
+    )
+    .unwrap();
+}
