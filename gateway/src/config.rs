@@ -840,7 +840,10 @@ fn without_value(reason: &str) -> String {
     format!("invalid type: {kind}, expected {expected}{hint}")
 }
 
-fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+/// Accepts `id: 1` as well as `id: "1"`, as APISIX does.
+pub(crate) fn string_or_number<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Id {

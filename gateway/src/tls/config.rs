@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+
+use crate::config::string_or_number;
 
 /// The `tls` block: the HTTPS listener.
 #[derive(Debug, Clone, Deserialize)]
@@ -140,18 +142,4 @@ fn reference_or_inline(value: &str) -> &str {
     } else {
         "[inline]"
     }
-}
-
-/// Accepts `id: 1` as well as `id: "1"`, as APISIX does.
-fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Id {
-        S(String),
-        N(i64),
-    }
-    Ok(Option::<Id>::deserialize(d)?.map(|id| match id {
-        Id::S(s) => s,
-        Id::N(n) => n.to_string(),
-    }))
 }
