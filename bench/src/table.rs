@@ -633,6 +633,23 @@ fn targets(r: &Results) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// The table of a results file's text.
+    fn rendered(text: &str) -> String {
+        render(&parse(text).unwrap()).unwrap()
+    }
+
+    /// `out` has `needle` in it.
+    #[track_caller]
+    fn shows(out: &str, needle: &str) {
+        assert!(out.contains(needle), "no {needle:?} in:\n{out}");
+    }
+
+    /// `out` does not have `needle` in it.
+    #[track_caller]
+    fn hides(out: &str, needle: &str) {
+        assert!(!out.contains(needle), "{needle:?} in:\n{out}");
+    }
+
     #[test]
     fn renders_ratios_and_targets() {
         let text = "meta\tcores\t2\n\
@@ -651,25 +668,22 @@ read\tbao-agent\t700\t990\t720\t2000\t1.0\n\
 rss\tkeygate-agent\t10000\t9000\n";
         let r = parse(text).unwrap();
         let out = render(&r).unwrap();
-        assert!(out.contains("1.44x"), "{out}");
-        assert!(
-            out.contains("[met]  HS256 req/s >= 1.25x HAProxy [1w]: 1.44x"),
-            "{out}"
-        );
-        assert!(out.contains("[met]  HS256 req/s >= 1.0x nginx"), "{out}");
+        shows(&out, "1.44x");
+        shows(&out, "[met]  HS256 req/s >= 1.25x HAProxy [1w]: 1.44x");
+        shows(&out, "[met]  HS256 req/s >= 1.0x nginx");
         assert!(
             out.contains("[MISS] RS256") || out.contains("[n/a]  RS256"),
             "{out}"
         );
         // 2 cores at 50k req/s: 40 us per request, 20 HAProxy's, 20 the rest; at 62.5k
         // req/s a request has 32 us, 12 of them left for keygate.
-        assert!(
-            out.contains("[info] HS256 1.25x HAProxy [2w] needs keygate at <= 12.0 us of CPU per request (measured 18.0): 2 cores give each HAProxy request 40.0 us, 20.0 of them HAProxy's, 20.0 wrk's"),
-            "{out}"
+        shows(
+            &out,
+            "[info] HS256 1.25x HAProxy [2w] needs keygate at <= 12.0 us of CPU per request (measured 18.0): 2 cores give each HAProxy request 40.0 us, 20.0 of them HAProxy's, 20.0 wrk's",
         );
-        assert!(!out.contains("1.25x HAProxy [1w] needs"), "{out}");
+        hides(&out, "1.25x HAProxy [1w] needs");
         // Medians of the three rounds: 60 us against 400 us.
-        assert!(out.contains("6.7x"), "{out}");
+        shows(&out, "6.7x");
         let row = |agent: &str| {
             out.lines()
                 .skip_while(|l| !l.starts_with("Secret read"))
@@ -686,7 +700,7 @@ rss\tkeygate-agent\t10000\t9000\n";
             Some(vec!["bao-agent", "400", "900", "420", "6000", "3", "1.00"]),
             "{out}"
         );
-        assert!(out.contains("1.10-1.30"), "{out}");
+        shows(&out, "1.10-1.30");
     }
 
     #[test]
@@ -694,22 +708,19 @@ rss\tkeygate-agent\t10000\t9000\n";
         let text = "load\tcap\tnginx\t0\t10000\t15000\t18000\t0\t1.00\t25.0\n\
 load\tcap\thaproxy-hs256\t0\t8000\t16000\t18000\t0\t1.00\t30.0\n\
 load\tcap\tkeygate-hs256\t0\t12000\t14000\t19000\t0\t1.00\t20.0\n";
-        let out = render(&parse(text).unwrap()).unwrap();
-        assert!(
-            out.contains("[cap] one worker thread per proxy, pinned, under a CPU quota"),
-            "{out}"
+        let out = rendered(text);
+        shows(
+            &out,
+            "[cap] one worker thread per proxy, pinned, under a CPU quota",
         );
-        assert!(
-            out.contains("[met]  HS256 req/s >= 1.25x HAProxy [cap]: 1.50x"),
-            "{out}"
-        );
-        assert!(
-            out.contains("[met]  HS256 req/s >= 1.0x nginx without auth [cap]: 1.20x"),
-            "{out}"
+        shows(&out, "[met]  HS256 req/s >= 1.25x HAProxy [cap]: 1.50x");
+        shows(
+            &out,
+            "[met]  HS256 req/s >= 1.0x nginx without auth [cap]: 1.20x",
         );
         // keygate's p99 is above HAProxy's here: a verdict would be a MISS.
-        assert!(!out.contains("p99 <= HAProxy's [cap]"), "{out}");
-        assert!(!out.contains("[cap] needs keygate"), "{out}");
+        hides(&out, "p99 <= HAProxy's [cap]");
+        hides(&out, "[cap] needs keygate");
     }
 
     #[test]
@@ -722,14 +733,12 @@ load\t1w\tkeygate-hs256\t0\t90\t450\t1000\t0\t1.00\n\
 load\t1w\tkeygate-hs256\t1\t1000\t450\t1000\t0\t1.00\n\
 load\t1w\tkeygate-hs256\t2\t210\t450\t1000\t0\t1.00\n\
 load\t1w\tkeygate-hs256\t3\t120\t450\t1000\t0\t1.00\n";
-        let out = render(&parse(text).unwrap()).unwrap();
+        let out = rendered(text);
         // Ratios 0.90, 1.05 and 1.20; medians of req/s 165 (4 rounds) over 100.
-        assert!(
-            out.contains(
-                "[met]  HS256 req/s >= 1.0x nginx without auth [1w]: 1.65x \
-                 (round by round: median 1.05x, 2 of 3 rounds at 1.00x or more, 0.90-1.20x)"
-            ),
-            "{out}"
+        shows(
+            &out,
+            "[met]  HS256 req/s >= 1.0x nginx without auth [1w]: 1.65x \
+                 (round by round: median 1.05x, 2 of 3 rounds at 1.00x or more, 0.90-1.20x)",
         );
     }
 
@@ -737,13 +746,11 @@ load\t1w\tkeygate-hs256\t3\t120\t450\t1000\t0\t1.00\n";
     fn the_agent_read_target_shows_the_floor_beside_it() {
         let text = "read\tkeygate\t120.0\t200.0\t125.0\t2000\t0.5\n\
 read\tunix-echo\t60.0\t110.0\t62.0\t2000\t0.5\n";
-        let out = render(&parse(text).unwrap()).unwrap();
-        assert!(
-            out.contains(
-                "[MISS] agent read p50 <= 100 us: 120 us \
-                 (the machine's floor, a bare Unix socket round trip: 60 us)"
-            ),
-            "{out}"
+        let out = rendered(text);
+        shows(
+            &out,
+            "[MISS] agent read p50 <= 100 us: 120 us \
+                 (the machine's floor, a bare Unix socket round trip: 60 us)",
         );
     }
 
@@ -753,16 +760,14 @@ read\tunix-echo\t60.0\t110.0\t62.0\t2000\t0.5\n";
 load\tscale\tc10-r10\t1\t200\t500\t900\t0\t1.00\n\
 load\tscale\tc10-r10000\t0\t98\t500\t900\t0\t1.00\n\
 load\tscale\tc10-r10000\t1\t180\t500\t900\t0\t1.00\n";
-        let out = render(&parse(text).unwrap()).unwrap();
+        let out = rendered(text);
         // Medians 150 and 139: 7.3% lost; round by round 2% and 10%.
-        assert!(
-            out.contains(
-                "[MISS] c10-r10000 throughput loss <= 5% vs c10-r10: 7.3% \
-                 (round by round: median 6.0%, 1 of 2 rounds within 5%, 2.0% to 10.0%)"
-            ),
-            "{out}"
+        shows(
+            &out,
+            "[MISS] c10-r10000 throughput loss <= 5% vs c10-r10: 7.3% \
+                 (round by round: median 6.0%, 1 of 2 rounds within 5%, 2.0% to 10.0%)",
         );
-        assert!(!out.contains("[scale-cap]"), "{out}");
+        hides(&out, "[scale-cap]");
     }
 
     #[test]
@@ -771,20 +776,20 @@ load\tscale\tc10-r10000\t1\t180\t500\t900\t0\t1.00\n";
 load\tscale\tc10-r10000\t0\t90\t500\t900\t0\t1.00\n\
 load\tscale-cap\tc10-r10\t0\t100\t500\t900\t0\t1.00\n\
 load\tscale-cap\tc10-r10000\t0\t98\t500\t900\t0\t1.00\n";
-        let out = render(&parse(text).unwrap()).unwrap();
-        assert!(
-            out.contains("[MISS] c10-r10000 throughput loss <= 5% vs c10-r10: 10.0%"),
-            "{out}"
+        let out = rendered(text);
+        shows(
+            &out,
+            "[MISS] c10-r10000 throughput loss <= 5% vs c10-r10: 10.0%",
         );
-        assert!(
-            out.contains("[met]  c10-r10000 throughput loss <= 5% vs c10-r10 [scale-cap]: 2.0%"),
-            "{out}"
+        shows(
+            &out,
+            "[met]  c10-r10000 throughput loss <= 5% vs c10-r10 [scale-cap]: 2.0%",
         );
-        assert!(
-            out.contains("[scale-cap] keygate scale (HS256, one worker) under the CPU quota"),
-            "{out}"
+        shows(
+            &out,
+            "[scale-cap] keygate scale (HS256, one worker) under the CPU quota",
         );
         // Scale passes are not proxy passes: no proxy target is judged in them.
-        assert!(!out.contains("nginx without auth [scale"), "{out}");
+        hides(&out, "nginx without auth [scale");
     }
 }
