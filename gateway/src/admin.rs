@@ -337,14 +337,18 @@ fn list(shared: &Shared, kind: Kind, query: &str) -> Answer {
     let name = param("name");
     let uri = param("uri");
     let label = param("label");
-    // Entries are parsed for the answer only once the page is known.
+    // Entries are parsed for the answer only once the page is known, and for a filter
+    // only when one is given.
+    let filtered = name.is_some() || uri.is_some() || label.is_some();
     let matching: Vec<&Entry> = control
         .catalog()
         .entries(kind)
         .iter()
         .filter(|e| {
-            e.json
-                .with_value(|v| filters_match(v, name.as_deref(), uri.as_deref(), label.as_deref()))
+            !filtered
+                || e.json.with_value(|v| {
+                    filters_match(v, name.as_deref(), uri.as_deref(), label.as_deref())
+                })
         })
         .collect();
     let total = matching.len();

@@ -797,7 +797,6 @@ fn default_exp() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct VaultRef {}
 
-/// Accepts `id: 1` as well as `id: "1"`, as APISIX does.
 /// Whether each of `values` reads as a `T` from JSON, as the gateway will read it. The
 /// error names the field; a value of the wrong type is named by its type only (it may
 /// be a credential).
@@ -807,17 +806,29 @@ fn check_as_json<T: DeserializeOwned>(
 ) -> Result<(), serde_yaml_ng::Error> {
     for (i, value) in values.iter().enumerate() {
         if let Err(e) = serde_path_to_error::deserialize::<_, T>(value) {
-            let path = e.path().to_string();
-            let field = if path.is_empty() || path == "." {
-                format!("{plural}[{i}]")
-            } else {
-                format!("{plural}[{i}].{path}")
-            };
-            let reason = without_value(&e.into_inner().to_string());
+            let (path, reason) = located(e);
+            let field = resource_field(plural, i, &path);
+            let reason = without_value(&reason);
             return Err(serde::de::Error::custom(format!("{field}: {reason}")));
         }
     }
     Ok(())
+}
+
+/// A deserialization error as (path of the offending field, reason).
+pub(crate) fn located<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> (String, String) {
+    let path = e.path().to_string();
+    (path, e.into_inner().to_string())
+}
+
+/// Where field `path` of the `i`-th resource of list `plural` is: `routes[3].uri`, or
+/// `routes[3]` for the resource as a whole.
+pub(crate) fn resource_field(plural: &str, i: usize, path: &str) -> String {
+    if path.is_empty() || path == "." {
+        format!("{plural}[{i}]")
+    } else {
+        format!("{plural}[{i}].{path}")
+    }
 }
 
 /// serde's "invalid type: integer `1001`, expected a string" without the value, and with

@@ -1,15 +1,16 @@
 //! A resource's JSON kept as compact text. A `serde_json::Value` tree costs a B-tree
 //! node of about 600 bytes per object (three for a consumer or a route), so at 10 000
-//! resources the trees were most of the gateway's memory; the Admin API, the only
-//! reader, parses the text when it shows or changes a resource. The text holds literal
-//! secrets (a consumer's `secret`, an SSL's `key`): it is zeroized when dropped, never
-//! reallocated, and `Debug` does not show it.
+//! resources the trees were most of the gateway's memory. The text is parsed when a
+//! runtime is built from it (start, reload, Admin API write) and when the Admin API
+//! shows or changes a resource. The text holds literal secrets (a consumer's `secret`,
+//! an SSL's `key`): it is zeroized when dropped, never reallocated, and `Debug` does not
+//! show it.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use zeroize::Zeroize as _;
+use zeroize::{Zeroize as _, Zeroizing};
 
 /// Compact JSON text, zeroized on drop.
 #[derive(Clone, PartialEq, Eq)]
@@ -19,18 +20,12 @@ impl JsonText {
     /// `value` as text, written into a buffer of its exact size: a growing buffer would
     /// leave copies of the secrets in freed memory.
     pub fn new(value: &Value) -> Self {
-        let mut count = Count(0);
         // A `Value` always serializes (its keys are strings); `null` stands in otherwise.
-        if serde_json::to_writer(&mut count, value).is_err() {
+        let Ok(mut text) = to_exact_vec(value) else {
             return Self("null".into());
-        }
-        let mut text = Vec::with_capacity(count.0);
-        if serde_json::to_writer(&mut text, value).is_err() {
-            text.zeroize();
-            return Self("null".into());
-        }
+        };
         // Exactly full, so the conversion to a boxed slice does not reallocate.
-        match String::from_utf8(text) {
+        match String::from_utf8(std::mem::take(&mut *text)) {
             Ok(text) => Self(text.into_boxed_str()),
             Err(e) => {
                 e.into_bytes().zeroize();
@@ -57,16 +52,23 @@ impl JsonText {
     /// the path of the offending field.
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, (String, String)> {
         let mut json = serde_json::Deserializer::from_str(&self.0);
-        serde_path_to_error::deserialize(&mut json).map_err(|e| {
-            let path = e.path().to_string();
-            (path, e.into_inner().to_string())
-        })
+        serde_path_to_error::deserialize(&mut json).map_err(crate::config::located)
     }
 
     /// Whether the JSON is an object.
     pub fn is_object(&self) -> bool {
         self.0.trim_start().starts_with('{')
     }
+}
+
+/// `value` as JSON bytes, written into a buffer of exactly their size (a growing buffer
+/// leaves copies of what it held in freed memory), wiped when dropped.
+pub fn to_exact_vec<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Zeroizing<Vec<u8>>> {
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value)?;
+    let mut bytes = Zeroizing::new(Vec::with_capacity(count.0));
+    serde_json::to_writer(&mut *bytes, value)?;
+    Ok(bytes)
 }
 
 /// Counts what would be written.

@@ -78,8 +78,7 @@ pub struct Record {
     /// Revision of the last write.
     #[serde(rename = "modifiedIndex")]
     pub modified: u64,
-    /// The resource's JSON (compact text, not a tree); `None`
-    /// for a tombstone.
+    /// The resource's JSON (compact text, not a tree); `None` for a tombstone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<JsonText>,
 }
@@ -196,13 +195,10 @@ impl Store {
         let dir = self.root.join(kind.plural());
         let name = format!("{}{RECORD_SUFFIX}", record.id);
         // The record may hold credentials: its bytes are wiped once written.
-        let bytes =
-            Zeroizing::new(
-                serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt {
-                    path: dir.join(&name),
-                    reason: e.to_string(),
-                })?,
-            );
+        let bytes = crate::json_text::to_exact_vec(&record).map_err(|e| StoreError::Corrupt {
+            path: dir.join(&name),
+            reason: e.to_string(),
+        })?;
         atomic::write(&dir, &name, &bytes).map_err(io_err(&dir.join(&name)))?;
         self.revision = self.revision.max(record.modified);
         if let Some(map) = self.records.get_mut(kind.index()) {
