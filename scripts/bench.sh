@@ -137,6 +137,13 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # first), so without a cap req/s says little about the proxy's own cost; with one, the
 # proxy is the bottleneck. cgroup v2 (cpu.max) or v1 (cpu.cfs_*); no cgroup, no pass.
 cap_period_us=10000 cap_quota_us=3000
+cap_limit() { # version dir: hold the group at dir to the quota
+    if [[ $1 == v2 ]]; then
+        echo "$cap_quota_us $cap_period_us" >"$2/cpu.max"
+    else
+        echo "$cap_period_us" >"$2/cpu.cfs_period_us" && echo "$cap_quota_us" >"$2/cpu.cfs_quota_us"
+    fi
+}
 cgroup_cpu_root() { # v2:<dir> or v1:<dir> when a capped group can be made there, else nothing
     local root version probe
     if [[ -e /sys/fs/cgroup/cgroup.controllers ]]; then
@@ -153,10 +160,8 @@ cgroup_cpu_root() { # v2:<dir> or v1:<dir> when a capped group can be made there
     if (
         if [[ $version == v2 ]]; then
             grep -qw cpu "$root/cgroup.subtree_control" || echo +cpu >"$root/cgroup.subtree_control"
-            mkdir "$probe" && echo "$cap_quota_us $cap_period_us" >"$probe/cpu.max"
-        else
-            mkdir "$probe" && echo "$cap_quota_us" >"$probe/cpu.cfs_quota_us"
         fi
+        mkdir "$probe" && cap_limit "$version" "$probe"
     ) 2>/dev/null; then
         rmdir "$probe" 2>/dev/null || true
         echo "$version:$root"
@@ -175,12 +180,7 @@ cap() { # name pid...: the processes (all their threads) into a capped group of 
     group="$root/keygate-bench-$$-$name"
     mkdir -p "$group"
     cap_groups+=("$group")
-    if [[ $version == v2 ]]; then
-        echo "$cap_quota_us $cap_period_us" >"$group/cpu.max"
-    else
-        echo "$cap_period_us" >"$group/cpu.cfs_period_us"
-        echo "$cap_quota_us" >"$group/cpu.cfs_quota_us"
-    fi
+    cap_limit "$version" "$group"
     for pid in "$@"; do echo "$pid" >"$group/cgroup.procs"; done
 }
 uncap() { # processes still in the groups back to the root group (where the run
