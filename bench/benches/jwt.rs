@@ -114,7 +114,7 @@ routes:
         indent(&ec)
     );
     let config = Config::parse(&yaml).unwrap();
-    let runtime = Runtime::build(&config, &|_| None).unwrap();
+    let runtime = Runtime::build(&config, &|_| None, &[]).unwrap();
     let auth = runtime.consumers.resolve(None);
     let route = runtime
         .router

@@ -4,13 +4,15 @@
 //! that builds is persisted and handed back to be swapped in. Anything else changes
 //! nothing, on disk or in memory.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use crate::catalog::{self, Catalog, Entry, Origin};
 use crate::config::{Config, ConfigError};
 use crate::consumers::EnvLookup;
 use crate::kind::Kind;
-use crate::runtime::Runtime;
+use crate::runtime::{Route, Runtime};
 use crate::secrets::wipe;
 use crate::store::{Record, Store, StoreError};
 
@@ -57,6 +59,9 @@ pub struct Control {
     file_ids: [Vec<String>; 4],
     store: Option<Store>,
     catalog: Catalog,
+    /// The routes of the last runtime handed out: the next build carries their response
+    /// counts on by id.
+    routes: Vec<Arc<Route>>,
 }
 
 impl Control {
@@ -69,6 +74,7 @@ impl Control {
             file_ids,
             store,
             catalog,
+            routes: Vec::new(),
         }
     }
 
@@ -100,7 +106,7 @@ impl Control {
     ) -> (Value, Result<(), WriteError>) {
         let mut candidate = self.catalog.clone();
         candidate.set(kind, Entry::new(id, Origin::Admin, 0, 0, &value));
-        let result = build(&candidate, &self.file, env, Some((kind, id)))
+        let result = build(&candidate, &self.file, env, &self.routes, Some((kind, id)))
             .map(drop)
             .map_err(|(field, reason)| WriteError::Invalid(message(&field, &reason)));
         // The candidate's copy is wiped as it drops; the caller wipes this one.
@@ -108,9 +114,11 @@ impl Control {
     }
 
     /// The runtime of the current state (start-up).
-    pub fn runtime(&self, env: EnvLookup<'_>) -> Result<Runtime, ConfigError> {
-        build(&self.catalog, &self.file, env, None)
-            .map_err(|(field, reason)| ConfigError::Invalid { field, reason })
+    pub fn runtime(&mut self, env: EnvLookup<'_>) -> Result<Runtime, ConfigError> {
+        let runtime = build(&self.catalog, &self.file, env, &self.routes, None)
+            .map_err(|(field, reason)| ConfigError::Invalid { field, reason })?;
+        self.routes.clone_from(&runtime.routes);
+        Ok(runtime)
     }
 
     /// Takes a new configuration file. On success the state is updated and the runtime
@@ -119,11 +127,12 @@ impl Control {
         let catalog = Catalog::build(&file, self.store.as_ref());
         // Wiped whether or not the new file is taken.
         let file_ids = strip_resources(&mut file);
-        let runtime = build(&catalog, &file, env, None)
+        let runtime = build(&catalog, &file, env, &self.routes, None)
             .map_err(|(field, reason)| ConfigError::Invalid { field, reason })?;
         self.file = file;
         self.file_ids = file_ids;
         self.catalog = catalog;
+        self.routes.clone_from(&runtime.routes);
         Ok(runtime)
     }
 
@@ -174,7 +183,7 @@ impl Control {
         let existed = previous.is_some();
         let mut candidate = self.catalog.clone();
         candidate.set(kind, entry.clone());
-        let runtime = build(&candidate, &self.file, env, Some((kind, id)))
+        let runtime = build(&candidate, &self.file, env, &self.routes, Some((kind, id)))
             .map_err(|(field, reason)| WriteError::Invalid(message(&field, &reason)))?;
         let store = self.store.as_mut().ok_or(WriteError::NoStore)?;
         store.put(
@@ -187,6 +196,7 @@ impl Control {
             },
         )?;
         self.catalog = candidate;
+        self.routes.clone_from(&runtime.routes);
         Ok(Written {
             runtime,
             entry: Some(entry),
@@ -216,13 +226,14 @@ impl Control {
         let revision = store.next_revision();
         let mut candidate = self.catalog.clone();
         candidate.remove(kind, id);
-        let runtime = build(&candidate, &self.file, env, None).map_err(|(field, reason)| {
-            WriteError::Conflict(format!(
-                "can not delete this {}: {}",
-                kind.singular(),
-                message(&field, &reason)
-            ))
-        })?;
+        let runtime =
+            build(&candidate, &self.file, env, &self.routes, None).map_err(|(field, reason)| {
+                WriteError::Conflict(format!(
+                    "can not delete this {}: {}",
+                    kind.singular(),
+                    message(&field, &reason)
+                ))
+            })?;
         let in_file = self
             .file_ids
             .get(kind.index())
@@ -242,6 +253,7 @@ impl Control {
             store.remove(kind, id)?;
         }
         self.catalog = candidate;
+        self.routes.clone_from(&runtime.routes);
         Ok(Written {
             runtime,
             entry: None,
@@ -260,17 +272,19 @@ fn message(field: &str, reason: &str) -> String {
     }
 }
 
-/// Builds the runtime of `catalog` over `file`; an error comes as (field, reason) with
-/// the field described relative to `focus`.
+/// Builds the runtime of `catalog` over `file`, carrying the response counts of
+/// `previous` on; an error comes as (field, reason) with the field described relative
+/// to `focus`.
 fn build(
     catalog: &Catalog,
     file: &Config,
     env: EnvLookup<'_>,
+    previous: &[Arc<Route>],
     focus: Option<(Kind, &str)>,
 ) -> Result<Runtime, (String, String)> {
     let result = catalog
         .to_config(file)
-        .and_then(|config| Runtime::build(&config, env));
+        .and_then(|config| Runtime::build(&config, env, previous));
     result.map_err(|e| match e {
         ConfigError::Invalid { field, reason } => (catalog.describe_field(&field, focus), reason),
         other => (String::new(), other.to_string()),

@@ -233,7 +233,7 @@ impl Gateway {
             Some(admin) => Some(Store::open(&admin.state_dir)?),
             None => None,
         };
-        let control = Control::new(config.clone(), store);
+        let mut control = Control::new(config.clone(), store);
         // Control has its own copy; this one's literal credentials go now.
         std::mem::take(&mut config.raw).wipe();
         let runtime = control.runtime(&|k| std::env::var(k).ok())?;

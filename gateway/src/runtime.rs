@@ -28,17 +28,36 @@ pub struct Route {
     pub auth: Option<RouteAuth>,
     /// Where requests go.
     pub upstream: Arc<Upstream>,
-    /// Responses by status class (1xx..5xx), for metrics.
-    pub responses: [AtomicU64; 5],
+    /// Responses by status class, for metrics; the same counts as the route of the same
+    /// id in the runtime this one replaced.
+    pub responses: Arc<ResponseCounts>,
 }
 
 impl Route {
     /// Counts a response.
     pub fn count(&self, status: u16) {
+        self.responses.count(status);
+    }
+}
+
+/// A route's responses by status class (1xx..5xx), a Prometheus counter. A rebuild (an
+/// Admin API write, a reload) hands a route's counts to the route of the same id in the
+/// new runtime, so that the counter does not fall back to zero for every route on any
+/// write, and requests still finishing on the old runtime count into the same place.
+#[derive(Debug, Default)]
+pub struct ResponseCounts([AtomicU64; 5]);
+
+impl ResponseCounts {
+    fn count(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
-        if let Some(c) = self.responses.get(class) {
+        if let Some(c) = self.0.get(class) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The counts of 1xx, 2xx, 3xx, 4xx and 5xx.
+    pub fn by_class(&self) -> [u64; 5] {
+        self.0.each_ref().map(|c| c.load(Ordering::Relaxed))
     }
 }
 
@@ -63,7 +82,17 @@ pub struct Runtime {
 
 impl Runtime {
     /// Validates `config` and builds the runtime. `env` resolves `$env://` references.
-    pub fn build(config: &Config, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+    /// `previous` are the routes of the runtime this one replaces (empty at start):
+    /// their response counts carry on under the same ids.
+    pub fn build(
+        config: &Config,
+        env: EnvLookup<'_>,
+        previous: &[Arc<Route>],
+    ) -> Result<Self, ConfigError> {
+        let counts: HashMap<&str, &Arc<ResponseCounts>> = previous
+            .iter()
+            .map(|route| (&*route.id, &route.responses))
+            .collect();
         let mut consumers = ConsumerSet::build(&config.consumers, env)?;
         if let Some(admin) = &config.admin {
             consumers.set_admin_key(
@@ -210,11 +239,14 @@ impl Runtime {
                 hosts,
                 priority: conf.priority,
             };
+            let responses = counts
+                .get(&*id)
+                .map_or_else(Default::default, |c| Arc::clone(c));
             let route = Arc::new(Route {
                 id,
                 auth,
                 upstream,
-                responses: Default::default(),
+                responses,
             });
             if conf.status > 1 {
                 return Err(invalid(format!("{at}.status"), "must be 0 or 1"));

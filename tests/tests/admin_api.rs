@@ -650,6 +650,7 @@ impl KeepAlive {
     }
 }
 
+/// Also: the route's response counter carries on across the writes.
 #[tokio::test(flavor = "multi_thread")]
 async fn changes_apply_to_open_connections_at_once() -> Result<()> {
     let a = Upstream::start().await?;
@@ -686,6 +687,11 @@ async fn changes_apply_to_open_connections_at_once() -> Result<()> {
             "round {i}: the request after the change did not go to the new upstream"
         );
     }
+    // The route's response counter counted across the 30 rebuilds (it used to start
+    // again from zero on every write).
+    let series = r#"keygate_gateway_http_responses_total{route="1",code="2xx"}"#;
+    let counted = gw.metrics().await?.get(series).copied();
+    ensure!(counted == Some(31.0), "{series}: {counted:?}, expected 31");
     latencies.sort();
     let pct = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
     eprintln!(

@@ -48,9 +48,11 @@ upstreams:
 
 fn build(yaml: &str) -> Result<Runtime, String> {
     let config = Config::parse(yaml).map_err(|e| e.to_string())?;
-    Runtime::build(&config, &|k| {
-        (k == "JWT_SECRET").then(|| "from-env".to_owned())
-    })
+    Runtime::build(
+        &config,
+        &|k| (k == "JWT_SECRET").then(|| "from-env".to_owned()),
+        &[],
+    )
     .map_err(|e| e.to_string())
 }
 
@@ -66,7 +68,7 @@ fn the_documented_example_loads() {
     let config = Config::parse(&example()).unwrap();
     assert!(config.plugin_attr.jwt_auth.sign_endpoint);
     assert_eq!(config.routes[1].id.as_deref(), Some("2"));
-    let runtime = Runtime::build(&config, &|_| None).unwrap();
+    let runtime = Runtime::build(&config, &|_| None, &[]).unwrap();
     assert_eq!(runtime.routes.len(), 2);
     assert_eq!(
         runtime.consumers.agent_names(),

@@ -74,7 +74,7 @@ fn writes_persist_and_override_the_file() {
         assert!(written.runtime.routes.is_empty());
     }
     // After a restart: jack from the store, route 1 still deleted (a tombstone).
-    let control = control(dir.path());
+    let mut control = control(dir.path());
     let runtime = control.runtime(&env).unwrap();
     assert!(runtime.routes.is_empty());
     assert_eq!(runtime.consumers.agent_names(), ["consumer/jack/jwt-auth"]);
@@ -164,7 +164,7 @@ fn the_file_resources_live_in_the_catalog_alone() {
 #[test]
 fn a_file_upstream_without_an_id_is_refused() {
     let file = Config::parse(&FILE.replace("  - id: up\n    nodes", "  - nodes")).unwrap();
-    let control = Control::new(file, None);
+    let mut control = Control::new(file, None);
     let Err(ConfigError::Invalid { field, reason }) = control.runtime(&env) else {
         panic!("ran an upstream that no route can name");
     };
@@ -172,4 +172,55 @@ fn a_file_upstream_without_an_id_is_refused() {
         (field.as_str(), reason.as_str()),
         ("upstreams[0].id", "required")
     );
+}
+
+/// `keygate_gateway_http_responses_total` is a counter: an Admin API write or a reload
+/// builds a new runtime, and each route's counts carry on under its id (the old
+/// runtime's requests still in flight count into the same place), where they used to
+/// start again from zero for every route.
+#[test]
+fn response_counts_carry_on_by_route_id_across_writes_and_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut control = control(dir.path());
+    let first = control.runtime(&env).unwrap();
+    let route = |runtime: &Runtime, id: &str| {
+        runtime
+            .routes
+            .iter()
+            .find(|r| &*r.id == id)
+            .cloned()
+            .unwrap()
+    };
+    route(&first, "1").count(200);
+    route(&first, "1").count(503);
+
+    let body = json!({"uri": "/b", "upstream_id": "up"});
+    let second = control
+        .put(Kind::Route, "2", body, 1, &env)
+        .unwrap()
+        .runtime;
+    assert_eq!(route(&second, "1").responses.by_class(), [0, 1, 0, 0, 1]);
+    assert_eq!(route(&second, "2").responses.by_class(), [0; 5]);
+    // A request that finishes on the old runtime after the swap.
+    route(&first, "1").count(404);
+    assert_eq!(route(&second, "1").responses.by_class(), [0, 1, 0, 1, 1]);
+
+    // A refused write hands nothing on and changes nothing.
+    let refused = json!({"uri": "/c", "upstream_id": "missing"});
+    assert!(control.put(Kind::Route, "3", refused, 2, &env).is_err());
+    route(&second, "2").count(201);
+
+    let third = control.reload(Config::parse(FILE).unwrap(), &env).unwrap();
+    assert_eq!(route(&third, "1").responses.by_class(), [0, 1, 0, 1, 1]);
+    assert_eq!(route(&third, "2").responses.by_class(), [0, 1, 0, 0, 0]);
+
+    // A deleted route's counts go with it: created again, it starts from zero.
+    control.delete(Kind::Route, "2", &env).unwrap();
+    let body = json!({"uri": "/b", "upstream_id": "up"});
+    let fifth = control
+        .put(Kind::Route, "2", body, 3, &env)
+        .unwrap()
+        .runtime;
+    assert_eq!(route(&fifth, "2").responses.by_class(), [0; 5]);
+    assert_eq!(route(&fifth, "1").responses.by_class(), [0, 1, 0, 1, 1]);
 }
