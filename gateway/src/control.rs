@@ -60,7 +60,7 @@ pub struct Control {
     store: Option<Store>,
     catalog: Catalog,
     /// The routes of the last runtime handed out: the next build carries their response
-    /// counts on by id.
+    /// counts and their upstreams' node health on, by route id.
     routes: Vec<Arc<Route>>,
 }
 

@@ -83,16 +83,20 @@ pub struct Runtime {
 impl Runtime {
     /// Validates `config` and builds the runtime. `env` resolves `$env://` references.
     /// `previous` are the routes of the runtime this one replaces (empty at start):
-    /// their response counts carry on under the same ids.
+    /// their response counts carry on under the same ids, and their upstreams' node
+    /// health passes to the upstreams the same routes use now.
     pub fn build(
         config: &Config,
         env: EnvLookup<'_>,
         previous: &[Arc<Route>],
     ) -> Result<Self, ConfigError> {
-        let counts: HashMap<&str, &Arc<ResponseCounts>> = previous
+        let previous: HashMap<&str, &Route> = previous
             .iter()
-            .map(|route| (&*route.id, &route.responses))
+            .map(|route| (&*route.id, &**route))
             .collect();
+        // Upstreams already given their predecessor's node health (one upstream may
+        // serve many routes).
+        let mut carried: HashSet<*const Upstream> = HashSet::new();
         let mut consumers = ConsumerSet::build(&config.consumers, env)?;
         if let Some(admin) = &config.admin {
             consumers.set_admin_key(
@@ -239,9 +243,13 @@ impl Runtime {
                 hosts,
                 priority: conf.priority,
             };
-            let responses = counts
-                .get(&*id)
-                .map_or_else(Default::default, |c| Arc::clone(c));
+            let before = previous.get(&*id);
+            if let Some(before) = before
+                && carried.insert(Arc::as_ptr(&upstream))
+            {
+                upstream.carry_health_from(&before.upstream);
+            }
+            let responses = before.map_or_else(Default::default, |b| Arc::clone(&b.responses));
             let route = Arc::new(Route {
                 id,
                 auth,

@@ -555,6 +555,38 @@ impl Upstream {
         }
     }
 
+    /// Takes over the passive health state of the nodes `previous` also has (same
+    /// `host:port`). A rebuild (any Admin API write, a reload) builds every upstream
+    /// afresh; without this, a node ejected a moment before would take traffic again
+    /// after a write that did not touch it, and failures counted towards ejecting it
+    /// would be forgotten. Nodes are few per upstream: a linear search each.
+    pub(crate) fn carry_health_from(&self, previous: &Upstream) {
+        if self.passive.is_none() {
+            return;
+        }
+        // Ejections are kept in milliseconds since each upstream's epoch.
+        let shift = u64::try_from(
+            self.epoch
+                .saturating_duration_since(previous.epoch)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        for node in &self.nodes {
+            let Some(old) = previous
+                .nodes
+                .iter()
+                .find(|old| old.authority == node.authority)
+            else {
+                continue;
+            };
+            node.failures
+                .store(old.failures.load(Ordering::Relaxed), Ordering::Relaxed);
+            let until = old.ejected_until.load(Ordering::Relaxed);
+            node.ejected_until
+                .store(until.saturating_sub(shift), Ordering::Relaxed);
+        }
+    }
+
     /// Passive health: a request to `index` succeeded.
     pub fn report_success(&self, index: usize) {
         if self.passive.is_some()

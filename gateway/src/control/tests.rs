@@ -224,3 +224,55 @@ fn response_counts_carry_on_by_route_id_across_writes_and_reloads() {
     assert_eq!(route(&fifth, "2").responses.by_class(), [0; 5]);
     assert_eq!(route(&fifth, "1").responses.by_class(), [0, 1, 0, 1, 1]);
 }
+
+/// A node ejected by passive health checks stays ejected across a write that does not
+/// touch its upstream (every write builds every upstream afresh), and a changed node
+/// list keeps the state of the nodes it still has.
+#[test]
+fn ejected_nodes_stay_ejected_across_writes() {
+    let file = FILE.replace(
+        r#"    nodes: { "127.0.0.1:2": 1 }"#,
+        r#"    nodes: { "127.0.0.1:2": 1, "127.0.0.1:3": 1 }
+    checks: { passive: { failures: 1, eject: 1h } }"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut control = Control::new(
+        Config::parse(&file).unwrap(),
+        Some(Store::open(dir.path()).unwrap()),
+    );
+    let first = control.runtime(&env).unwrap();
+    let upstream = |runtime: &Runtime| Arc::clone(&runtime.routes[0].upstream);
+    let port =
+        |up: &crate::upstream::Upstream, index: usize| up.nodes()[index].authority.port_u16();
+    let up = upstream(&first);
+    let dead = (0..2).find(|&i| port(&up, i) == Some(3)).unwrap();
+    up.report_failure(dead);
+    for _ in 0..4 {
+        assert_eq!(port(&up, up.pick(&[], None).unwrap()), Some(2));
+    }
+
+    let body = json!({"username": "jim", "plugins": {"jwt-auth": {"key": "jim-key", "secret": "jim-secret"}}});
+    let second = control
+        .put(Kind::Consumer, "jim", body, 1, &env)
+        .unwrap()
+        .runtime;
+    let up = upstream(&second);
+    for _ in 0..4 {
+        assert_eq!(
+            port(&up, up.pick(&[], None).unwrap()),
+            Some(2),
+            "the write brought the ejected node back"
+        );
+    }
+
+    // The upstream rewritten with a third node: the ejected one is still out.
+    let body = json!({"id": "up", "nodes": {"127.0.0.1:2": 1, "127.0.0.1:3": 1, "127.0.0.1:4": 1}, "checks": {"passive": {"failures": 1, "eject": "1h"}}});
+    let third = control
+        .put(Kind::Upstream, "up", body, 2, &env)
+        .unwrap()
+        .runtime;
+    let up = upstream(&third);
+    for _ in 0..6 {
+        assert_ne!(port(&up, up.pick(&[], None).unwrap()), Some(3));
+    }
+}
