@@ -4,7 +4,6 @@
 //! The generated code in `generated/` is checked in; `tests/codegen.rs` regenerates it
 //! with protox and fails on drift, so no `protoc` is needed anywhere.
 
-pub mod codec;
 mod direct;
 
 use std::path::{Path, PathBuf};

@@ -19,7 +19,6 @@ fn generated_code_matches_schema() {
         .build_server(true)
         .build_client(true)
         .build_transport(false)
-        .codec_path("crate::codec::AgentCodec")
         .emit_rerun_if_changed(false)
         .out_dir(out.path())
         .compile_fds(fds)

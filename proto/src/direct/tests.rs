@@ -73,36 +73,6 @@ async fn each_call_carries_the_agent_header_and_gets_its_answer() {
     server.abort();
 }
 
-/// The codec's buffers start at 1 KiB (`codec::START_BUFFER_BYTES`): a request and an
-/// answer two hundred times that size pass whole, both ways.
-#[tokio::test]
-async fn messages_far_larger_than_the_codec_start_buffer_pass_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.sock");
-    let listener = tokio::net::UnixListener::bind(&path).unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(SecretAgentServer::new(Echo))
-            .serve_with_incoming(UnixListenerStream::new(listener)),
-    );
-    let mut client = connect_direct(&path).await.unwrap();
-    let names: Vec<String> = (0..2000)
-        .map(|i| format!("{i:04}/{}", "n".repeat(100)))
-        .collect();
-    let asked: usize = names.iter().map(String::len).sum();
-    assert!(asked > 200 * crate::codec::START_BUFFER_BYTES, "{asked}");
-    let answer = client
-        .get(GetRequest {
-            names: names.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let answered: Vec<String> = answer.secrets.into_iter().map(|s| s.name).collect();
-    assert_eq!(answered, names);
-    server.abort();
-}
-
 #[tokio::test]
 async fn an_absent_socket_is_a_socket_error() {
     let dir = tempfile::tempdir().unwrap();
