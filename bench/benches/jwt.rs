@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use criterion::{Criterion, criterion_group, criterion_main};
 use keygate_gateway::Config;
 use keygate_gateway::jwt::{self, Algorithm, SignKey, TimeRules, VerifyKey};
-use keygate_gateway::runtime::Runtime;
+use keygate_gateway::runtime::{Predecessor, Runtime};
 use serde_json::{Map, Value};
 
 fn pem(name: &str) -> Vec<u8> {
@@ -114,7 +114,7 @@ routes:
         indent(&ec)
     );
     let config = Config::parse(&yaml).unwrap();
-    let runtime = Runtime::build(&config, &|_| None, &[]).unwrap();
+    let runtime = Runtime::build(&config, &|_| None, &Predecessor::default()).unwrap();
     let auth = runtime.consumers.resolve(None);
     let route = runtime
         .router

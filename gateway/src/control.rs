@@ -4,15 +4,13 @@
 //! that builds is persisted and handed back to be swapped in. Anything else changes
 //! nothing, on disk or in memory.
 
-use std::sync::Arc;
-
 use serde_json::Value;
 
 use crate::catalog::{self, Catalog, Entry, Origin};
 use crate::config::{Config, ConfigError};
 use crate::consumers::EnvLookup;
 use crate::kind::Kind;
-use crate::runtime::{Route, Runtime};
+use crate::runtime::{Predecessor, Runtime};
 use crate::secrets::wipe;
 use crate::store::{Record, Store, StoreError};
 
@@ -59,9 +57,9 @@ pub struct Control {
     file_ids: [Vec<String>; 4],
     store: Option<Store>,
     catalog: Catalog,
-    /// The routes of the last runtime handed out: the next build carries their response
-    /// counts and their upstreams' node health on, by route id.
-    routes: Vec<Arc<Route>>,
+    /// The last runtime handed out, what the next build carries response counts and
+    /// node health on from.
+    predecessor: Predecessor,
 }
 
 impl Control {
@@ -74,7 +72,7 @@ impl Control {
             file_ids,
             store,
             catalog,
-            routes: Vec::new(),
+            predecessor: Predecessor::default(),
         }
     }
 
@@ -106,19 +104,32 @@ impl Control {
     ) -> (Value, Result<(), WriteError>) {
         let mut candidate = self.catalog.clone();
         candidate.set(kind, Entry::new(id, Origin::Admin, 0, 0, &value));
-        let result = build(&candidate, &self.file, env, &self.routes, Some((kind, id)))
-            .map(drop)
-            .map_err(|(field, reason)| WriteError::Invalid(message(&field, &reason)));
+        // A dry run: it takes over nothing.
+        let result = build(
+            &candidate,
+            &self.file,
+            env,
+            &Predecessor::default(),
+            Some((kind, id)),
+        )
+        .map(drop)
+        .map_err(|(field, reason)| WriteError::Invalid(message(&field, &reason)));
         // The candidate's copy is wiped as it drops; the caller wipes this one.
         (value, result)
     }
 
-    /// The runtime of the current state (start-up).
+    /// The runtime of the current state (start-up), handed out: the next build carries
+    /// on from it.
     pub fn runtime(&mut self, env: EnvLookup<'_>) -> Result<Runtime, ConfigError> {
-        let runtime = build(&self.catalog, &self.file, env, &self.routes, None)
+        let runtime = build(&self.catalog, &self.file, env, &self.predecessor, None)
             .map_err(|(field, reason)| ConfigError::Invalid { field, reason })?;
-        self.routes.clone_from(&runtime.routes);
-        Ok(runtime)
+        Ok(self.hand_out(runtime))
+    }
+
+    /// Records `runtime` as the one in use, for the next build to carry on from.
+    fn hand_out(&mut self, runtime: Runtime) -> Runtime {
+        self.predecessor = Predecessor::of(&runtime);
+        runtime
     }
 
     /// Takes a new configuration file. On success the state is updated and the runtime
@@ -127,13 +138,12 @@ impl Control {
         let catalog = Catalog::build(&file, self.store.as_ref());
         // Wiped whether or not the new file is taken.
         let file_ids = strip_resources(&mut file);
-        let runtime = build(&catalog, &file, env, &self.routes, None)
+        let runtime = build(&catalog, &file, env, &self.predecessor, None)
             .map_err(|(field, reason)| ConfigError::Invalid { field, reason })?;
         self.file = file;
         self.file_ids = file_ids;
         self.catalog = catalog;
-        self.routes.clone_from(&runtime.routes);
-        Ok(runtime)
+        Ok(self.hand_out(runtime))
     }
 
     /// The id a `POST` gets: the next revision, zero-padded to 20 digits as APISIX does.
@@ -183,8 +193,14 @@ impl Control {
         let existed = previous.is_some();
         let mut candidate = self.catalog.clone();
         candidate.set(kind, entry.clone());
-        let runtime = build(&candidate, &self.file, env, &self.routes, Some((kind, id)))
-            .map_err(|(field, reason)| WriteError::Invalid(message(&field, &reason)))?;
+        let runtime = build(
+            &candidate,
+            &self.file,
+            env,
+            &self.predecessor,
+            Some((kind, id)),
+        )
+        .map_err(|(field, reason)| WriteError::Invalid(message(&field, &reason)))?;
         let store = self.store.as_mut().ok_or(WriteError::NoStore)?;
         store.put(
             kind,
@@ -196,9 +212,8 @@ impl Control {
             },
         )?;
         self.catalog = candidate;
-        self.routes.clone_from(&runtime.routes);
         Ok(Written {
-            runtime,
+            runtime: self.hand_out(runtime),
             entry: Some(entry),
             created: !existed,
         })
@@ -226,14 +241,15 @@ impl Control {
         let revision = store.next_revision();
         let mut candidate = self.catalog.clone();
         candidate.remove(kind, id);
-        let runtime =
-            build(&candidate, &self.file, env, &self.routes, None).map_err(|(field, reason)| {
+        let runtime = build(&candidate, &self.file, env, &self.predecessor, None).map_err(
+            |(field, reason)| {
                 WriteError::Conflict(format!(
                     "can not delete this {}: {}",
                     kind.singular(),
                     message(&field, &reason)
                 ))
-            })?;
+            },
+        )?;
         let in_file = self
             .file_ids
             .get(kind.index())
@@ -253,9 +269,8 @@ impl Control {
             store.remove(kind, id)?;
         }
         self.catalog = candidate;
-        self.routes.clone_from(&runtime.routes);
         Ok(Written {
-            runtime,
+            runtime: self.hand_out(runtime),
             entry: None,
             created: false,
         })
@@ -272,19 +287,19 @@ fn message(field: &str, reason: &str) -> String {
     }
 }
 
-/// Builds the runtime of `catalog` over `file`, carrying the response counts of
-/// `previous` on; an error comes as (field, reason) with the field described relative
-/// to `focus`.
+/// Builds the runtime of `catalog` over `file`, carrying the response counts and node
+/// health of `predecessor` on; an error comes as (field, reason) with the field described
+/// relative to `focus`.
 fn build(
     catalog: &Catalog,
     file: &Config,
     env: EnvLookup<'_>,
-    previous: &[Arc<Route>],
+    predecessor: &Predecessor,
     focus: Option<(Kind, &str)>,
 ) -> Result<Runtime, (String, String)> {
     let result = catalog
         .to_config(file)
-        .and_then(|config| Runtime::build(&config, env, previous));
+        .and_then(|config| Runtime::build(&config, env, predecessor));
     result.map_err(|e| match e {
         ConfigError::Invalid { field, reason } => (catalog.describe_field(&field, focus), reason),
         other => (String::new(), other.to_string()),

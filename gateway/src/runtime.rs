@@ -28,8 +28,7 @@ pub struct Route {
     pub auth: Option<RouteAuth>,
     /// Where requests go.
     pub upstream: Arc<Upstream>,
-    /// Responses by status class, for metrics; the same counts as the route of the same
-    /// id in the runtime this one replaced.
+    /// Responses by status class, for metrics.
     pub responses: Arc<ResponseCounts>,
 }
 
@@ -78,25 +77,48 @@ pub struct Runtime {
     pub tls: TlsSpec,
     /// Upstreams with `scheme: https` (their TLS material follows the snapshots).
     pub tls_upstreams: Vec<Arc<Upstream>>,
+    /// The `upstreams` list (what the next build takes node health over from).
+    pub upstreams: Vec<Arc<Upstream>>,
+}
+
+/// What a build carries on from the runtime it replaces ([`Runtime::build`]).
+#[derive(Debug, Default)]
+pub struct Predecessor {
+    routes: Vec<Arc<Route>>,
+    upstreams: Vec<Arc<Upstream>>,
+}
+
+impl Predecessor {
+    /// `runtime`'s routes and upstreams (shared, not copied).
+    pub fn of(runtime: &Runtime) -> Self {
+        Self {
+            routes: runtime.routes.clone(),
+            upstreams: runtime.upstreams.clone(),
+        }
+    }
 }
 
 impl Runtime {
     /// Validates `config` and builds the runtime. `env` resolves `$env://` references.
-    /// `previous` are the routes of the runtime this one replaces (empty at start):
-    /// their response counts carry on under the same ids, and their upstreams' node
-    /// health passes to the upstreams the same routes use now.
+    /// From `predecessor` (the runtime this one replaces; empty at start) a route's
+    /// [`ResponseCounts`] pass to the route of the same id, and node health
+    /// ([`Upstream::adopt_health`]) to the upstream of the same id, or for an inline
+    /// upstream to the inline upstream of the route of the same id.
     pub fn build(
         config: &Config,
         env: EnvLookup<'_>,
-        previous: &[Arc<Route>],
+        predecessor: &Predecessor,
     ) -> Result<Self, ConfigError> {
-        let previous: HashMap<&str, &Route> = previous
+        let previous_upstreams: HashMap<&str, &Upstream> = predecessor
+            .upstreams
+            .iter()
+            .filter_map(|up| Some((up.id.as_deref()?, &**up)))
+            .collect();
+        let previous: HashMap<&str, &Route> = predecessor
+            .routes
             .iter()
             .map(|route| (&*route.id, &**route))
             .collect();
-        // Upstreams already given their predecessor's node health (one upstream may
-        // serve many routes).
-        let mut carried: HashSet<*const Upstream> = HashSet::new();
         let mut consumers = ConsumerSet::build(&config.consumers, env)?;
         if let Some(admin) = &config.admin {
             consumers.set_admin_key(
@@ -137,8 +159,12 @@ impl Runtime {
                 .id
                 .as_deref()
                 .ok_or_else(|| invalid(format!("{at}.id"), "required"))?;
-            let upstream = Arc::new(Upstream::build(conf, &at, env)?);
-            if upstreams.insert(id, upstream).is_some() {
+            let mut upstream = Upstream::build(conf, &at, env)?;
+            upstream.id = Some(Arc::from(id));
+            if let Some(before) = previous_upstreams.get(id) {
+                upstream.adopt_health(before);
+            }
+            if upstreams.insert(id, Arc::new(upstream)).is_some() {
                 return Err(invalid(
                     format!("{at}.id"),
                     format!("duplicate upstream id {id:?}"),
@@ -171,7 +197,13 @@ impl Runtime {
                     ));
                 }
                 (Some(up), None) => {
-                    let inline = Arc::new(Upstream::build(up, &format!("{at}.upstream"), env)?);
+                    let mut inline = Upstream::build(up, &format!("{at}.upstream"), env)?;
+                    if let Some(before) = previous.get(&*id)
+                        && before.upstream.id.is_none()
+                    {
+                        inline.adopt_health(&before.upstream);
+                    }
+                    let inline = Arc::new(inline);
                     if inline.tls.is_some() {
                         tls_upstreams.push(inline.clone());
                     }
@@ -243,13 +275,9 @@ impl Runtime {
                 hosts,
                 priority: conf.priority,
             };
-            let before = previous.get(&*id);
-            if let Some(before) = before
-                && carried.insert(Arc::as_ptr(&upstream))
-            {
-                upstream.carry_health_from(&before.upstream);
-            }
-            let responses = before.map_or_else(Default::default, |b| Arc::clone(&b.responses));
+            let responses = previous
+                .get(&*id)
+                .map_or_else(Default::default, |before| Arc::clone(&before.responses));
             let route = Arc::new(Route {
                 id,
                 auth,
@@ -281,6 +309,7 @@ impl Runtime {
             access_log: config.access_log,
             tls,
             tls_upstreams,
+            upstreams: upstreams.into_values().collect(),
         };
         if config.agent.is_none() && !runtime.agent_names().is_empty() {
             return Err(invalid(

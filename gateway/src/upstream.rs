@@ -1,7 +1,7 @@
 //! Upstreams: their nodes, load balancing, passive health and connection pool.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use std::pin::Pin;
@@ -33,10 +33,43 @@ pub struct Node {
     weight: u32,
     /// Requests in flight (least_conn).
     inflight: AtomicUsize,
-    /// Consecutive failures (passive health).
+    /// Passive health, shared with the same node of the upstream this one replaced.
+    health: Arc<NodeHealth>,
+}
+
+/// A node's passive health. A rebuild (any Admin API write, a reload) builds every
+/// upstream afresh; the new upstream shares this with the old one's node of the same
+/// `host:port` ([`Upstream::adopt_health`]), so a node ejected a moment before does not
+/// take traffic again after a write that did not touch it, and a failure reported by a
+/// request still finishing on the old runtime counts in the new one.
+#[derive(Debug)]
+struct NodeHealth {
+    /// Consecutive failures.
     failures: AtomicU32,
-    /// Milliseconds since the upstream's epoch until which the node is skipped.
-    ejected_until: AtomicU64,
+    /// When the node was ejected ([`now_ms`]), or [`NOT_EJECTED`]. The time, not the
+    /// end of the ejection: the end follows the current `eject`, so shortening it brings
+    /// nodes already ejected back sooner.
+    ejected_at: AtomicU64,
+}
+
+const NOT_EJECTED: u64 = u64::MAX;
+
+impl Default for NodeHealth {
+    fn default() -> Self {
+        Self {
+            failures: AtomicU32::new(0),
+            ejected_at: AtomicU64::new(NOT_EJECTED),
+        }
+    }
+}
+
+/// One clock for every upstream's ejections, so that health outlives the upstream that
+/// recorded it.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Milliseconds since [`EPOCH`].
+fn now_ms() -> u64 {
+    u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// An upstream, ready to pick nodes and send requests.
@@ -64,7 +97,10 @@ pub struct Upstream {
     /// With [`PassHost::Rewrite`].
     pub upstream_host: Option<HeaderValue>,
     passive: Option<PassiveCheckConfig>,
-    epoch: Instant,
+    /// `passive.eject` in milliseconds (0 without passive checks).
+    eject_ms: u64,
+    /// The `id` of an upstream of the `upstreams` list (inline ones have none).
+    pub(crate) id: Option<Arc<str>>,
     /// `http` or `https`.
     pub scheme: Scheme,
     /// With `https`: verification and client certificate (swapped per snapshot).
@@ -290,8 +326,7 @@ impl Upstream {
                     authority,
                     weight,
                     inflight: AtomicUsize::new(0),
-                    failures: AtomicU32::new(0),
-                    ejected_until: AtomicU64::new(0),
+                    health: Arc::default(),
                 });
             }
         }
@@ -405,7 +440,10 @@ impl Upstream {
             pass_host: conf.pass_host,
             upstream_host,
             passive: conf.checks.map(|c| c.passive),
-            epoch: Instant::now(),
+            eject_ms: conf.checks.map_or(0, |c| {
+                u64::try_from(c.passive.eject.as_millis()).unwrap_or(u64::MAX)
+            }),
+            id: None,
             scheme,
             tls,
             client,
@@ -417,14 +455,11 @@ impl Upstream {
         &self.nodes
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
     fn healthy(&self, index: usize, now_ms: u64) -> bool {
-        self.nodes
-            .get(index)
-            .is_some_and(|n| n.ejected_until.load(Ordering::Relaxed) <= now_ms)
+        self.nodes.get(index).is_some_and(|n| {
+            let at = n.health.ejected_at.load(Ordering::Relaxed);
+            at == NOT_EJECTED || now_ms >= at.saturating_add(self.eject_ms)
+        })
     }
 
     /// The chash key of a request (`None` for other balancers, or when the request
@@ -494,7 +529,7 @@ impl Upstream {
     pub fn pick(&self, tried: &[usize], hash: Option<u64>) -> Option<usize> {
         // Only passive checks eject nodes: without them every node is healthy, and
         // the clock is not read.
-        let now = self.passive.map(|_| self.now_ms());
+        let now = self.passive.map(|_| now_ms());
         let usable = |i: usize| !tried.contains(&i) && now.is_none_or(|now| self.healthy(i, now));
         let picked = match (self.lb, hash) {
             (LbType::Chash, Some(h)) => {
@@ -555,35 +590,22 @@ impl Upstream {
         }
     }
 
-    /// Takes over the passive health state of the nodes `previous` also has (same
-    /// `host:port`). A rebuild (any Admin API write, a reload) builds every upstream
-    /// afresh; without this, a node ejected a moment before would take traffic again
-    /// after a write that did not touch it, and failures counted towards ejecting it
-    /// would be forgotten. Nodes are few per upstream: a linear search each.
-    pub(crate) fn carry_health_from(&self, previous: &Upstream) {
+    /// Shares the passive health of the nodes `previous` also has (same `host:port`),
+    /// `previous` being the upstream this one replaces ([`NodeHealth`]). Without passive
+    /// checks here, nodes start healthy: removing the checks brings ejected nodes back.
+    /// Nodes are few per upstream: a linear search each.
+    pub(crate) fn adopt_health(&mut self, previous: &Upstream) {
         if self.passive.is_none() {
             return;
         }
-        // Ejections are kept in milliseconds since each upstream's epoch.
-        let shift = u64::try_from(
-            self.epoch
-                .saturating_duration_since(previous.epoch)
-                .as_millis(),
-        )
-        .unwrap_or(u64::MAX);
-        for node in &self.nodes {
-            let Some(old) = previous
+        for node in &mut self.nodes {
+            if let Some(old) = previous
                 .nodes
                 .iter()
                 .find(|old| old.authority == node.authority)
-            else {
-                continue;
-            };
-            node.failures
-                .store(old.failures.load(Ordering::Relaxed), Ordering::Relaxed);
-            let until = old.ejected_until.load(Ordering::Relaxed);
-            node.ejected_until
-                .store(until.saturating_sub(shift), Ordering::Relaxed);
+            {
+                node.health = Arc::clone(&old.health);
+            }
         }
     }
 
@@ -592,7 +614,7 @@ impl Upstream {
         if self.passive.is_some()
             && let Some(node) = self.nodes.get(index)
         {
-            node.failures.store(0, Ordering::Relaxed);
+            node.health.failures.store(0, Ordering::Relaxed);
         }
     }
 
@@ -601,12 +623,10 @@ impl Upstream {
         let (Some(passive), Some(node)) = (self.passive, self.nodes.get(index)) else {
             return;
         };
-        let failures = node.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let failures = node.health.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= passive.failures {
-            node.failures.store(0, Ordering::Relaxed);
-            let until =
-                self.now_ms() + u64::try_from(passive.eject.as_millis()).unwrap_or(u64::MAX);
-            node.ejected_until.store(until, Ordering::Relaxed);
+            node.health.failures.store(0, Ordering::Relaxed);
+            node.health.ejected_at.store(now_ms(), Ordering::Relaxed);
             tracing::warn!(node = %node.authority, failures, eject = ?passive.eject, "upstream node ejected");
         }
     }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::runtime::Runtime;
+use crate::runtime::{Predecessor, Runtime};
 
 const RSA_PUBLIC: &str = include_str!("../../testdata/rsa_public.pem");
 
@@ -51,7 +51,7 @@ fn build(yaml: &str) -> Result<Runtime, String> {
     Runtime::build(
         &config,
         &|k| (k == "JWT_SECRET").then(|| "from-env".to_owned()),
-        &[],
+        &Predecessor::default(),
     )
     .map_err(|e| e.to_string())
 }
@@ -68,7 +68,7 @@ fn the_documented_example_loads() {
     let config = Config::parse(&example()).unwrap();
     assert!(config.plugin_attr.jwt_auth.sign_endpoint);
     assert_eq!(config.routes[1].id.as_deref(), Some("2"));
-    let runtime = Runtime::build(&config, &|_| None, &[]).unwrap();
+    let runtime = Runtime::build(&config, &|_| None, &Predecessor::default()).unwrap();
     assert_eq!(runtime.routes.len(), 2);
     assert_eq!(
         runtime.consumers.agent_names(),

@@ -205,9 +205,6 @@ fn response_counts_carry_on_by_route_id_across_writes_and_reloads() {
     route(&first, "1").count(404);
     assert_eq!(route(&second, "1").responses.by_class(), [0, 1, 0, 1, 1]);
 
-    // A refused write hands nothing on and changes nothing.
-    let refused = json!({"uri": "/c", "upstream_id": "missing"});
-    assert!(control.put(Kind::Route, "3", refused, 2, &env).is_err());
     route(&second, "2").count(201);
 
     let third = control.reload(Config::parse(FILE).unwrap(), &env).unwrap();
@@ -217,62 +214,117 @@ fn response_counts_carry_on_by_route_id_across_writes_and_reloads() {
     // A deleted route's counts go with it: created again, it starts from zero.
     control.delete(Kind::Route, "2", &env).unwrap();
     let body = json!({"uri": "/b", "upstream_id": "up"});
-    let fifth = control
+    let recreated = control
         .put(Kind::Route, "2", body, 3, &env)
         .unwrap()
         .runtime;
-    assert_eq!(route(&fifth, "2").responses.by_class(), [0; 5]);
-    assert_eq!(route(&fifth, "1").responses.by_class(), [0, 1, 0, 1, 1]);
+    assert_eq!(route(&recreated, "2").responses.by_class(), [0; 5]);
+    assert_eq!(route(&recreated, "1").responses.by_class(), [0, 1, 0, 1, 1]);
 }
 
-/// A node ejected by passive health checks stays ejected across a write that does not
-/// touch its upstream (every write builds every upstream afresh), and a changed node
-/// list keeps the state of the nodes it still has.
+/// Passive health outlives rebuilds: a node ejected a moment before stays ejected
+/// after a write that does not touch its upstream (every write builds every upstream
+/// afresh), after a route moves onto its upstream, and after its upstream is rewritten
+/// with the node still in it; a failure reported on the old runtime counts in the new
+/// one; a shorter `eject` or no checks bring it back.
 #[test]
-fn ejected_nodes_stay_ejected_across_writes() {
+fn passive_health_outlives_writes() {
     let file = FILE.replace(
         r#"    nodes: { "127.0.0.1:2": 1 }"#,
         r#"    nodes: { "127.0.0.1:2": 1, "127.0.0.1:3": 1 }
-    checks: { passive: { failures: 1, eject: 1h } }"#,
+    checks: { passive: { failures: 1, eject: 1h } }
+  - id: other
+    nodes: { "127.0.0.1:5": 1 }"#,
     );
     let dir = tempfile::tempdir().unwrap();
     let mut control = Control::new(
         Config::parse(&file).unwrap(),
         Some(Store::open(dir.path()).unwrap()),
     );
-    let first = control.runtime(&env).unwrap();
-    let upstream = |runtime: &Runtime| Arc::clone(&runtime.routes[0].upstream);
+    let upstream = |runtime: &Runtime, id: &str| {
+        let route = runtime.routes.iter().find(|r| &*r.id == id).unwrap();
+        std::sync::Arc::clone(&route.upstream)
+    };
     let port =
         |up: &crate::upstream::Upstream, index: usize| up.nodes()[index].authority.port_u16();
-    let up = upstream(&first);
-    let dead = (0..2).find(|&i| port(&up, i) == Some(3)).unwrap();
-    up.report_failure(dead);
-    for _ in 0..4 {
-        assert_eq!(port(&up, up.pick(&[], None).unwrap()), Some(2));
-    }
+    let index_of = |up: &crate::upstream::Upstream, p: u16| {
+        (0..up.nodes().len())
+            .find(|&i| port(up, i) == Some(p))
+            .unwrap()
+    };
+    // Which ports `up` sends to, over enough picks to see every healthy node.
+    let ports = |up: &crate::upstream::Upstream| {
+        let mut seen: Vec<u16> = (0..12)
+            .filter_map(|_| port(up, up.pick(&[], None)?))
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen
+    };
+    // Route 2 on the other upstream; route 1 on `up`, where 127.0.0.1:3 is ejected.
+    let body = json!({"uri": "/b", "upstream_id": "other"});
+    control.put(Kind::Route, "2", body, 1, &env).unwrap();
+    let first = control.runtime(&env).unwrap();
+    let up = upstream(&first, "1");
+    up.report_failure(index_of(&up, 3));
+    assert_eq!(ports(&up), [2]);
 
-    let body = json!({"username": "jim", "plugins": {"jwt-auth": {"key": "jim-key", "secret": "jim-secret"}}});
+    let jim = json!({"username": "jim", "plugins": {"jwt-auth": {"key": "jim-key", "secret": "jim-secret"}}});
     let second = control
-        .put(Kind::Consumer, "jim", body, 1, &env)
+        .put(Kind::Consumer, "jim", jim, 2, &env)
         .unwrap()
         .runtime;
-    let up = upstream(&second);
-    for _ in 0..4 {
-        assert_eq!(
-            port(&up, up.pick(&[], None).unwrap()),
-            Some(2),
-            "the write brought the ejected node back"
-        );
-    }
+    assert_eq!(
+        ports(&upstream(&second, "1")),
+        [2],
+        "a consumer write brought it back"
+    );
+
+    // Route 2 moves onto `up` (listed after route 1, and route 1 first moves off it and
+    // back: the upstream's own id decides, not the routes that use it).
+    let body = json!({"uri": "/a", "upstream_id": "other"});
+    control.put(Kind::Route, "1", body, 3, &env).unwrap();
+    let body = json!({"uri": "/b", "upstream_id": "up"});
+    let third = control
+        .put(Kind::Route, "2", body, 4, &env)
+        .unwrap()
+        .runtime;
+    assert_eq!(
+        ports(&upstream(&third, "2")),
+        [2],
+        "moving a route onto it brought it back"
+    );
 
     // The upstream rewritten with a third node: the ejected one is still out.
-    let body = json!({"id": "up", "nodes": {"127.0.0.1:2": 1, "127.0.0.1:3": 1, "127.0.0.1:4": 1}, "checks": {"passive": {"failures": 1, "eject": "1h"}}});
-    let third = control
-        .put(Kind::Upstream, "up", body, 2, &env)
+    let body = json!({"id": "up", "nodes": {"127.0.0.1:2": 1, "127.0.0.1:3": 1, "127.0.0.1:4": 1},
+        "checks": {"passive": {"failures": 1, "eject": "1h"}}});
+    let fourth = control
+        .put(Kind::Upstream, "up", body, 5, &env)
         .unwrap()
         .runtime;
-    let up = upstream(&third);
-    for _ in 0..6 {
-        assert_ne!(port(&up, up.pick(&[], None).unwrap()), Some(3));
-    }
+    let up = upstream(&fourth, "2");
+    assert_eq!(ports(&up), [2, 4]);
+
+    // A request that finishes on the old runtime after the swap and fails.
+    let old = upstream(&third, "2");
+    old.report_failure(index_of(&old, 2));
+    assert_eq!(ports(&up), [4], "a failure on the old runtime was lost");
+
+    // A shorter eject (0: back at once) applies to the nodes already ejected.
+    let body = json!({"id": "up", "nodes": {"127.0.0.1:2": 1, "127.0.0.1:3": 1, "127.0.0.1:4": 1},
+        "checks": {"passive": {"failures": 1, "eject": "0s"}}});
+    let fifth = control
+        .put(Kind::Upstream, "up", body, 6, &env)
+        .unwrap()
+        .runtime;
+    assert_eq!(ports(&upstream(&fifth, "2")), [2, 3, 4]);
+
+    // And without checks every node takes traffic.
+    let body = json!({"id": "up", "nodes": {"127.0.0.1:2": 1, "127.0.0.1:3": 1}});
+    let sixth = control
+        .put(Kind::Upstream, "up", body, 7, &env)
+        .unwrap()
+        .runtime;
+    upstream(&fourth, "2").report_failure(0);
+    assert_eq!(ports(&upstream(&sixth, "2")), [2, 3]);
 }
