@@ -58,7 +58,7 @@ pub struct Control {
     store: Option<Store>,
     catalog: Catalog,
     /// The last runtime handed out, what the next build carries response counts and
-    /// node health on from.
+    /// node state on from.
     predecessor: Predecessor,
 }
 
@@ -288,7 +288,7 @@ fn message(field: &str, reason: &str) -> String {
 }
 
 /// Builds the runtime of `catalog` over `file`, carrying the response counts and node
-/// health of `predecessor` on; an error comes as (field, reason) with the field described
+/// state of `predecessor` on; an error comes as (field, reason) with the field described
 /// relative to `focus`.
 fn build(
     catalog: &Catalog,

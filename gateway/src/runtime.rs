@@ -77,7 +77,7 @@ pub struct Runtime {
     pub tls: TlsSpec,
     /// Upstreams with `scheme: https` (their TLS material follows the snapshots).
     pub tls_upstreams: Vec<Arc<Upstream>>,
-    /// The `upstreams` list (what the next build takes node health over from).
+    /// The `upstreams` list (what the next build takes node state over from).
     pub upstreams: Vec<Arc<Upstream>>,
 }
 
@@ -101,8 +101,8 @@ impl Predecessor {
 impl Runtime {
     /// Validates `config` and builds the runtime. `env` resolves `$env://` references.
     /// From `predecessor` (the runtime this one replaces; empty at start) a route's
-    /// [`ResponseCounts`] pass to the route of the same id, and node health
-    /// ([`Upstream::adopt_health`]) to the upstream of the same id, or for an inline
+    /// [`ResponseCounts`] pass to the route of the same id, and node state
+    /// ([`Upstream::adopt_state`]) to the upstream of the same id, or for an inline
     /// upstream to the inline upstream of the route of the same id.
     pub fn build(
         config: &Config,
@@ -162,7 +162,7 @@ impl Runtime {
             let mut upstream = Upstream::build(conf, &at, env)?;
             upstream.id = Some(Arc::from(id));
             if let Some(before) = previous_upstreams.get(id) {
-                upstream.adopt_health(before);
+                upstream.adopt_state(before);
             }
             if upstreams.insert(id, Arc::new(upstream)).is_some() {
                 return Err(invalid(
@@ -201,7 +201,7 @@ impl Runtime {
                     if let Some(before) = previous.get(&*id)
                         && before.upstream.id.is_none()
                     {
-                        inline.adopt_health(&before.upstream);
+                        inline.adopt_state(&before.upstream);
                     }
                     let inline = Arc::new(inline);
                     if inline.tls.is_some() {

@@ -31,20 +31,21 @@ pub struct Node {
     /// `host:port`.
     pub authority: Authority,
     weight: u32,
-    /// Requests in flight (least_conn).
-    inflight: AtomicUsize,
-    /// Passive health, shared with the same node of the upstream this one replaced.
-    health: Arc<NodeHealth>,
+    /// Shared with the same node of the upstream this one replaced.
+    state: Arc<NodeState>,
 }
 
-/// A node's passive health. A rebuild (any Admin API write, a reload) builds every
-/// upstream afresh; the new upstream shares this with the old one's node of the same
-/// `host:port` ([`Upstream::adopt_health`]), so a node ejected a moment before does not
-/// take traffic again after a write that did not touch it, and a failure reported by a
-/// request still finishing on the old runtime counts in the new one.
+/// What a node's balancing and passive health remember. A rebuild (any Admin API
+/// write, a reload) builds every upstream afresh; the new upstream shares this with the
+/// old one's node of the same `host:port` ([`Upstream::adopt_state`]), so a node ejected
+/// a moment before does not take traffic again after a write that did not touch it, a
+/// failure reported by a request still finishing on the old runtime counts in the new
+/// one, and least_conn sees the old runtime's requests still in flight.
 #[derive(Debug)]
-struct NodeHealth {
-    /// Consecutive failures.
+struct NodeState {
+    /// Requests in flight (least_conn).
+    inflight: AtomicUsize,
+    /// Consecutive failures (passive health).
     failures: AtomicU32,
     /// When the node was ejected ([`now_ms`]), or [`NOT_EJECTED`]. The time, not the
     /// end of the ejection: the end follows the current `eject`, so shortening it brings
@@ -54,9 +55,10 @@ struct NodeHealth {
 
 const NOT_EJECTED: u64 = u64::MAX;
 
-impl Default for NodeHealth {
+impl Default for NodeState {
     fn default() -> Self {
         Self {
+            inflight: AtomicUsize::new(0),
             failures: AtomicU32::new(0),
             ejected_at: AtomicU64::new(NOT_EJECTED),
         }
@@ -325,8 +327,7 @@ impl Upstream {
                 nodes.push(Node {
                     authority,
                     weight,
-                    inflight: AtomicUsize::new(0),
-                    health: Arc::default(),
+                    state: Arc::default(),
                 });
             }
         }
@@ -457,7 +458,7 @@ impl Upstream {
 
     fn healthy(&self, index: usize, now_ms: u64) -> bool {
         self.nodes.get(index).is_some_and(|n| {
-            let at = n.health.ejected_at.load(Ordering::Relaxed);
+            let at = n.state.ejected_at.load(Ordering::Relaxed);
             at == NOT_EJECTED || now_ms >= at.saturating_add(self.eject_ms)
         })
     }
@@ -561,7 +562,7 @@ impl Upstream {
                         let load = |i: usize| {
                             self.nodes.get(i).map_or((u64::MAX, 1), |n| {
                                 (
-                                    n.inflight.load(Ordering::Relaxed) as u64 + 1,
+                                    n.state.inflight.load(Ordering::Relaxed) as u64 + 1,
                                     u64::from(n.weight),
                                 )
                             })
@@ -581,7 +582,7 @@ impl Upstream {
         // per request on a line every worker touches.
         let counted = self.lb == LbType::LeastConn;
         if counted && let Some(node) = self.nodes.get(index) {
-            node.inflight.fetch_add(1, Ordering::Relaxed);
+            node.state.inflight.fetch_add(1, Ordering::Relaxed);
         }
         InFlight {
             upstream: self,
@@ -590,21 +591,23 @@ impl Upstream {
         }
     }
 
-    /// Shares the passive health of the nodes `previous` also has (same `host:port`),
-    /// `previous` being the upstream this one replaces ([`NodeHealth`]). Without passive
-    /// checks here, nodes start healthy: removing the checks brings ejected nodes back.
-    /// Nodes are few per upstream: a linear search each.
-    pub(crate) fn adopt_health(&mut self, previous: &Upstream) {
-        if self.passive.is_none() {
-            return;
-        }
+    /// Shares the state of the nodes `previous` also has (same `host:port`), `previous`
+    /// being the upstream this one replaces ([`NodeState`]). Without passive checks
+    /// here their health is cleared: removing the checks brings ejected nodes back, and
+    /// adding them again later does not revive an old ejection. Nodes are few per
+    /// upstream: a linear search each.
+    pub(crate) fn adopt_state(&mut self, previous: &Upstream) {
         for node in &mut self.nodes {
             if let Some(old) = previous
                 .nodes
                 .iter()
                 .find(|old| old.authority == node.authority)
             {
-                node.health = Arc::clone(&old.health);
+                node.state = Arc::clone(&old.state);
+                if self.passive.is_none() {
+                    node.state.failures.store(0, Ordering::Relaxed);
+                    node.state.ejected_at.store(NOT_EJECTED, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -614,7 +617,7 @@ impl Upstream {
         if self.passive.is_some()
             && let Some(node) = self.nodes.get(index)
         {
-            node.health.failures.store(0, Ordering::Relaxed);
+            node.state.failures.store(0, Ordering::Relaxed);
         }
     }
 
@@ -623,10 +626,10 @@ impl Upstream {
         let (Some(passive), Some(node)) = (self.passive, self.nodes.get(index)) else {
             return;
         };
-        let failures = node.health.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let failures = node.state.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= passive.failures {
-            node.health.failures.store(0, Ordering::Relaxed);
-            node.health.ejected_at.store(now_ms(), Ordering::Relaxed);
+            node.state.failures.store(0, Ordering::Relaxed);
+            node.state.ejected_at.store(now_ms(), Ordering::Relaxed);
             tracing::warn!(node = %node.authority, failures, eject = ?passive.eject, "upstream node ejected");
         }
     }
@@ -645,7 +648,7 @@ impl Drop for InFlight<'_> {
         if self.counted
             && let Some(node) = self.upstream.nodes.get(self.index)
         {
-            node.inflight.fetch_sub(1, Ordering::Relaxed);
+            node.state.inflight.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

@@ -328,3 +328,27 @@ fn passive_health_outlives_writes() {
     upstream(&fourth, "2").report_failure(0);
     assert_eq!(ports(&upstream(&sixth, "2")), [2, 3]);
 }
+
+/// least_conn across a rebuild: a request still in flight on the old runtime keeps its
+/// node busy in the new one (the new upstream used to start every count at zero).
+#[test]
+fn least_conn_sees_the_old_runtime_requests_in_flight() {
+    let file = FILE.replace(
+        r#"    nodes: { "127.0.0.1:2": 1 }"#,
+        r#"    type: least_conn
+    nodes: { "127.0.0.1:2": 1, "127.0.0.1:3": 1 }"#,
+    );
+    let mut control = Control::new(Config::parse(&file).unwrap(), None);
+    let first = control.runtime(&env).unwrap();
+    let old = std::sync::Arc::clone(&first.routes[0].upstream);
+    let busy = old.pick(&[], None).unwrap();
+    let _in_flight = old.start(busy);
+
+    let second = control.reload(Config::parse(&file).unwrap(), &env).unwrap();
+    let new = &second.routes[0].upstream;
+    let busy_port = old.nodes()[busy].authority.port_u16();
+    for _ in 0..4 {
+        let picked = new.pick(&[], None).unwrap();
+        assert_ne!(new.nodes()[picked].authority.port_u16(), busy_port);
+    }
+}
