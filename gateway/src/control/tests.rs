@@ -265,30 +265,26 @@ fn passive_health_outlives_writes() {
     let body = json!({"uri": "/b", "upstream_id": "other"});
     control.put(Kind::Route, "2", body, 1, &env).unwrap();
     let first = control.runtime(&env).unwrap();
+    let mut put =
+        |kind, id, body, revision| control.put(kind, id, body, revision, &env).unwrap().runtime;
     let up = upstream(&first, "1");
     up.report_failure(index_of(&up, 3));
     assert_eq!(ports(&up), [2]);
 
     let jim = json!({"username": "jim", "plugins": {"jwt-auth": {"key": "jim-key", "secret": "jim-secret"}}});
-    let second = control
-        .put(Kind::Consumer, "jim", jim, 2, &env)
-        .unwrap()
-        .runtime;
+    let second = put(Kind::Consumer, "jim", jim, 2);
     assert_eq!(
         ports(&upstream(&second, "1")),
         [2],
         "a consumer write brought it back"
     );
 
-    // Route 2 moves onto `up` (listed after route 1, and route 1 first moves off it and
-    // back: the upstream's own id decides, not the routes that use it).
+    // Route 1 moves off `up` (no route uses it for a moment), then route 2 onto it: the
+    // upstream's own id decides, not the routes that use it.
     let body = json!({"uri": "/a", "upstream_id": "other"});
-    control.put(Kind::Route, "1", body, 3, &env).unwrap();
+    put(Kind::Route, "1", body, 3);
     let body = json!({"uri": "/b", "upstream_id": "up"});
-    let third = control
-        .put(Kind::Route, "2", body, 4, &env)
-        .unwrap()
-        .runtime;
+    let third = put(Kind::Route, "2", body, 4);
     assert_eq!(
         ports(&upstream(&third, "2")),
         [2],
@@ -298,10 +294,7 @@ fn passive_health_outlives_writes() {
     // The upstream rewritten with a third node: the ejected one is still out.
     let body = json!({"id": "up", "nodes": {"127.0.0.1:2": 1, "127.0.0.1:3": 1, "127.0.0.1:4": 1},
         "checks": {"passive": {"failures": 1, "eject": "1h"}}});
-    let fourth = control
-        .put(Kind::Upstream, "up", body, 5, &env)
-        .unwrap()
-        .runtime;
+    let fourth = put(Kind::Upstream, "up", body, 5);
     let up = upstream(&fourth, "2");
     assert_eq!(ports(&up), [2, 4]);
 
@@ -313,18 +306,12 @@ fn passive_health_outlives_writes() {
     // A shorter eject (0: back at once) applies to the nodes already ejected.
     let body = json!({"id": "up", "nodes": {"127.0.0.1:2": 1, "127.0.0.1:3": 1, "127.0.0.1:4": 1},
         "checks": {"passive": {"failures": 1, "eject": "0s"}}});
-    let fifth = control
-        .put(Kind::Upstream, "up", body, 6, &env)
-        .unwrap()
-        .runtime;
+    let fifth = put(Kind::Upstream, "up", body, 6);
     assert_eq!(ports(&upstream(&fifth, "2")), [2, 3, 4]);
 
     // And without checks every node takes traffic.
     let body = json!({"id": "up", "nodes": {"127.0.0.1:2": 1, "127.0.0.1:3": 1}});
-    let sixth = control
-        .put(Kind::Upstream, "up", body, 7, &env)
-        .unwrap()
-        .runtime;
+    let sixth = put(Kind::Upstream, "up", body, 7);
     upstream(&fourth, "2").report_failure(0);
     assert_eq!(ports(&upstream(&sixth, "2")), [2, 3]);
 }
