@@ -49,19 +49,19 @@ pub mod http1 {
     pub use crate::server::{Decoded, decode_requests};
 }
 
-/// Validates `config` without binding anything (`check-config`), building it as a
-/// start or a reload does: from the catalog's JSON of its resources.
+/// Validates `config` without binding anything, building it as a start or a reload
+/// does: from the catalog's JSON of its resources.
 pub fn check(config: &Config) -> Result<(), ConfigError> {
     build(config).map(drop)
 }
 
-/// Logs what a start with `config` would warn about (consumers' short HMAC secrets):
-/// `check-config` says it too.
-pub fn log_warnings(config: &Config) {
-    if let Ok(runtime) = build(config) {
-        let none = consumers::AuthState::default();
-        consumers::warn_short_secrets(&none, &runtime.consumers.resolve(None));
-    }
+/// `check-config`: [`check`], and logs what a start with `config` would warn about
+/// (consumers' short HMAC secrets), from the same build.
+pub fn check_and_warn(config: &Config) -> Result<(), ConfigError> {
+    let runtime = build(config)?;
+    let none = consumers::AuthState::default();
+    consumers::warn_short_secrets(&none, &runtime.consumers.resolve(None));
+    Ok(())
 }
 
 fn build(config: &Config) -> Result<runtime::Runtime, ConfigError> {

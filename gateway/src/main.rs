@@ -73,27 +73,27 @@ fn main() -> ExitCode {
         eprintln!("keygate-gateway: --config FILE is required");
         return ExitCode::from(EX_CONFIG);
     };
-    let config = match load(&path) {
+    let command = cli.command.unwrap_or(Command::Run);
+    // Parsed and validated (built once): a file that loads here is one the gateway can
+    // run.
+    let loaded = Config::load(&path).and_then(|config| {
+        match command {
+            Command::CheckConfig => keygate_gateway::check_and_warn(&config),
+            Command::Run => keygate_gateway::check(&config),
+        }?;
+        Ok(config)
+    });
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("keygate-gateway: {e}");
             return ExitCode::from(EX_CONFIG);
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig => {
-            keygate_gateway::log_warnings(&config);
-            ExitCode::SUCCESS
-        }
+    match command {
+        Command::CheckConfig => ExitCode::SUCCESS,
         Command::Run => run(path, config, cli.threads, cli.cpu_affinity),
     }
-}
-
-/// Parses and validates: a file that loads here is one the gateway can run.
-fn load(path: &Path) -> Result<Config, keygate_gateway::ConfigError> {
-    let config = Config::load(path)?;
-    keygate_gateway::check(&config)?;
-    Ok(config)
 }
 
 fn init_tracing(format: LogFormat) {

@@ -97,6 +97,23 @@ async fn check_config_exit_codes() -> Result<()> {
         stderr.contains("agent"),
         "the error does not name the field: {stderr}"
     );
+    // A short HMAC secret is valid but warned about, once, by name, never shown.
+    let short = dir.path().join("short.yaml");
+    std::fs::write(
+        &short,
+        "consumers: [{username: jack, plugins: {jwt-auth: {key: k, secret: tiny-secret-value}}}]",
+    )?;
+    let out = run(&short)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(0), "short secret: {out:?}");
+    ensure!(
+        stderr.matches("jack").count() == 1 && stderr.contains("shorter than"),
+        "the warning is not there exactly once by name: {stderr}"
+    );
+    ensure!(
+        !stderr.contains("tiny-secret-value"),
+        "the secret was shown"
+    );
     let missing = run(&dir.path().join("none.yaml"))?;
     ensure!(
         missing.status.code() == Some(64),
