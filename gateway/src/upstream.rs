@@ -31,21 +31,21 @@ pub struct Node {
     /// `host:port`.
     pub authority: Authority,
     weight: u32,
-    /// Shared with the same node of the upstream this one replaced.
-    state: Arc<NodeState>,
+    /// Requests in flight (least_conn), shared with the same node of the upstream this
+    /// one replaced: least_conn sees the old runtime's requests still in flight.
+    inflight: Arc<AtomicUsize>,
+    /// Passive health, shared likewise where both upstreams have passive checks.
+    health: Arc<NodeHealth>,
 }
 
-/// What a node's balancing and passive health remember. A rebuild (any Admin API
-/// write, a reload) builds every upstream afresh; the new upstream shares this with the
-/// old one's node of the same `host:port` ([`Upstream::adopt_state`]), so a node ejected
-/// a moment before does not take traffic again after a write that did not touch it, a
-/// failure reported by a request still finishing on the old runtime counts in the new
-/// one, and least_conn sees the old runtime's requests still in flight.
+/// A node's passive health. A rebuild (any Admin API write, a reload) builds every
+/// upstream afresh; the new upstream shares this with the old one's node of the same
+/// `host:port` ([`Upstream::adopt_state`]), so a node ejected a moment before does not
+/// take traffic again after a write that did not touch it, and a failure reported by a
+/// request still finishing on the old runtime counts in the new one.
 #[derive(Debug)]
-struct NodeState {
-    /// Requests in flight (least_conn).
-    inflight: AtomicUsize,
-    /// Consecutive failures (passive health).
+struct NodeHealth {
+    /// Consecutive failures.
     failures: AtomicU32,
     /// When the node was ejected ([`now_ms`]), or [`NOT_EJECTED`]. The time, not the
     /// end of the ejection: the end follows the current `eject`, so shortening it brings
@@ -55,10 +55,9 @@ struct NodeState {
 
 const NOT_EJECTED: u64 = u64::MAX;
 
-impl Default for NodeState {
+impl Default for NodeHealth {
     fn default() -> Self {
         Self {
-            inflight: AtomicUsize::new(0),
             failures: AtomicU32::new(0),
             ejected_at: AtomicU64::new(NOT_EJECTED),
         }
@@ -327,7 +326,8 @@ impl Upstream {
                 nodes.push(Node {
                     authority,
                     weight,
-                    state: Arc::default(),
+                    inflight: Arc::default(),
+                    health: Arc::default(),
                 });
             }
         }
@@ -458,7 +458,7 @@ impl Upstream {
 
     fn healthy(&self, index: usize, now_ms: u64) -> bool {
         self.nodes.get(index).is_some_and(|n| {
-            let at = n.state.ejected_at.load(Ordering::Relaxed);
+            let at = n.health.ejected_at.load(Ordering::Relaxed);
             at == NOT_EJECTED || now_ms >= at.saturating_add(self.eject_ms)
         })
     }
@@ -562,7 +562,7 @@ impl Upstream {
                         let load = |i: usize| {
                             self.nodes.get(i).map_or((u64::MAX, 1), |n| {
                                 (
-                                    n.state.inflight.load(Ordering::Relaxed) as u64 + 1,
+                                    n.inflight.load(Ordering::Relaxed) as u64 + 1,
                                     u64::from(n.weight),
                                 )
                             })
@@ -582,7 +582,7 @@ impl Upstream {
         // per request on a line every worker touches.
         let counted = self.lb == LbType::LeastConn;
         if counted && let Some(node) = self.nodes.get(index) {
-            node.state.inflight.fetch_add(1, Ordering::Relaxed);
+            node.inflight.fetch_add(1, Ordering::Relaxed);
         }
         InFlight {
             upstream: self,
@@ -592,21 +592,22 @@ impl Upstream {
     }
 
     /// Shares the state of the nodes `previous` also has (same `host:port`), `previous`
-    /// being the upstream this one replaces ([`NodeState`]). Without passive checks
-    /// here their health is cleared: removing the checks brings ejected nodes back, and
-    /// adding them again later does not revive an old ejection. Nodes are few per
-    /// upstream: a linear search each.
+    /// being the upstream this one replaces: the in-flight counts always, the health
+    /// ([`NodeHealth`]) where both have passive checks (removing the checks brings
+    /// ejected nodes back, and adding them again later revives no old ejection). Only
+    /// shares, never changes, what `previous` holds: the build calling this may yet be
+    /// refused. Nodes are few per upstream: a linear search each.
     pub(crate) fn adopt_state(&mut self, previous: &Upstream) {
+        let health = self.passive.is_some() && previous.passive.is_some();
         for node in &mut self.nodes {
             if let Some(old) = previous
                 .nodes
                 .iter()
                 .find(|old| old.authority == node.authority)
             {
-                node.state = Arc::clone(&old.state);
-                if self.passive.is_none() {
-                    node.state.failures.store(0, Ordering::Relaxed);
-                    node.state.ejected_at.store(NOT_EJECTED, Ordering::Relaxed);
+                node.inflight = Arc::clone(&old.inflight);
+                if health {
+                    node.health = Arc::clone(&old.health);
                 }
             }
         }
@@ -617,7 +618,7 @@ impl Upstream {
         if self.passive.is_some()
             && let Some(node) = self.nodes.get(index)
         {
-            node.state.failures.store(0, Ordering::Relaxed);
+            node.health.failures.store(0, Ordering::Relaxed);
         }
     }
 
@@ -626,10 +627,10 @@ impl Upstream {
         let (Some(passive), Some(node)) = (self.passive, self.nodes.get(index)) else {
             return;
         };
-        let failures = node.state.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let failures = node.health.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= passive.failures {
-            node.state.failures.store(0, Ordering::Relaxed);
-            node.state.ejected_at.store(now_ms(), Ordering::Relaxed);
+            node.health.failures.store(0, Ordering::Relaxed);
+            node.health.ejected_at.store(now_ms(), Ordering::Relaxed);
             tracing::warn!(node = %node.authority, failures, eject = ?passive.eject, "upstream node ejected");
         }
     }
@@ -648,7 +649,7 @@ impl Drop for InFlight<'_> {
         if self.counted
             && let Some(node) = self.upstream.nodes.get(self.index)
         {
-            node.state.inflight.fetch_sub(1, Ordering::Relaxed);
+            node.inflight.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -728,6 +729,25 @@ mod tests {
     fn upstream(yaml: &str) -> Upstream {
         let conf: UpstreamConfig = serde_yaml_ng::from_str(yaml).unwrap();
         Upstream::build(&conf, "upstream", &|_| None).unwrap()
+    }
+
+    /// A build adopts what the upstream in use holds without changing it: the build may
+    /// yet be refused, and the upstream in use then goes on as it was.
+    #[tokio::test]
+    async fn adopting_state_leaves_the_previous_upstream_as_it_was() {
+        let nodes = "nodes: [{host: 127.0.0.1, port: 1}, {host: 127.0.0.1, port: 2}]";
+        let old = upstream(&format!(
+            "{nodes}\nchecks: {{passive: {{failures: 1, eject: 1h}}}}"
+        ));
+        old.report_failure(0);
+        let mut new = upstream(nodes);
+        new.adopt_state(&old);
+        for _ in 0..4 {
+            assert_eq!(old.pick(&[], None), Some(1));
+        }
+        let picked: std::collections::HashSet<_> =
+            (0..4).filter_map(|_| new.pick(&[], None)).collect();
+        assert_eq!(picked.len(), 2, "no checks here: both nodes take traffic");
     }
 
     #[test]

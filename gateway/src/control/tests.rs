@@ -314,6 +314,12 @@ fn passive_health_outlives_writes() {
     let sixth = put(Kind::Upstream, "up", body, 7);
     upstream(&fourth, "2").report_failure(0);
     assert_eq!(ports(&upstream(&sixth, "2")), [2, 3]);
+
+    // Checks back: no ejection from before comes back with them.
+    let body = json!({"id": "up", "nodes": {"127.0.0.1:2": 1, "127.0.0.1:3": 1},
+        "checks": {"passive": {"failures": 1, "eject": "1h"}}});
+    let seventh = put(Kind::Upstream, "up", body, 8);
+    assert_eq!(ports(&upstream(&seventh, "2")), [2, 3]);
 }
 
 /// least_conn across a rebuild: a request still in flight on the old runtime keeps its
