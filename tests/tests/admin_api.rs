@@ -704,6 +704,69 @@ async fn changes_apply_to_open_connections_at_once() -> Result<()> {
     Ok(())
 }
 
+/// Passive health checks across Admin API writes, on the real gateway: a node that
+/// fails is ejected, and a write that does not touch its upstream (a new consumer) does
+/// not send traffic to it again (each write builds every upstream afresh).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ejected_node_stays_ejected_across_an_unrelated_write() -> Result<()> {
+    let live = Upstream::start().await?;
+    // A node that accepts and hangs up at once: each attempt is counted, and fails.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let dead_node = dead.local_addr()?.to_string();
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&attempts);
+    let hang_up = tokio::spawn(async move {
+        while let Ok((socket, _)) = dead.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            drop(socket);
+        }
+    });
+    let gw = start(&live).await?;
+    let route = format!(
+        r#"{{"uri":"/secure/ping","upstream":{{"nodes":{{"{}":1,"{dead_node}":1}},"checks":{{"passive":{{"failures":1,"eject":"1h"}}}}}}}}"#,
+        live.node()
+    );
+    let answer = gw
+        .admin("PUT", "/apisix/admin/routes/1", Some(KEY), Some(&route))
+        .await?;
+    ensure!(answer.0 == 201 || answer.0 == 200, "{answer:?}");
+    // Round robin reaches the dead node within two requests; it fails once and is out.
+    for _ in 0..4 {
+        let (status, _) = gw.get("/secure/ping", &[]).await?;
+        ensure!(
+            status == 200,
+            "HTTP {status}: the retry should reach the live node"
+        );
+    }
+    ensure!(
+        attempts.load(Ordering::Relaxed) == 1,
+        "the dead node was tried {} times before the write, expected once",
+        attempts.load(Ordering::Relaxed)
+    );
+
+    let consumer = r#"{"username":"jim","plugins":{"jwt-auth":{"key":"jim-key","secret":"jim-secret-0123456789-0123456789"}}}"#;
+    let answer = gw
+        .admin("PUT", "/apisix/admin/consumers", Some(KEY), Some(consumer))
+        .await?;
+    ensure!(answer.0 == 201 || answer.0 == 200, "{answer:?}");
+    let hits = live.hits();
+    for _ in 0..6 {
+        let (status, _) = gw.get("/secure/ping", &[]).await?;
+        ensure!(status == 200, "HTTP {status}");
+    }
+    ensure!(
+        attempts.load(Ordering::Relaxed) == 1,
+        "the write brought the ejected node back: tried {} times",
+        attempts.load(Ordering::Relaxed)
+    );
+    ensure!(
+        live.hits() == hits + 6,
+        "the live node did not take every request"
+    );
+    hang_up.abort();
+    Ok(())
+}
+
 /// `admin.key: $secret://vault/...`: the key comes from Vault through the agent, is
 /// refused while not available, and rotates without a restart.
 #[tokio::test(flavor = "multi_thread")]
