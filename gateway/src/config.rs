@@ -123,17 +123,20 @@ pub struct RawResources {
     pub ssls: Vec<serde_json::Value>,
 }
 
-impl RawResources {
-    /// Zeroizes every string of every resource (literal `secret`s, `key`s), then drops.
-    pub fn wipe(self) {
-        let Self {
-            routes,
-            upstreams,
-            consumers,
-            ssls,
-        } = self;
-        for value in [routes, upstreams, consumers, ssls].into_iter().flatten() {
-            crate::secrets::wipe(value);
+/// Every string of every resource (literal `secret`s, `key`s) is zeroized on drop, on
+/// whichever path drops it: the parsed file, its clones for a check or a reload, a file
+/// refused at load.
+impl Drop for RawResources {
+    fn drop(&mut self) {
+        for list in [
+            &mut self.routes,
+            &mut self.upstreams,
+            &mut self.consumers,
+            &mut self.ssls,
+        ] {
+            for value in std::mem::take(list) {
+                crate::secrets::wipe(value);
+            }
         }
     }
 }
@@ -245,10 +248,7 @@ impl Config {
             .and_then(|()| check_as_json::<UpstreamConfig>("upstreams", &raw.upstreams))
             .and_then(|()| check_as_json::<ConsumerConfig>("consumers", &raw.consumers))
             .and_then(|()| check_as_json::<SslConfig>("ssls", &raw.ssls));
-        if let Err(e) = checked {
-            raw.wipe();
-            return Err(e);
-        }
+        checked?;
         config.raw = raw;
         Ok(config)
     }

@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use crate::catalog::{self, Catalog, Entry, Origin};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, RawResources};
 use crate::consumers::EnvLookup;
 use crate::kind::Kind;
 use crate::runtime::{Predecessor, Runtime};
@@ -318,7 +318,7 @@ fn strip_resources(file: &mut Config) -> [Vec<String>; 4] {
     file.upstreams = Vec::new();
     file.consumers = Vec::new();
     file.ssls = Vec::new();
-    std::mem::take(&mut file.raw).wipe();
+    file.raw = RawResources::default();
     ids
 }
 

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use crate::affinity::CpuPlan;
 use crate::agent_client::{self, AgentStatus, Backoff};
 use crate::body::{self, RequestBody};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, RawResources};
 use crate::consumers::APISIX_EXAMPLE_ADMIN_KEY;
 use crate::consumers::AuthState;
 use crate::control::Control;
@@ -234,8 +234,8 @@ impl Gateway {
             None => None,
         };
         let mut control = Control::new(config.clone(), store);
-        // Control has its own copy; this one's literal credentials go now.
-        std::mem::take(&mut config.raw).wipe();
+        // Control has its own copy; this one goes now (dropped, its credentials wiped).
+        config.raw = RawResources::default();
         let runtime = control.runtime(&|k| std::env::var(k).ok())?;
         let names = runtime.agent_names();
         let auth = runtime.consumers.resolve(None);

@@ -210,17 +210,12 @@ async fn reload_on_change(path: PathBuf, handle: Handle) {
         }
         last = now;
         match Config::load(&path).map_err(keygate_gateway::Error::from) {
-            Ok(mut config) => {
-                let reloaded = handle.reload(&config);
-                // The gateway took its own copy; this one's literal credentials go.
-                std::mem::take(&mut config.raw).wipe();
-                match reloaded {
-                    Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
-                    Err(e) => {
-                        tracing::error!(error = %e, "new configuration rejected; keeping the old one")
-                    }
+            Ok(config) => match handle.reload(&config) {
+                Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "new configuration rejected; keeping the old one")
                 }
-            }
+            },
             Err(e) => {
                 tracing::error!(error = %e, "new configuration rejected; keeping the old one")
             }
