@@ -344,6 +344,7 @@ fn list(shared: &Shared, kind: Kind, query: &str) -> Answer {
         .catalog()
         .entries(kind)
         .iter()
+        .map(|e| &**e)
         .filter(|e| {
             !filtered
                 || e.json.with_value(|v| {

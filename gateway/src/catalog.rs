@@ -3,6 +3,8 @@
 //! file's resource of the same id in place, a tombstone hides it, and the other records
 //! come after the file's, oldest first. The file seeds; the Admin API overrides.
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -50,10 +52,33 @@ impl Entry {
     }
 }
 
-/// The effective resources of each kind, in order.
+impl Entry {
+    /// The resource, typed; an error names the field under `kind` and `position`
+    /// (`routes[3].plugins...`).
+    pub fn parse<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        position: usize,
+    ) -> Result<T, ConfigError> {
+        let parsed = match self.origin {
+            // Written from the parsed file, so without the Admin API's bookkeeping
+            // fields: read straight from the text, no tree between.
+            Origin::File(_) => self.json.deserialize(),
+            Origin::Admin => self.json.with_value(parse),
+        };
+        parsed.map_err(|(path, reason)| {
+            invalid(resource_field(kind.plural(), position, &path), reason)
+        })
+    }
+}
+
+/// The effective resources of each kind, in order. Entries are shared: a write copies
+/// the lists (a pointer per entry, not the JSON), and a runtime remembers which entry
+/// each of its routes, upstreams and consumers was built from, so that the next build
+/// takes over what an unchanged entry gave (see [`crate::runtime::Predecessor`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Catalog {
-    lists: [Vec<Entry>; 4],
+    lists: [Vec<Arc<Entry>>; 4],
 }
 
 /// Fields the Admin API keeps in a resource's JSON that the configuration has no use for.
@@ -93,13 +118,13 @@ impl Catalog {
     }
 
     /// The entries of `kind`, in order.
-    pub fn entries(&self, kind: Kind) -> &[Entry] {
+    pub fn entries(&self, kind: Kind) -> &[Arc<Entry>] {
         self.lists.get(kind.index()).map_or(&[], Vec::as_slice)
     }
 
     /// The entry of `kind` with this id.
     pub fn get(&self, kind: Kind, id: &str) -> Option<&Entry> {
-        self.entries(kind).iter().find(|e| e.id == id)
+        self.entries(kind).iter().find(|e| e.id == id).map(|e| &**e)
     }
 
     /// Replaces the entry with the same id in place, or appends.
@@ -108,52 +133,24 @@ impl Catalog {
             return;
         };
         match list.iter_mut().find(|e| e.id == entry.id) {
-            Some(slot) => *slot = entry,
-            None => list.push(entry),
+            Some(slot) => *slot = Arc::new(entry),
+            None => list.push(Arc::new(entry)),
         }
     }
 
     /// Removes the entry with this id; returns it.
-    pub fn remove(&mut self, kind: Kind, id: &str) -> Option<Entry> {
+    pub fn remove(&mut self, kind: Kind, id: &str) -> Option<Arc<Entry>> {
         let list = self.lists.get_mut(kind.index())?;
         let pos = list.iter().position(|e| e.id == id)?;
         Some(list.remove(pos))
     }
 
-    /// The configuration to run: `file`'s settings with these resources, each parsed from
-    /// its JSON (the file's as well: [`crate::control::Control`] keeps no typed copy of
-    /// them). A resource that does not parse is reported under its kind and position.
-    pub fn to_config(&self, file: &Config) -> Result<Config, ConfigError> {
-        let mut config = file.clone();
-        config.routes = self.resources(Kind::Route)?;
-        for (route, entry) in config.routes.iter_mut().zip(self.entries(Kind::Route)) {
-            // Ids by position would shift when an entry before is hidden.
-            route.id = Some(entry.id.clone());
-        }
-        config.upstreams = self.resources(Kind::Upstream)?;
-        config.consumers = self.resources(Kind::Consumer)?;
-        config.ssls = self.resources(Kind::Ssl)?;
-        for (ssl, entry) in config.ssls.iter_mut().zip(self.entries(Kind::Ssl)) {
-            ssl.id = Some(entry.id.clone());
-        }
-        Ok(config)
-    }
-
-    fn resources<T: DeserializeOwned>(&self, kind: Kind) -> Result<Vec<T>, ConfigError> {
+    /// Every entry of `kind`, typed (parsed from its JSON, as [`Entry::parse`]).
+    pub fn typed<T: DeserializeOwned>(&self, kind: Kind) -> Result<Vec<T>, ConfigError> {
         self.entries(kind)
             .iter()
             .enumerate()
-            .map(|(i, entry)| {
-                let parsed = match entry.origin {
-                    // Written from the parsed file, so without the Admin API's
-                    // bookkeeping fields: read straight from the text, no tree between.
-                    Origin::File(_) => entry.json.deserialize(),
-                    Origin::Admin => entry.json.with_value(parse),
-                };
-                parsed.map_err(|(path, reason)| {
-                    invalid(resource_field(kind.plural(), i, &path), reason)
-                })
-            })
+            .map(|(i, entry)| entry.parse(kind, i))
             .collect()
     }
 
@@ -254,7 +251,7 @@ pub fn file_ids(file: &Config, kind: Kind) -> Vec<String> {
 }
 
 /// The file's resources of `kind` as entries.
-fn file_entries(file: &Config, kind: Kind) -> Vec<Entry> {
+fn file_entries(file: &Config, kind: Kind) -> Vec<Arc<Entry>> {
     let ids = file_ids(file, kind);
     let raw: &[Value] = match kind {
         Kind::Route => &file.raw.routes,
@@ -279,7 +276,7 @@ fn file_entries(file: &Config, kind: Kind) -> Vec<Entry> {
             }
         }
         // Duplicate ids are kept: the runtime build reports them.
-        out.push(Entry::new(id, Origin::File(i), 0, 0, &value));
+        out.push(Arc::new(Entry::new(id, Origin::File(i), 0, 0, &value)));
         crate::secrets::wipe(value);
     }
     out

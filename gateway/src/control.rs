@@ -297,10 +297,7 @@ fn build(
     predecessor: &Predecessor,
     focus: Option<(Kind, &str)>,
 ) -> Result<Runtime, (String, String)> {
-    let result = catalog
-        .to_config(file)
-        .and_then(|config| Runtime::build(&config, env, predecessor));
-    result.map_err(|e| match e {
+    Runtime::from_catalog(catalog, file, env, predecessor).map_err(|e| match e {
         ConfigError::Invalid { field, reason } => (catalog.describe_field(&field, focus), reason),
         other => (String::new(), other.to_string()),
     })

@@ -10,10 +10,12 @@ use secrecy::ExposeSecret as _;
 
 use crate::auth::RouteAuth;
 use crate::basic_auth::BasicAuthRoute;
-use crate::config::{Config, ConfigError, invalid};
+use crate::catalog::{Catalog, Entry};
+use crate::config::{Config, ConfigError, RouteConfig, SslConfig, UpstreamConfig, invalid};
 use crate::consumers::{ConsumerSet, EnvLookup};
 use crate::jwt_auth::JwtAuthRoute;
 use crate::key_auth::KeyAuthRoute;
+use crate::kind::Kind;
 use crate::router::{MatchSpec, Router};
 use crate::secrets::SecretSnapshot;
 use crate::tls::{ServerCerts, TlsSpec};
@@ -30,6 +32,16 @@ pub struct Route {
     pub upstream: Arc<Upstream>,
     /// Responses by status class, for metrics.
     pub responses: Arc<ResponseCounts>,
+    /// What it was built from, for the next build to take it over.
+    source: RouteSource,
+}
+
+/// The catalog entry a route was built from, and what the router matches it on (`None`
+/// while the route is disabled, `status: 0`).
+#[derive(Debug)]
+struct RouteSource {
+    entry: Arc<Entry>,
+    spec: Option<MatchSpec>,
 }
 
 impl Route {
@@ -99,13 +111,31 @@ impl Predecessor {
 }
 
 impl Runtime {
-    /// Validates `config` and builds the runtime. `env` resolves `$env://` references.
-    /// From `predecessor` (the runtime this one replaces; empty at start) a route's
-    /// [`ResponseCounts`] pass to the route of the same id, and node state
-    /// ([`Upstream::adopt_state`]) to the upstream of the same id, or for an inline
-    /// upstream to the inline upstream of the route of the same id.
+    /// Validates `config` and builds the runtime (its resources go through a
+    /// [`Catalog`] of their own, as the control plane's do). `env` resolves `$env://`
+    /// references. See [`Self::from_catalog`] for what passes on from `predecessor`.
     pub fn build(
         config: &Config,
+        env: EnvLookup<'_>,
+        predecessor: &Predecessor,
+    ) -> Result<Self, ConfigError> {
+        Self::from_catalog(&Catalog::build(config, None), config, env, predecessor)
+    }
+
+    /// Validates `catalog`'s resources over `file`'s settings and builds the runtime.
+    ///
+    /// From `predecessor` (the runtime this one replaces; empty at start): a route or an
+    /// upstream built from the very same catalog entry (an Admin API write shares the
+    /// entries it does not change) is taken over as it is, not parsed and built again,
+    /// with its counters, node state, round-robin position and verified tokens; a route
+    /// only while its upstream is the same object and its `anonymous_consumer` still
+    /// exists. Otherwise a route's [`ResponseCounts`] pass to the route of the same id,
+    /// and node state ([`Upstream::adopt_state`]) to the upstream of the same id, or for
+    /// an inline upstream to the inline upstream of the route of the same id. The
+    /// checks between resources (duplicate ids, references) run on every build.
+    pub fn from_catalog(
+        catalog: &Catalog,
+        file: &Config,
         env: EnvLookup<'_>,
         predecessor: &Predecessor,
     ) -> Result<Self, ConfigError> {
@@ -114,13 +144,25 @@ impl Runtime {
             .iter()
             .filter_map(|up| Some((up.id.as_deref()?, &**up)))
             .collect();
+        let upstream_of_entry: HashMap<*const Entry, &Arc<Upstream>> = predecessor
+            .upstreams
+            .iter()
+            .filter_map(|up| Some((Arc::as_ptr(up.source.as_ref()?), up)))
+            .collect();
         let previous: HashMap<&str, &Route> = predecessor
             .routes
             .iter()
             .map(|route| (&*route.id, &**route))
             .collect();
-        let mut consumers = ConsumerSet::build(&config.consumers, env)?;
-        if let Some(admin) = &config.admin {
+        let route_of_entry: HashMap<*const Entry, &Arc<Route>> = predecessor
+            .routes
+            .iter()
+            .map(|route| (Arc::as_ptr(&route.source.entry), route))
+            .collect();
+        let consumer_configs = catalog.typed(Kind::Consumer)?;
+        let mut consumers = ConsumerSet::build(&consumer_configs, env)?;
+        drop(consumer_configs);
+        if let Some(admin) = &file.admin {
             consumers.set_admin_key(
                 admin.key.expose_secret(),
                 admin.listen.ip().is_loopback(),
@@ -129,7 +171,7 @@ impl Runtime {
             if admin.max_body == 0 {
                 return Err(invalid("admin.max_body", "must be above 0"));
             }
-            if admin.vault_write_through && config.agent.is_none() {
+            if admin.vault_write_through && file.agent.is_none() {
                 return Err(invalid(
                     "admin.vault_write_through",
                     "needs agent: credentials are written to Vault through the agent",
@@ -137,13 +179,13 @@ impl Runtime {
             }
         }
         let consumers = Arc::new(consumers);
-        if config.agent.is_none() && !consumers.agent_names().is_empty() {
+        if file.agent.is_none() && !consumers.agent_names().is_empty() {
             return Err(invalid(
                 "agent",
                 "required: credentials come from the agent (vault: {} or $secret://)",
             ));
         }
-        if let Some(agent) = &config.agent
+        if let Some(agent) = &file.agent
             && (agent.backoff_min.is_zero() || agent.backoff_min > agent.backoff_max)
         {
             return Err(invalid(
@@ -152,21 +194,32 @@ impl Runtime {
             ));
         }
 
-        let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
-        for (i, conf) in config.upstreams.iter().enumerate() {
-            let at = format!("upstreams[{i}]");
-            let id = conf
-                .id
-                .as_deref()
-                .ok_or_else(|| invalid(format!("{at}.id"), "required"))?;
-            let mut upstream = Upstream::build(conf, &at, env)?;
-            upstream.id = Some(Arc::from(id));
-            if let Some(before) = previous_upstreams.get(id) {
-                upstream.adopt_state(before);
-            }
-            if upstreams.insert(id, Arc::new(upstream)).is_some() {
+        let mut upstreams: HashMap<Arc<str>, Arc<Upstream>> = HashMap::new();
+        for (i, entry) in catalog.entries(Kind::Upstream).iter().enumerate() {
+            let upstream = match upstream_of_entry.get(&Arc::as_ptr(entry)) {
+                Some(&same) => same.clone(),
+                None => {
+                    let conf: UpstreamConfig = entry.parse(Kind::Upstream, i)?;
+                    let at = format!("upstreams[{i}]");
+                    let id = conf
+                        .id
+                        .as_deref()
+                        .ok_or_else(|| invalid(format!("{at}.id"), "required"))?;
+                    let mut upstream = Upstream::build(&conf, &at, env)?;
+                    upstream.id = Some(Arc::from(id));
+                    upstream.source = Some(entry.clone());
+                    if let Some(before) = previous_upstreams.get(id) {
+                        upstream.adopt_state(before);
+                    }
+                    Arc::new(upstream)
+                }
+            };
+            let Some(id) = upstream.id.clone() else {
+                continue;
+            };
+            if upstreams.insert(id.clone(), upstream).is_some() {
                 return Err(invalid(
-                    format!("{at}.id"),
+                    format!("upstreams[{i}].id"),
                     format!("duplicate upstream id {id:?}"),
                 ));
             }
@@ -178,140 +231,65 @@ impl Runtime {
             .cloned()
             .collect();
         let mut router = Router::new();
-        let mut routes = Vec::with_capacity(config.routes.len());
-        let mut ids = HashSet::new();
-        for (i, conf) in config.routes.iter().enumerate() {
-            let at = format!("routes[{i}]");
-            let id: Arc<str> = Arc::from(conf.id.clone().unwrap_or_else(|| i.to_string()));
-            if !ids.insert(id.clone()) {
+        let route_entries = catalog.entries(Kind::Route);
+        let mut routes = Vec::with_capacity(route_entries.len());
+        let mut ids = HashSet::with_capacity(route_entries.len());
+        for (i, entry) in route_entries.iter().enumerate() {
+            let taken_over = route_of_entry
+                .get(&Arc::as_ptr(entry))
+                .filter(|before| still_valid(before, &upstreams, &consumers));
+            let route = match taken_over {
+                Some(&same) => {
+                    if same.upstream.id.is_none() && same.upstream.tls.is_some() {
+                        tls_upstreams.push(same.upstream.clone());
+                    }
+                    same.clone()
+                }
+                None => {
+                    let conf: RouteConfig = entry.parse(Kind::Route, i)?;
+                    build_route(
+                        &conf,
+                        entry,
+                        i,
+                        env,
+                        &upstreams,
+                        &consumers,
+                        &previous,
+                        &mut tls_upstreams,
+                    )?
+                }
+            };
+            if !ids.insert(route.id.clone()) {
                 return Err(invalid(
-                    format!("{at}.id"),
-                    format!("duplicate route id {id:?}"),
+                    format!("routes[{i}].id"),
+                    format!("duplicate route id {:?}", route.id),
                 ));
             }
-            let upstream = match (&conf.upstream, &conf.upstream_id) {
-                (Some(_), Some(_)) => {
-                    return Err(invalid(
-                        format!("{at}.upstream_id"),
-                        "give either upstream or upstream_id, not both",
-                    ));
-                }
-                (Some(up), None) => {
-                    let mut inline = Upstream::build(up, &format!("{at}.upstream"), env)?;
-                    if let Some(before) = previous.get(&*id)
-                        && before.upstream.id.is_none()
-                    {
-                        inline.adopt_state(&before.upstream);
-                    }
-                    let inline = Arc::new(inline);
-                    if inline.tls.is_some() {
-                        tls_upstreams.push(inline.clone());
-                    }
-                    inline
-                }
-                (None, Some(ref_id)) => {
-                    upstreams.get(ref_id.as_str()).cloned().ok_or_else(|| {
-                        invalid(
-                            format!("{at}.upstream_id"),
-                            format!("no upstream with id {ref_id:?}"),
-                        )
-                    })?
-                }
-                (None, None) => {
-                    return Err(invalid(
-                        format!("{at}.upstream"),
-                        "required (or upstream_id)",
-                    ));
-                }
-            };
-            let plugins = &conf.plugins;
-            let auth = match (&plugins.jwt_auth, &plugins.key_auth, &plugins.basic_auth) {
-                (None, None, None) => None,
-                (Some(j), None, None) => Some(RouteAuth::Jwt(JwtAuthRoute::build(
-                    j,
-                    &consumers,
-                    &format!("{at}.plugins.jwt-auth"),
-                )?)),
-                (None, Some(k), None) => Some(RouteAuth::Key(KeyAuthRoute::build(
-                    k,
-                    &consumers,
-                    &format!("{at}.plugins.key-auth"),
-                )?)),
-                (None, None, Some(b)) => Some(RouteAuth::Basic(BasicAuthRoute::build(
-                    b,
-                    &consumers,
-                    &format!("{at}.plugins.basic-auth"),
-                )?)),
-                _ => {
-                    return Err(invalid(
-                        format!("{at}.plugins"),
-                        "at most one authentication plugin per route",
-                    ));
-                }
-            };
-            let (paths, paths_field) = match (&conf.uri, conf.uris.is_empty()) {
-                (Some(_), false) => {
-                    return Err(invalid(
-                        format!("{at}.uris"),
-                        "give either uri or uris, not both",
-                    ));
-                }
-                (Some(uri), true) => (vec![uri.clone()], "uri"),
-                (None, empty) => (conf.uris.clone(), if empty { "uri" } else { "uris" }),
-            };
-            let hosts = match (&conf.host, conf.hosts.is_empty()) {
-                (Some(_), false) => {
-                    return Err(invalid(
-                        format!("{at}.hosts"),
-                        "give either host or hosts, not both",
-                    ));
-                }
-                (Some(host), true) => vec![host.clone()],
-                (None, _) => conf.hosts.clone(),
-            };
-            let spec = MatchSpec {
-                paths,
-                methods: conf.methods.clone(),
-                hosts,
-                priority: conf.priority,
-            };
-            let responses = previous
-                .get(&*id)
-                .map_or_else(Default::default, |before| Arc::clone(&before.responses));
-            let route = Arc::new(Route {
-                id,
-                auth,
-                upstream,
-                responses,
-            });
-            if conf.status > 1 {
-                return Err(invalid(format!("{at}.status"), "must be 0 or 1"));
-            }
-            if conf.status == 1 {
-                router.add(&spec, route.clone()).map_err(|e| {
-                    let field = match e {
-                        crate::router::RouteError::BadMethod(_) => "methods",
-                        crate::router::RouteError::BadHost(_) if conf.host.is_some() => "host",
-                        crate::router::RouteError::BadHost(_) => "hosts",
-                        _ => paths_field,
-                    };
-                    invalid(format!("{at}.{field}"), e.to_string())
-                })?;
+            if let Some(spec) = &route.source.spec {
+                router
+                    .add(spec, route.clone())
+                    .map_err(|e| invalid(format!("routes[{i}].uri"), e.to_string()))?;
             }
             routes.push(route);
         }
-        let tls = TlsSpec::build(&config.ssls, config.tls.as_ref(), env)?;
+        let mut ssls: Vec<SslConfig> = catalog.typed(Kind::Ssl)?;
+        for (ssl, entry) in ssls.iter_mut().zip(catalog.entries(Kind::Ssl)) {
+            // Ids by position would shift when an entry before is hidden.
+            ssl.id = Some(entry.id.clone());
+        }
+        let tls = TlsSpec::build(&ssls, file.tls.as_ref(), env)?;
+        drop(ssls);
         let runtime = Self {
             router,
             routes,
             consumers,
-            sign_endpoint: config.plugin_attr.jwt_auth.sign_endpoint,
-            access_log: config.access_log,
+            sign_endpoint: file.plugin_attr.jwt_auth.sign_endpoint,
+            access_log: file.access_log,
             tls,
             tls_upstreams,
             upstreams: upstreams.into_values().collect(),
         };
-        if config.agent.is_none() && !runtime.agent_names().is_empty() {
+        if file.agent.is_none() && !runtime.agent_names().is_empty() {
             return Err(invalid(
                 "agent",
                 "required: certificates or keys come from the agent ($secret:// or pki:)",
@@ -349,4 +327,160 @@ impl Runtime {
         }
         self.tls.resolve(snapshot, previous, now)
     }
+}
+
+/// Whether a route built before from the same entry can be taken over: the upstream it
+/// names is still the same object, and its `anonymous_consumer` still exists.
+fn still_valid(
+    route: &Route,
+    upstreams: &HashMap<Arc<str>, Arc<Upstream>>,
+    consumers: &ConsumerSet,
+) -> bool {
+    let upstream_same = match &route.upstream.id {
+        Some(id) => upstreams
+            .get(id)
+            .is_some_and(|now| Arc::ptr_eq(now, &route.upstream)),
+        None => true,
+    };
+    let anonymous_exists = route
+        .auth
+        .as_ref()
+        .and_then(RouteAuth::anonymous)
+        .is_none_or(|name| consumers.has_username(name));
+    upstream_same && anonymous_exists
+}
+
+/// Builds route `i` of the catalog from its configuration `conf` (parsed from `entry`),
+/// checking what concerns it alone; its node state and counts pass on from `previous`
+/// by route id.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one route's build: its source, and the parts of the runtime built before it"
+)]
+fn build_route(
+    conf: &RouteConfig,
+    entry: &Arc<Entry>,
+    i: usize,
+    env: EnvLookup<'_>,
+    upstreams: &HashMap<Arc<str>, Arc<Upstream>>,
+    consumers: &ConsumerSet,
+    previous: &HashMap<&str, &Route>,
+    tls_upstreams: &mut Vec<Arc<Upstream>>,
+) -> Result<Arc<Route>, ConfigError> {
+    let at = format!("routes[{i}]");
+    let id: Arc<str> = Arc::from(entry.id.as_str());
+    let upstream = match (&conf.upstream, &conf.upstream_id) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                format!("{at}.upstream_id"),
+                "give either upstream or upstream_id, not both",
+            ));
+        }
+        (Some(up), None) => {
+            let mut inline = Upstream::build(up, &format!("{at}.upstream"), env)?;
+            if let Some(before) = previous.get(&*id)
+                && before.upstream.id.is_none()
+            {
+                inline.adopt_state(&before.upstream);
+            }
+            let inline = Arc::new(inline);
+            if inline.tls.is_some() {
+                tls_upstreams.push(inline.clone());
+            }
+            inline
+        }
+        (None, Some(ref_id)) => upstreams.get(ref_id.as_str()).cloned().ok_or_else(|| {
+            invalid(
+                format!("{at}.upstream_id"),
+                format!("no upstream with id {ref_id:?}"),
+            )
+        })?,
+        (None, None) => {
+            return Err(invalid(
+                format!("{at}.upstream"),
+                "required (or upstream_id)",
+            ));
+        }
+    };
+    let plugins = &conf.plugins;
+    let auth = match (&plugins.jwt_auth, &plugins.key_auth, &plugins.basic_auth) {
+        (None, None, None) => None,
+        (Some(j), None, None) => Some(RouteAuth::Jwt(JwtAuthRoute::build(
+            j,
+            consumers,
+            &format!("{at}.plugins.jwt-auth"),
+        )?)),
+        (None, Some(k), None) => Some(RouteAuth::Key(KeyAuthRoute::build(
+            k,
+            consumers,
+            &format!("{at}.plugins.key-auth"),
+        )?)),
+        (None, None, Some(b)) => Some(RouteAuth::Basic(BasicAuthRoute::build(
+            b,
+            consumers,
+            &format!("{at}.plugins.basic-auth"),
+        )?)),
+        _ => {
+            return Err(invalid(
+                format!("{at}.plugins"),
+                "at most one authentication plugin per route",
+            ));
+        }
+    };
+    let (paths, paths_field) = match (&conf.uri, conf.uris.is_empty()) {
+        (Some(_), false) => {
+            return Err(invalid(
+                format!("{at}.uris"),
+                "give either uri or uris, not both",
+            ));
+        }
+        (Some(uri), true) => (vec![uri.clone()], "uri"),
+        (None, empty) => (conf.uris.clone(), if empty { "uri" } else { "uris" }),
+    };
+    let hosts = match (&conf.host, conf.hosts.is_empty()) {
+        (Some(_), false) => {
+            return Err(invalid(
+                format!("{at}.hosts"),
+                "give either host or hosts, not both",
+            ));
+        }
+        (Some(host), true) => vec![host.clone()],
+        (None, _) => conf.hosts.clone(),
+    };
+    let spec = MatchSpec {
+        paths,
+        methods: conf.methods.clone(),
+        hosts,
+        priority: conf.priority,
+    };
+    if conf.status > 1 {
+        return Err(invalid(format!("{at}.status"), "must be 0 or 1"));
+    }
+    let enabled = conf.status == 1;
+    if enabled {
+        // The runtime's router takes the route later, in configuration order; the
+        // rules are checked here, where the field they came from is known.
+        Router::new().add(&spec, ()).map_err(|e| {
+            let field = match e {
+                crate::router::RouteError::BadMethod(_) => "methods",
+                crate::router::RouteError::BadHost(_) if conf.host.is_some() => "host",
+                crate::router::RouteError::BadHost(_) => "hosts",
+                _ => paths_field,
+            };
+            invalid(format!("{at}.{field}"), e.to_string())
+        })?;
+    }
+    let responses = previous
+        .get(&*id)
+        .map_or_else(Default::default, |before| Arc::clone(&before.responses));
+    Ok(Arc::new(Route {
+        id,
+        auth,
+        upstream,
+        responses,
+        source: RouteSource {
+            entry: entry.clone(),
+            spec: enabled.then_some(spec),
+        },
+    }))
 }

@@ -102,6 +102,9 @@ pub struct Upstream {
     eject_ms: u64,
     /// The `id` of an upstream of the `upstreams` list (inline ones have none).
     pub(crate) id: Option<Arc<str>>,
+    /// The catalog entry of an upstream of the `upstreams` list: a later build with the
+    /// same entry takes this upstream over as it is.
+    pub(crate) source: Option<Arc<crate::catalog::Entry>>,
     /// `http` or `https`.
     pub scheme: Scheme,
     /// With `https`: verification and client certificate (swapped per snapshot).
@@ -445,6 +448,7 @@ impl Upstream {
                 u64::try_from(c.passive.eject.as_millis()).unwrap_or(u64::MAX)
             }),
             id: None,
+            source: None,
             scheme,
             tls,
             client,

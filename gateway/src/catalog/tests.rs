@@ -1,6 +1,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::config::RouteConfig;
 use crate::store::Record;
 
 fn file() -> Config {
@@ -92,15 +93,13 @@ fn admin_records_replace_hide_and_append() {
         Some(Origin::Admin)
     );
 
-    let config = catalog.to_config(&file).unwrap();
-    let uris: Vec<_> = config
-        .routes
+    let routes: Vec<RouteConfig> = catalog.typed(Kind::Route).unwrap();
+    let uris: Vec<_> = routes
         .iter()
         .map(|r| r.uri.clone().unwrap_or_default())
         .collect();
     assert_eq!(uris, ["/b2", "/z", "/m"]);
-    assert_eq!(config.routes[0].id.as_deref(), Some("r2"));
-    assert_eq!(config.consumers.len(), 1);
+    assert_eq!(catalog.entries(Kind::Consumer).len(), 1);
 }
 
 #[test]
@@ -116,7 +115,9 @@ fn errors_are_described_by_resource() {
     );
     let file = file();
     let catalog = Catalog::build(&file, Some(&store));
-    let ConfigError::Invalid { field, reason } = catalog.to_config(&file).unwrap_err() else {
+    let ConfigError::Invalid { field, reason } =
+        catalog.typed::<RouteConfig>(Kind::Route).unwrap_err()
+    else {
         panic!("not an Invalid error");
     };
     assert_eq!(field, "routes[1].upstream.nodez");
@@ -149,7 +150,7 @@ fn debug_shows_no_resource_json() {
     let shown = format!(
         "{:?}",
         Catalog {
-            lists: [vec![entry], vec![], vec![], vec![]]
+            lists: [vec![Arc::new(entry)], vec![], vec![], vec![]]
         }
     );
     assert!(shown.contains("jack"), "{shown}");

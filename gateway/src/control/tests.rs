@@ -345,3 +345,64 @@ fn least_conn_sees_the_old_runtime_requests_in_flight() {
         assert_ne!(new.nodes()[picked].authority.port_u16(), busy_port);
     }
 }
+
+/// A write rebuilds what it changes and what depends on it; every other route and
+/// upstream is taken over as it is (the same object, not built again): an Admin API
+/// write at 10 000 routes used to parse and build all of them.
+#[test]
+fn a_write_rebuilds_only_what_it_changes() {
+    let file = FILE.replace(
+        "    upstream_id: up\n",
+        r#"    upstream_id: up
+  - id: "2"
+    uri: /b
+    plugins: { jwt-auth: { anonymous_consumer: jack } }
+    upstream: { nodes: { "127.0.0.1:4": 1 } }
+"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut control = Control::new(
+        Config::parse(&file).unwrap(),
+        Some(Store::open(dir.path()).unwrap()),
+    );
+    let route = |runtime: &Runtime, id: &str| {
+        let route = runtime.routes.iter().find(|r| &*r.id == id).unwrap();
+        std::sync::Arc::clone(route)
+    };
+    let same =
+        |a: &Runtime, b: &Runtime, id: &str| std::sync::Arc::ptr_eq(&route(a, id), &route(b, id));
+    let first = control.runtime(&env).unwrap();
+    let mut put =
+        |kind, id, body, revision| control.put(kind, id, body, revision, &env).unwrap().runtime;
+
+    let jim = json!({"username": "jim", "plugins": {"jwt-auth": {"key": "jim-key", "secret": "jim-secret"}}});
+    let second = put(Kind::Consumer, "jim", jim, 1);
+    assert!(same(&first, &second, "1") && same(&first, &second, "2"));
+
+    let other = json!({"id": "other", "nodes": {"127.0.0.1:5": 1}});
+    let third = put(Kind::Upstream, "other", other, 2);
+    assert!(
+        same(&second, &third, "1"),
+        "an unrelated upstream rebuilt route 1"
+    );
+
+    // Route 1's upstream rewritten: route 1 is built again, onto the new upstream.
+    let up = json!({"id": "up", "nodes": {"127.0.0.1:3": 1}});
+    let fourth = put(Kind::Upstream, "up", up, 3);
+    assert!(!same(&third, &fourth, "1"));
+    let port = |runtime: &Runtime| route(runtime, "1").upstream.nodes()[0].authority.port_u16();
+    assert_eq!((port(&third), port(&fourth)), (Some(2), Some(3)));
+    assert!(same(&third, &fourth, "2"));
+
+    // Route 2 rewritten: built again.
+    let body = json!({"uri": "/c", "plugins": {"jwt-auth": {"anonymous_consumer": "jack"}},
+        "upstream": {"nodes": {"127.0.0.1:4": 1}}});
+    let fifth = put(Kind::Route, "2", body, 4);
+    assert!(!same(&fourth, &fifth, "2") && same(&fourth, &fifth, "1"));
+
+    // Its anonymous consumer cannot go: route 2 is checked again, not taken over.
+    let Err(WriteError::Conflict(msg)) = control.delete(Kind::Consumer, "jack", &env) else {
+        panic!("deleted the anonymous consumer of route 2");
+    };
+    assert!(msg.contains("anonymous_consumer"), "{msg}");
+}
