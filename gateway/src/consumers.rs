@@ -11,11 +11,13 @@ use std::sync::Arc;
 
 use secrecy::ExposeSecret;
 
+use crate::catalog::Entry;
 use crate::config::{
     BasicAuthConsumerConfig, ConfigError, ConsumerConfig, JwtAuthConsumerConfig,
     KeyAuthConsumerConfig, invalid,
 };
 use crate::jwt::{Algorithm, KeyError, ShortSecret, SignKey, VerifyKey};
+use crate::kind::Kind;
 use crate::secrets::{Missing, SecretSnapshot};
 
 /// The agent name of a consumer's plugin credentials, as in the seed:
@@ -111,13 +113,87 @@ struct BasicSpec {
     password: KeySource<Digest>,
 }
 
+/// One consumer's credentials as configured, and the catalog entry they were built
+/// from: a later build with the same entry takes them over (see
+/// [`ConsumerSet::from_catalog`]).
+#[derive(Debug)]
+pub struct ConsumerSpec {
+    source: Option<Arc<Entry>>,
+    username: Arc<str>,
+    jwt: Option<JwtSpec>,
+    key: Option<KeySpec>,
+    basic: Option<BasicSpec>,
+}
+
+impl ConsumerSpec {
+    /// Checks what concerns this consumer alone and parses every key given inline
+    /// (errors under `at`, `consumers[i]`). The checks between consumers are
+    /// [`ConsumerSet`]'s.
+    fn build(consumer: &ConsumerConfig, at: &str, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        check_username(&consumer.username).map_err(|r| invalid(format!("{at}.username"), r))?;
+        let username: Arc<str> = Arc::from(consumer.username.as_str());
+        let jwt = match &consumer.plugins.jwt_auth {
+            Some(jwt) => {
+                let at = format!("{at}.plugins.jwt-auth");
+                if jwt.key.is_empty() {
+                    return Err(invalid(format!("{at}.key"), "must not be empty"));
+                }
+                Some(jwt_spec(&consumer.username, jwt, &at, env)?)
+            }
+            None => None,
+        };
+        let key = match &consumer.plugins.key_auth {
+            Some(conf) => {
+                let at = format!("{at}.plugins.key-auth");
+                Some(KeySpec {
+                    username: username.clone(),
+                    key: key_source(&consumer.username, conf, &at, env)?,
+                })
+            }
+            None => None,
+        };
+        let basic = match &consumer.plugins.basic_auth {
+            Some(conf) => Some(basic_spec(
+                &username,
+                conf,
+                &format!("{at}.plugins.basic-auth"),
+                env,
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            source: None,
+            username,
+            jwt,
+            key,
+            basic,
+        })
+    }
+
+    /// The agent names its credentials come from.
+    fn agent_names(&self) -> impl Iterator<Item = &str> {
+        let jwt = self
+            .jwt
+            .iter()
+            .flat_map(|spec| [spec.verify_agent(), spec.sign_agent()]);
+        let key = self.key.iter().map(|spec| agent_name(&spec.key));
+        let basic = self.basic.iter().map(|spec| agent_name(&spec.password));
+        jwt.chain(key).chain(basic).flatten()
+    }
+}
+
+fn agent_name<K>(source: &KeySource<K>) -> Option<&str> {
+    match source {
+        KeySource::Agent { name, .. } => Some(name),
+        _ => None,
+    }
+}
+
 /// All consumers of one configuration, with their key sources.
 #[derive(Debug, Default)]
 pub struct ConsumerSet {
-    jwt: Vec<JwtSpec>,
-    key: Vec<KeySpec>,
-    basic: Vec<BasicSpec>,
-    usernames: HashSet<String>,
+    consumers: Vec<Arc<ConsumerSpec>>,
+    usernames: HashSet<Arc<str>>,
     agent_names: BTreeSet<String>,
     admin_key: Option<KeySource<Digest>>,
 }
@@ -132,61 +208,97 @@ pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 impl ConsumerSet {
     /// Validates the consumers and parses every key given inline.
     pub fn build(consumers: &[ConsumerConfig], env: EnvLookup<'_>) -> Result<Self, ConfigError> {
-        let mut set = Self::default();
+        let specs = consumers
+            .iter()
+            .enumerate()
+            .map(|(i, consumer)| {
+                ConsumerSpec::build(consumer, &format!("consumers[{i}]"), env).map(Arc::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::assemble(specs)
+    }
+
+    /// The consumers of the catalog `entries`, validated. A consumer of `previous` built
+    /// from the very same entry is taken over as it is, not parsed again; the checks
+    /// between consumers (unique names and keys) run over all of them.
+    pub fn from_catalog(
+        entries: &[Arc<Entry>],
+        env: EnvLookup<'_>,
+        previous: &ConsumerSet,
+    ) -> Result<Self, ConfigError> {
+        let before: HashMap<*const Entry, &Arc<ConsumerSpec>> = previous
+            .consumers
+            .iter()
+            .filter_map(|spec| Some((Arc::as_ptr(spec.source.as_ref()?), spec)))
+            .collect();
+        let specs = entries
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| match before.get(&Arc::as_ptr(entry)) {
+                Some(&same) => Ok(same.clone()),
+                None => {
+                    let conf: ConsumerConfig = entry.parse(Kind::Consumer, i)?;
+                    let mut spec = ConsumerSpec::build(&conf, &format!("consumers[{i}]"), env)?;
+                    spec.source = Some(entry.clone());
+                    Ok(Arc::new(spec))
+                }
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        Self::assemble(specs)
+    }
+
+    /// The set of `consumers`, once no two share a username, a jwt-auth key, a literal
+    /// key-auth key or a basic-auth login.
+    fn assemble(consumers: Vec<Arc<ConsumerSpec>>) -> Result<Self, ConfigError> {
+        let mut usernames = HashSet::with_capacity(consumers.len());
         let mut keys = HashSet::new();
         let mut api_keys = HashSet::new();
         let mut logins = HashSet::new();
+        let mut agent_names = BTreeSet::new();
         for (i, consumer) in consumers.iter().enumerate() {
-            let at = format!("consumers[{i}]");
-            check_username(&consumer.username).map_err(|r| invalid(format!("{at}.username"), r))?;
-            if !set.usernames.insert(consumer.username.clone()) {
+            let at = || format!("consumers[{i}]");
+            if !usernames.insert(consumer.username.clone()) {
                 return Err(invalid(
-                    format!("{at}.username"),
-                    format!("duplicate consumer {:?}", consumer.username),
+                    format!("{}.username", at()),
+                    format!("duplicate consumer {:?}", &*consumer.username),
                 ));
             }
-            if let Some(jwt) = &consumer.plugins.jwt_auth {
-                let at = format!("{at}.plugins.jwt-auth");
-                if jwt.key.is_empty() {
-                    return Err(invalid(format!("{at}.key"), "must not be empty"));
-                }
-                if !keys.insert(jwt.key.clone()) {
-                    return Err(invalid(
-                        format!("{at}.key"),
-                        format!("key {:?} is used by another consumer", jwt.key),
-                    ));
-                }
-                let spec = jwt_spec(&consumer.username, jwt, &at, env)?;
-                for source in [spec.verify_agent(), spec.sign_agent()]
-                    .into_iter()
-                    .flatten()
-                {
-                    set.agent_names.insert(source.to_owned());
-                }
-                set.jwt.push(spec);
+            if let Some(jwt) = &consumer.jwt
+                && !keys.insert(jwt.key.as_str())
+            {
+                return Err(invalid(
+                    format!("{}.plugins.jwt-auth.key", at()),
+                    format!("key {:?} is used by another consumer", jwt.key),
+                ));
             }
-            let username: Arc<str> = Arc::from(consumer.username.as_str());
-            if let Some(conf) = &consumer.plugins.key_auth {
-                let at = format!("{at}.plugins.key-auth");
-                let key = key_spec(&consumer.username, conf, &at, env, &mut api_keys)?;
-                if let KeySource::Agent { name, .. } = &key {
-                    set.agent_names.insert(name.clone());
-                }
-                set.key.push(KeySpec {
-                    username: username.clone(),
-                    key,
-                });
+            if let Some(KeySpec {
+                key: KeySource::Ready(digest),
+                ..
+            }) = &consumer.key
+                && !api_keys.insert(**digest)
+            {
+                return Err(invalid(
+                    format!("{}.plugins.key-auth.key", at()),
+                    "the same key is used by another consumer",
+                ));
             }
-            if let Some(conf) = &consumer.plugins.basic_auth {
-                let at = format!("{at}.plugins.basic-auth");
-                let spec = basic_spec(&username, conf, &at, env, &mut logins)?;
-                if let KeySource::Agent { name, .. } = &spec.password {
-                    set.agent_names.insert(name.clone());
-                }
-                set.basic.push(spec);
+            if let Some(basic) = &consumer.basic
+                && !logins.insert(basic.login.as_str())
+            {
+                return Err(invalid(
+                    format!("{}.plugins.basic-auth.username", at()),
+                    format!("{:?} is used by another consumer", basic.login),
+                ));
             }
+            agent_names.extend(consumer.agent_names().map(str::to_owned));
         }
-        Ok(set)
+        drop((keys, api_keys, logins));
+        Ok(Self {
+            consumers,
+            usernames,
+            agent_names,
+            admin_key: None,
+        })
     }
 
     /// Sets the Admin API key (`admin.key`): a literal, `$env://NAME` or
@@ -233,10 +345,44 @@ impl ConsumerSet {
     /// first one). Agent values that do not parse are logged here, once per snapshot,
     /// by consumer and field, never by value.
     pub fn resolve(&self, snapshot: Option<&SecretSnapshot>) -> AuthState {
+        self.resolve_with(snapshot, ResolvedAgainst::Unknown, None)
+    }
+
+    /// [`Self::resolve`] against the gateway's current snapshot, taking over from
+    /// `previous` each jwt-auth consumer resolved from the same [`ConsumerSpec`] and the
+    /// same snapshot: the same object, so no key is parsed again, nothing is logged
+    /// again, and the tokens the routes remember as verified by it stay so (an Admin API
+    /// write used to resolve all 10 000 consumers again and start every cache over).
+    pub fn resolve_after(
+        &self,
+        snapshot: Option<&Arc<SecretSnapshot>>,
+        previous: &AuthState,
+    ) -> AuthState {
+        let against = match snapshot {
+            None => ResolvedAgainst::NoSnapshot,
+            Some(snapshot) => ResolvedAgainst::Snapshot(Arc::downgrade(snapshot)),
+        };
+        let previous = previous.against.is_same(&against).then_some(previous);
+        self.resolve_with(snapshot.map(|s| &**s), against, previous)
+    }
+
+    fn resolve_with(
+        &self,
+        snapshot: Option<&SecretSnapshot>,
+        against: ResolvedAgainst,
+        previous: Option<&AuthState>,
+    ) -> AuthState {
         let by_key = self
-            .jwt
+            .consumers
             .iter()
-            .map(|spec| {
+            .filter_map(|consumer| Some((consumer, consumer.jwt.as_ref()?)))
+            .map(|(consumer, spec)| {
+                if let Some(same) = previous
+                    .and_then(|p| p.by_key.get(&spec.key))
+                    .filter(|same| std::ptr::eq(same.spec.as_ptr(), Arc::as_ptr(consumer)))
+                {
+                    return (spec.key.clone(), same.clone());
+                }
                 let verify = resolve(&spec.verify, snapshot, |bytes| {
                     if spec.algorithm.is_hmac() {
                         VerifyKey::hmac(spec.algorithm, bytes, spec.base64_secret)
@@ -271,6 +417,7 @@ impl ConsumerSet {
                     grace: spec.grace,
                     verify,
                     sign,
+                    spec: Arc::downgrade(consumer),
                 };
                 (spec.key.clone(), Arc::new(consumer))
             })
@@ -278,7 +425,7 @@ impl ConsumerSet {
 
         let mut api_keys: HashMap<Digest, Arc<str>> = HashMap::new();
         let mut clashing: HashSet<Digest> = HashSet::new();
-        for spec in &self.key {
+        for spec in self.consumers.iter().filter_map(|c| c.key.as_ref()) {
             match resolve(&spec.key, snapshot, credential_digest) {
                 Ok(d) => {
                     if api_keys.insert(*d, spec.username.clone()).is_some() {
@@ -297,8 +444,9 @@ impl ConsumerSet {
         }
 
         let basic = self
-            .basic
+            .consumers
             .iter()
+            .filter_map(|c| c.basic.as_ref())
             .map(|spec| {
                 let password = resolve(&spec.password, snapshot, credential_digest).map(|d| *d);
                 if let Err(err) = &password {
@@ -325,6 +473,7 @@ impl ConsumerSet {
             api_keys,
             basic,
             admin_key,
+            against,
         }
     }
 }
@@ -367,14 +516,13 @@ fn credential_source(
     }
 }
 
-fn key_spec(
+fn key_source(
     username: &str,
     conf: &KeyAuthConsumerConfig,
     at: &str,
     env: EnvLookup<'_>,
-    seen: &mut HashSet<Digest>,
 ) -> Result<KeySource<Digest>, ConfigError> {
-    let source = credential_source(
+    credential_source(
         conf.key.as_ref().map(ExposeSecret::expose_secret),
         conf.vault.is_some(),
         username,
@@ -382,16 +530,7 @@ fn key_spec(
         "key",
         at,
         env,
-    )?;
-    if let KeySource::Ready(d) = &source
-        && !seen.insert(**d)
-    {
-        return Err(invalid(
-            format!("{at}.key"),
-            "the same key is used by another consumer",
-        ));
-    }
-    Ok(source)
+    )
 }
 
 fn basic_spec(
@@ -399,18 +538,11 @@ fn basic_spec(
     conf: &BasicAuthConsumerConfig,
     at: &str,
     env: EnvLookup<'_>,
-    seen: &mut HashSet<String>,
 ) -> Result<BasicSpec, ConfigError> {
     if conf.username.is_empty() || conf.username.contains(':') {
         return Err(invalid(
             format!("{at}.username"),
             "must be non-empty and without ':'",
-        ));
-    }
-    if !seen.insert(conf.username.clone()) {
-        return Err(invalid(
-            format!("{at}.username"),
-            format!("{:?} is used by another consumer", conf.username),
         ));
     }
     let password = credential_source(
@@ -711,6 +843,9 @@ pub struct JwtConsumer {
     pub verify: Result<Arc<VerifyKey>, Unavailable>,
     /// Signing key, or why there is none.
     pub sign: Result<Arc<SignKey>, Unavailable>,
+    /// What it was resolved from (weak: only its address counts, for the next
+    /// resolution to take this consumer over).
+    spec: std::sync::Weak<ConsumerSpec>,
 }
 
 /// A basic-auth user.
@@ -732,6 +867,30 @@ pub struct AuthState {
     api_keys: HashMap<Digest, Arc<str>>,
     basic: HashMap<String, BasicUser>,
     admin_key: Option<Result<Digest, Unavailable>>,
+    against: ResolvedAgainst,
+}
+
+/// The snapshot an [`AuthState`] was resolved against.
+#[derive(Debug, Default)]
+enum ResolvedAgainst {
+    /// Not recorded ([`ConsumerSet::resolve`]): nothing is taken over from it.
+    #[default]
+    Unknown,
+    /// None yet.
+    NoSnapshot,
+    /// This one. Weak: an old state does not keep secrets alive, and the allocation it
+    /// keeps means no later snapshot can have the same address.
+    Snapshot(std::sync::Weak<SecretSnapshot>),
+}
+
+impl ResolvedAgainst {
+    fn is_same(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::NoSnapshot, Self::NoSnapshot) => true,
+            (Self::Snapshot(a), Self::Snapshot(b)) => a.ptr_eq(b),
+            _ => false,
+        }
+    }
 }
 
 impl AuthState {

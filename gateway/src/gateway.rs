@@ -116,8 +116,11 @@ impl Shared {
         let _guard = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
         let runtime = self.runtime.load();
         let snapshot = self.snapshot.load();
-        let auth = runtime.consumers.resolve(snapshot.as_deref());
-        crate::consumers::warn_short_secrets(&self.auth.load(), &auth);
+        let previous = self.auth.load();
+        let auth = runtime
+            .consumers
+            .resolve_after(snapshot.as_ref(), &previous);
+        crate::consumers::warn_short_secrets(&previous, &auth);
         self.auth.store(Arc::new(auth));
         let certs = runtime.resolve_tls(snapshot.as_deref(), Some(&self.certs.load()));
         self.certs.store(Arc::new(certs));
@@ -238,7 +241,7 @@ impl Gateway {
         config.raw = RawResources::default();
         let runtime = control.runtime(&|k| std::env::var(k).ok())?;
         let names = runtime.agent_names();
-        let auth = runtime.consumers.resolve(None);
+        let auth = runtime.consumers.resolve_after(None, &AuthState::default());
         crate::consumers::warn_short_secrets(&AuthState::default(), &auth);
         let certs = Arc::new(ArcSwap::from_pointee(runtime.resolve_tls(None, None)));
         let tls_counters = Arc::new(TlsCounters::default());

@@ -98,6 +98,7 @@ pub struct Runtime {
 pub struct Predecessor {
     routes: Vec<Arc<Route>>,
     upstreams: Vec<Arc<Upstream>>,
+    consumers: Arc<ConsumerSet>,
 }
 
 impl Predecessor {
@@ -106,6 +107,7 @@ impl Predecessor {
         Self {
             routes: runtime.routes.clone(),
             upstreams: runtime.upstreams.clone(),
+            consumers: runtime.consumers.clone(),
         }
     }
 }
@@ -125,8 +127,9 @@ impl Runtime {
     /// Validates `catalog`'s resources over `file`'s settings and builds the runtime.
     ///
     /// From `predecessor` (the runtime this one replaces; empty at start): a route or an
-    /// upstream built from the very same catalog entry (an Admin API write shares the
-    /// entries it does not change) is taken over as it is, not parsed and built again,
+    /// upstream or a consumer built from the very same catalog entry (an Admin API write
+    /// shares the entries it does not change) is taken over as it is, not parsed and
+    /// built again,
     /// with its counters, node state, round-robin position and verified tokens; a route
     /// only while its upstream is the same object and its `anonymous_consumer` still
     /// exists. Otherwise a route's [`ResponseCounts`] pass to the route of the same id,
@@ -159,9 +162,11 @@ impl Runtime {
             .iter()
             .map(|route| (Arc::as_ptr(&route.source.entry), route))
             .collect();
-        let consumer_configs = catalog.typed(Kind::Consumer)?;
-        let mut consumers = ConsumerSet::build(&consumer_configs, env)?;
-        drop(consumer_configs);
+        let mut consumers = ConsumerSet::from_catalog(
+            catalog.entries(Kind::Consumer),
+            env,
+            &predecessor.consumers,
+        )?;
         if let Some(admin) = &file.admin {
             consumers.set_admin_key(
                 admin.key.expose_secret(),

@@ -406,3 +406,60 @@ fn a_write_rebuilds_only_what_it_changes() {
     };
     assert!(msg.contains("anonymous_consumer"), "{msg}");
 }
+
+/// The consumers a write does not change keep their resolved keys: the same objects
+/// (no key parsed again, and the tokens routes remember as verified by them stay so).
+/// A changed consumer, or a new agent snapshot, makes new ones.
+#[test]
+fn a_write_keeps_the_resolved_keys_of_the_consumers_it_does_not_change() {
+    use crate::consumers::AuthState;
+    use crate::secrets::SecretSnapshot;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut control = control(dir.path());
+    let same = |a: &AuthState, b: &AuthState, key: &str| {
+        Arc::ptr_eq(a.jwt_consumer(key).unwrap(), b.jwt_consumer(key).unwrap())
+    };
+    let first = control.runtime(&env).unwrap();
+    let auth1 = first.consumers.resolve_after(None, &AuthState::default());
+    let mut put = |kind, id, body, revision| control.put(kind, id, body, revision, &env);
+
+    let jim = json!({"username": "jim", "plugins": {"jwt-auth": {"key": "jim-key", "secret": "jim-secret"}}});
+    let second = put(Kind::Consumer, "jim", jim, 1).unwrap().runtime;
+    let auth2 = second.consumers.resolve_after(None, &auth1);
+    assert!(same(&auth1, &auth2, "test-key"));
+
+    // Taken over, jack's key is still checked against the others.
+    let clash =
+        json!({"username": "joe", "plugins": {"jwt-auth": {"key": "test-key", "secret": "s"}}});
+    let Err(WriteError::Invalid(msg)) = put(Kind::Consumer, "joe", clash, 2) else {
+        panic!("accepted a second consumer with jack's key");
+    };
+    assert!(msg.contains("is used by another consumer"), "{msg}");
+
+    let jack = json!({"username": "jack", "plugins": {"jwt-auth": {"key": "test-key", "secret": "new-secret"}}});
+    let third = put(Kind::Consumer, "jack", jack, 3).unwrap().runtime;
+    let auth3 = third.consumers.resolve_after(None, &auth2);
+    assert!(
+        !same(&auth2, &auth3, "test-key"),
+        "jack's new secret was not taken"
+    );
+    assert!(same(&auth2, &auth3, "jim-key"));
+
+    let snapshot = Arc::new(SecretSnapshot::from_proto(Default::default()));
+    let auth4 = third.consumers.resolve_after(Some(&snapshot), &auth3);
+    assert!(
+        !same(&auth3, &auth4, "jim-key"),
+        "a new snapshot was not resolved"
+    );
+    let auth5 = third.consumers.resolve_after(Some(&snapshot), &auth4);
+    assert!(same(&auth4, &auth5, "jim-key"));
+    // Resolved without a record of the snapshot: nothing is taken over from it.
+    let plain = third.consumers.resolve(Some(&snapshot));
+    assert!(!same(
+        &plain,
+        &third.consumers.resolve_after(Some(&snapshot), &plain),
+        "jim-key"
+    ));
+}
