@@ -193,7 +193,7 @@ fn agent_name<K>(source: &KeySource<K>) -> Option<&str> {
 #[derive(Debug, Default)]
 pub struct ConsumerSet {
     consumers: Vec<Arc<ConsumerSpec>>,
-    usernames: HashSet<Arc<str>>,
+    usernames: foldhash::HashSet<Arc<str>>,
     agent_names: BTreeSet<String>,
     admin_key: Option<KeySource<Digest>>,
 }
@@ -226,7 +226,7 @@ impl ConsumerSet {
         env: EnvLookup<'_>,
         previous: &ConsumerSet,
     ) -> Result<Self, ConfigError> {
-        let before: HashMap<*const Entry, &Arc<ConsumerSpec>> = previous
+        let before: foldhash::HashMap<*const Entry, &Arc<ConsumerSpec>> = previous
             .consumers
             .iter()
             .filter_map(|spec| Some((Arc::as_ptr(spec.source.as_ref()?), spec)))
@@ -250,10 +250,13 @@ impl ConsumerSet {
     /// The set of `consumers`, once no two share a username, a jwt-auth key, a literal
     /// key-auth key or a basic-auth login.
     fn assemble(consumers: Vec<Arc<ConsumerSpec>>) -> Result<Self, ConfigError> {
-        let mut usernames = HashSet::with_capacity(consumers.len());
-        let mut keys = HashSet::new();
-        let mut api_keys = HashSet::new();
-        let mut logins = HashSet::new();
+        // Configured names and keys: foldhash, not SipHash (see `runtime`).
+        let mut usernames =
+            foldhash::HashSet::with_capacity_and_hasher(consumers.len(), Default::default());
+        let mut keys =
+            foldhash::HashSet::with_capacity_and_hasher(consumers.len(), Default::default());
+        let mut api_keys = foldhash::HashSet::default();
+        let mut logins = foldhash::HashSet::default();
         let mut agent_names = BTreeSet::new();
         for (i, consumer) in consumers.iter().enumerate() {
             let at = || format!("consumers[{i}]");
@@ -922,10 +925,16 @@ impl AuthState {
 
     /// The consumers whose HMAC secret is shorter than RFC 8725 asks for.
     pub fn short_secrets(&self) -> impl Iterator<Item = (&JwtConsumer, ShortSecret)> {
-        self.by_key.values().filter_map(|c| {
-            let short = c.verify.as_ref().ok()?.short_secret()?;
-            Some((c.as_ref(), short))
-        })
+        self.by_key
+            .values()
+            .filter_map(|c| Some((c.as_ref(), c.short_secret()?)))
+    }
+}
+
+impl JwtConsumer {
+    /// How much too short its HMAC secret is, if it is.
+    fn short_secret(&self) -> Option<ShortSecret> {
+        self.verify.as_ref().ok()?.short_secret()
     }
 }
 
@@ -937,11 +946,26 @@ const SHORT_SECRETS_NAMED: usize = 5;
 /// on every rebuild (an Admin API write rebuilds all consumers, and with 10 000 of them
 /// one line each was megabytes of log per write). Never the secret itself.
 pub fn warn_short_secrets(old: &AuthState, new: &AuthState) {
-    let known: HashSet<&str> = old.short_secrets().map(|(c, _)| &*c.username).collect();
-    let mut fresh: Vec<(&JwtConsumer, ShortSecret)> = new
-        .short_secrets()
-        .filter(|(c, _)| !known.contains(&*c.username))
-        .collect();
+    let mut known: Option<HashSet<&str>> = None;
+    let mut fresh: Vec<(&JwtConsumer, ShortSecret)> = Vec::new();
+    for (key, consumer) in &new.by_key {
+        // The same object (taken over by the resolution) was judged with `old`.
+        if old
+            .by_key
+            .get(key)
+            .is_some_and(|o| Arc::ptr_eq(o, consumer))
+        {
+            continue;
+        }
+        let Some(short) = consumer.short_secret() else {
+            continue;
+        };
+        let known =
+            known.get_or_insert_with(|| old.short_secrets().map(|(c, _)| &*c.username).collect());
+        if !known.contains(&*consumer.username) {
+            fresh.push((consumer, short));
+        }
+    }
     if fresh.is_empty() {
         return;
     }
