@@ -70,7 +70,7 @@ pub enum Unavailable {
 #[derive(Debug)]
 struct JwtSpec {
     username: Arc<str>,
-    key: String,
+    key: Arc<str>,
     algorithm: Algorithm,
     exp: u64,
     grace: u64,
@@ -267,7 +267,7 @@ impl ConsumerSet {
                 ));
             }
             if let Some(jwt) = &consumer.jwt
-                && !keys.insert(jwt.key.as_str())
+                && !keys.insert(&*jwt.key)
             {
                 return Err(invalid(
                     format!("{}.plugins.jwt-auth.key", at()),
@@ -375,7 +375,9 @@ impl ConsumerSet {
         against: ResolvedAgainst,
         previous: Option<&AuthState>,
     ) -> AuthState {
-        let by_key = self
+        let mut by_key =
+            HashMap::with_capacity_and_hasher(self.consumers.len(), Default::default());
+        let resolved = self
             .consumers
             .iter()
             .filter_map(|consumer| Some((consumer, consumer.jwt.as_ref()?)))
@@ -423,8 +425,8 @@ impl ConsumerSet {
                     spec: Arc::downgrade(consumer),
                 };
                 (spec.key.clone(), Arc::new(consumer))
-            })
-            .collect();
+            });
+        by_key.extend(resolved);
 
         let mut api_keys: HashMap<Digest, Arc<str>> = HashMap::new();
         let mut clashing: HashSet<Digest> = HashSet::new();
@@ -769,7 +771,7 @@ fn jwt_spec(
     };
     Ok(JwtSpec {
         username: Arc::from(username),
-        key: conf.key.clone(),
+        key: Arc::from(conf.key.as_str()),
         algorithm: alg,
         exp: conf.exp,
         grace: conf.lifetime_grace_period,
@@ -865,8 +867,9 @@ pub struct BasicUser {
 #[derive(Debug, Default)]
 pub struct AuthState {
     /// By `key` claim. foldhash rather than SipHash: only configured keys are
-    /// inserted, so a client cannot choose colliding ones.
-    by_key: HashMap<String, Arc<JwtConsumer>, foldhash::fast::RandomState>,
+    /// inserted, so a client cannot choose colliding ones. The keys are shared with the
+    /// specs: a resolution copies no string.
+    by_key: HashMap<Arc<str>, Arc<JwtConsumer>, foldhash::fast::RandomState>,
     api_keys: HashMap<Digest, Arc<str>>,
     basic: HashMap<String, BasicUser>,
     admin_key: Option<Result<Digest, Unavailable>>,
