@@ -767,6 +767,82 @@ async fn an_ejected_node_stays_ejected_across_an_unrelated_write() -> Result<()>
     Ok(())
 }
 
+/// A write builds only what it changes and takes the rest over from the runtime in use
+/// (the same consumer objects, with the tokens the routes remember as verified by
+/// them): on the real gateway, a token stays good across an unrelated write, and the
+/// write that changes its consumer's secret refuses it at once, as the delete of the
+/// consumer refuses the new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_secret_refuses_the_old_token_at_once() -> Result<()> {
+    let upstream = Upstream::start().await?;
+    let gw = start(&upstream).await?;
+    let put = |path: &'static str, body: String| {
+        let gw = &gw;
+        async move {
+            let answer = gw.admin("PUT", path, Some(KEY), Some(&body)).await?;
+            ensure!(answer.0 == 200 || answer.0 == 201, "PUT {path}: {answer:?}");
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    let route = format!(
+        r#"{{"uri":"/secure/*","plugins":{{"jwt-auth":{{}}}},"upstream":{{"nodes":{{"{}":1}}}}}}"#,
+        upstream.node()
+    );
+    put("/apisix/admin/routes/1", route).await?;
+    let consumer = |secret: &str| {
+        format!(
+            r#"{{"username":"jack","plugins":{{"jwt-auth":{{"key":"jack-key","secret":"{secret}"}}}}}}"#
+        )
+    };
+    let (first, second) = (
+        keygate_tests::random_secret("jack-1"),
+        keygate_tests::random_secret("jack-2"),
+    );
+    put("/apisix/admin/consumers", consumer(&first)).await?;
+    let lifetime = Duration::from_secs(600);
+    let old_token = keygate_tests::load::hs256_token("jack-key", &first, lifetime);
+    let new_token = keygate_tests::load::hs256_token("jack-key", &second, lifetime);
+    let status = |token: &str| {
+        let gw = &gw;
+        let bearer = format!("Bearer {token}");
+        async move {
+            let (status, _) = gw
+                .get("/secure/ping", &[("Authorization", &bearer)])
+                .await?;
+            Ok::<_, anyhow::Error>(status)
+        }
+    };
+    // Twice: the second is answered from the route's verified tokens.
+    ensure!(status(&old_token).await? == 200 && status(&old_token).await? == 200);
+
+    let jim = r#"{"username":"jim","plugins":{"jwt-auth":{"key":"jim-key","secret":"jim-secret-0123456789-0123456789"}}}"#;
+    put("/apisix/admin/consumers", jim.to_owned()).await?;
+    ensure!(
+        status(&old_token).await? == 200,
+        "an unrelated write refused jack's token"
+    );
+
+    put("/apisix/admin/consumers", consumer(&second)).await?;
+    let old = status(&old_token).await?;
+    ensure!(
+        old == 401,
+        "HTTP {old} for a token signed with jack's old secret"
+    );
+    ensure!(status(&new_token).await? == 200);
+
+    let answer = gw
+        .admin("DELETE", "/apisix/admin/consumers/jack", Some(KEY), None)
+        .await?;
+    ensure!(answer.0 == 200, "{answer:?}");
+    let deleted = status(&new_token).await?;
+    ensure!(
+        deleted == 401,
+        "HTTP {deleted} for the token of a deleted consumer"
+    );
+    assert_no_secret_in(&gw.log_contents(), &[&first, &second]);
+    Ok(())
+}
+
 /// `admin.key: $secret://vault/...`: the key comes from Vault through the agent, is
 /// refused while not available, and rotates without a restart.
 #[tokio::test(flavor = "multi_thread")]
