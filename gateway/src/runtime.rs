@@ -273,9 +273,10 @@ impl Runtime {
                 ));
             }
             if let Some(spec) = &route.source.spec {
+                // Checked when the route was built, where the field is known.
                 router
                     .add(spec, route.clone())
-                    .map_err(|e| invalid(format!("routes[{i}].uri"), e.to_string()))?;
+                    .map_err(|e| invalid(format!("routes[{i}]"), e.to_string()))?;
             }
             routes.push(route);
         }
