@@ -7,7 +7,7 @@
 //! are already parsed, with one map lookup and no lock.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use secrecy::ExposeSecret;
 
@@ -205,6 +205,62 @@ pub const APISIX_EXAMPLE_ADMIN_KEY: &str = "edd1c9f034335f136f87ad84b625c8f1";
 /// Looks up an environment variable (injectable for tests).
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// The Admin API key as configured (`admin.key`): a literal, `$env://NAME` or
+/// `$secret://vault/<path>/<field>`.
+#[derive(Clone, Copy)]
+pub struct AdminKey<'a> {
+    /// The configured text (may be the key itself: never logged).
+    pub raw: &'a str,
+    /// Whether the admin listener is on a loopback address.
+    pub loopback: bool,
+}
+
+impl AdminKey<'_> {
+    fn source(self, env: EnvLookup<'_>) -> Result<KeySource<Digest>, ConfigError> {
+        match value(Some(self.raw), "admin", "key", env)? {
+            Value::Literal(bytes) => {
+                if !self.loopback && bytes.as_slice() == APISIX_EXAMPLE_ADMIN_KEY.as_bytes() {
+                    return Err(invalid(
+                        "admin.key",
+                        "the example key of APISIX's documentation is only accepted on a loopback listener",
+                    ));
+                }
+                credential_digest(&bytes)
+                    .map(|d| KeySource::Ready(Arc::new(d)))
+                    .map_err(|e| invalid("admin.key", e.to_string()))
+            }
+            Value::Agent { name, field } => Ok(KeySource::Agent { name, field }),
+            Value::Absent => Err(invalid("admin.key", "required")),
+        }
+    }
+}
+
+impl std::fmt::Debug for AdminKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminKey")
+            .field("raw", &"<redacted>")
+            .field("loopback", &self.loopback)
+            .finish()
+    }
+}
+
+/// Whether two Admin API key sources are the same key (digests of configured keys,
+/// not of anything a client sent: no need for a constant-time comparison).
+fn same_admin_key(a: Option<&KeySource<Digest>>, b: Option<&KeySource<Digest>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(KeySource::Ready(a)), Some(KeySource::Ready(b))) => a == b,
+        (
+            Some(KeySource::Agent { name, field }),
+            Some(KeySource::Agent {
+                name: other_name,
+                field: other_field,
+            }),
+        ) => name == other_name && field == other_field,
+        _ => false,
+    }
+}
+
 impl ConsumerSet {
     /// Validates the consumers and parses every key given inline.
     pub fn build(consumers: &[ConsumerConfig], env: EnvLookup<'_>) -> Result<Self, ConfigError> {
@@ -218,10 +274,43 @@ impl ConsumerSet {
         Self::assemble(specs)
     }
 
-    /// The consumers of the catalog `entries`, validated. A consumer of `previous` built
-    /// from the very same entry is taken over as it is, not parsed again; the checks
-    /// between consumers (unique names and keys) run over all of them.
+    /// The consumers of the catalog `entries`, validated, with the Admin API key of
+    /// `admin`. `previous` itself when it was built from the very same entries and
+    /// admin key: a write that changes no consumer (a route's, an upstream's) shares the
+    /// set, and so its resolved keys ([`AuthState::is_resolution_of`]). Otherwise a
+    /// consumer of `previous` built from the very same entry is taken over as it is, not
+    /// parsed again, and the checks between consumers (unique names and keys) run over
+    /// all of them.
     pub fn from_catalog(
+        entries: &[Arc<Entry>],
+        admin: Option<AdminKey<'_>>,
+        env: EnvLookup<'_>,
+        previous: &Arc<ConsumerSet>,
+    ) -> Result<Arc<Self>, ConfigError> {
+        if previous.is_built_from(entries) {
+            let admin_key = admin.map(|a| a.source(env)).transpose()?;
+            if same_admin_key(previous.admin_key.as_ref(), admin_key.as_ref()) {
+                return Ok(previous.clone());
+            }
+        }
+        let mut set = Self::from_entries(entries, env, previous)?;
+        if let Some(admin) = admin {
+            set.set_admin_source(admin.source(env)?);
+        }
+        Ok(Arc::new(set))
+    }
+
+    /// Whether every consumer of this set was built from `entries`, in their order.
+    fn is_built_from(&self, entries: &[Arc<Entry>]) -> bool {
+        self.consumers.len() == entries.len()
+            && self.consumers.iter().zip(entries).all(|(spec, entry)| {
+                spec.source
+                    .as_ref()
+                    .is_some_and(|source| Arc::ptr_eq(source, entry))
+            })
+    }
+
+    fn from_entries(
         entries: &[Arc<Entry>],
         env: EnvLookup<'_>,
         previous: &ConsumerSet,
@@ -304,34 +393,11 @@ impl ConsumerSet {
         })
     }
 
-    /// Sets the Admin API key (`admin.key`): a literal, `$env://NAME` or
-    /// `$secret://vault/<path>/<field>`. `loopback`: whether the admin listener is.
-    pub fn set_admin_key(
-        &mut self,
-        raw: &str,
-        loopback: bool,
-        env: EnvLookup<'_>,
-    ) -> Result<(), ConfigError> {
-        let source = match value(Some(raw), "admin", "key", env)? {
-            Value::Literal(bytes) => {
-                if !loopback && bytes.as_slice() == APISIX_EXAMPLE_ADMIN_KEY.as_bytes() {
-                    return Err(invalid(
-                        "admin.key",
-                        "the example key of APISIX's documentation is only accepted on a loopback listener",
-                    ));
-                }
-                credential_digest(&bytes)
-                    .map(|d| KeySource::Ready(Arc::new(d)))
-                    .map_err(|e| invalid("admin.key", e.to_string()))?
-            }
-            Value::Agent { name, field } => {
-                self.agent_names.insert(name.clone());
-                KeySource::Agent { name, field }
-            }
-            Value::Absent => return Err(invalid("admin.key", "required")),
-        };
+    fn set_admin_source(&mut self, source: KeySource<Digest>) {
+        if let KeySource::Agent { name, .. } = &source {
+            self.agent_names.insert(name.clone());
+        }
         self.admin_key = Some(source);
-        Ok(())
     }
 
     /// The agent names these consumers need (sorted, unique).
@@ -357,16 +423,15 @@ impl ConsumerSet {
     /// again, and the tokens the routes remember as verified by it stay so (an Admin API
     /// write used to resolve all 10 000 consumers again and start every cache over).
     pub fn resolve_after(
-        &self,
+        self: &Arc<Self>,
         snapshot: Option<&Arc<SecretSnapshot>>,
         previous: &AuthState,
     ) -> AuthState {
-        let against = match snapshot {
-            None => ResolvedAgainst::NoSnapshot,
-            Some(snapshot) => ResolvedAgainst::Snapshot(Arc::downgrade(snapshot)),
-        };
+        let against = ResolvedAgainst::of(snapshot);
         let previous = previous.against.is_same(&against).then_some(previous);
-        self.resolve_with(snapshot.map(|s| &**s), against, previous)
+        let mut state = self.resolve_with(snapshot.map(|s| &**s), against, previous);
+        state.consumers = Arc::downgrade(self);
+        state
     }
 
     fn resolve_with(
@@ -479,6 +544,7 @@ impl ConsumerSet {
             basic,
             admin_key,
             against,
+            consumers: Weak::new(),
         }
     }
 }
@@ -874,6 +940,9 @@ pub struct AuthState {
     basic: HashMap<String, BasicUser>,
     admin_key: Option<Result<Digest, Unavailable>>,
     against: ResolvedAgainst,
+    /// The set resolved ([`ConsumerSet::resolve_after`]; none otherwise). Weak, as
+    /// `against`: it keeps no consumer alive, and its allocation no other set's address.
+    consumers: Weak<ConsumerSet>,
 }
 
 /// The snapshot an [`AuthState`] was resolved against.
@@ -890,6 +959,13 @@ enum ResolvedAgainst {
 }
 
 impl ResolvedAgainst {
+    fn of(snapshot: Option<&Arc<SecretSnapshot>>) -> Self {
+        match snapshot {
+            None => Self::NoSnapshot,
+            Some(snapshot) => Self::Snapshot(Arc::downgrade(snapshot)),
+        }
+    }
+
     fn is_same(&self, other: &Self) -> bool {
         match (self, other) {
             (Self::NoSnapshot, Self::NoSnapshot) => true,
@@ -900,6 +976,19 @@ impl ResolvedAgainst {
 }
 
 impl AuthState {
+    /// Whether this is what [`ConsumerSet::resolve_after`] gives for `consumers` and
+    /// `snapshot`: the very same set and snapshot, so resolving again would give the
+    /// same consumers, keys and warnings (a write that changes no consumer keeps the
+    /// state as it is; any new snapshot resolves again).
+    pub fn is_resolution_of(
+        &self,
+        consumers: &Arc<ConsumerSet>,
+        snapshot: Option<&Arc<SecretSnapshot>>,
+    ) -> bool {
+        std::ptr::eq(self.consumers.as_ptr(), Arc::as_ptr(consumers))
+            && self.against.is_same(&ResolvedAgainst::of(snapshot))
+    }
+
     /// The Admin API key's digest: `None` when no key is configured, `Some(Err)` when
     /// it comes from the agent and is not available.
     pub fn admin_key(&self) -> Option<&Result<Digest, Unavailable>> {

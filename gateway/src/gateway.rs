@@ -117,11 +117,13 @@ impl Shared {
         let runtime = self.runtime.load();
         let snapshot = self.snapshot.load();
         let previous = self.auth.load();
-        let auth = runtime
-            .consumers
-            .resolve_after(snapshot.as_ref(), &previous);
-        crate::consumers::warn_short_secrets(&previous, &auth);
-        self.auth.store(Arc::new(auth));
+        if !previous.is_resolution_of(&runtime.consumers, snapshot.as_ref()) {
+            let auth = runtime
+                .consumers
+                .resolve_after(snapshot.as_ref(), &previous);
+            crate::consumers::warn_short_secrets(&previous, &auth);
+            self.auth.store(Arc::new(auth));
+        }
         let certs = runtime.resolve_tls(snapshot.as_deref(), Some(&self.certs.load()));
         self.certs.store(Arc::new(certs));
     }

@@ -14,7 +14,7 @@ use crate::auth::RouteAuth;
 use crate::basic_auth::BasicAuthRoute;
 use crate::catalog::{Catalog, Entry};
 use crate::config::{Config, ConfigError, RouteConfig, SslConfig, UpstreamConfig, invalid};
-use crate::consumers::{ConsumerSet, EnvLookup};
+use crate::consumers::{AdminKey, ConsumerSet, EnvLookup};
 use crate::jwt_auth::JwtAuthRoute;
 use crate::key_auth::KeyAuthRoute;
 use crate::kind::Kind;
@@ -164,17 +164,16 @@ impl Runtime {
             .iter()
             .map(|route| (Arc::as_ptr(&route.source.entry), route))
             .collect();
-        let mut consumers = ConsumerSet::from_catalog(
+        let consumers = ConsumerSet::from_catalog(
             catalog.entries(Kind::Consumer),
+            file.admin.as_ref().map(|admin| AdminKey {
+                raw: admin.key.expose_secret(),
+                loopback: admin.listen.ip().is_loopback(),
+            }),
             env,
             &predecessor.consumers,
         )?;
         if let Some(admin) = &file.admin {
-            consumers.set_admin_key(
-                admin.key.expose_secret(),
-                admin.listen.ip().is_loopback(),
-                env,
-            )?;
             if admin.max_body == 0 {
                 return Err(invalid("admin.max_body", "must be above 0"));
             }
@@ -185,7 +184,6 @@ impl Runtime {
                 ));
             }
         }
-        let consumers = Arc::new(consumers);
         if file.agent.is_none() && !consumers.agent_names().is_empty() {
             return Err(invalid(
                 "agent",

@@ -245,3 +245,74 @@ fn short_hmac_secrets_are_warned_about_once_per_consumer_and_never_shown() {
     assert_eq!(logged.lines().count(), 1, "{logged}");
     assert!(logged.contains("consumer=c7 "), "{logged}");
 }
+
+/// A build from the very same entries and Admin API key is the set in use (what a
+/// write that changes no consumer shares, resolution included); anything else in
+/// either gives a new set.
+#[test]
+fn the_same_entries_and_admin_key_give_the_same_set() {
+    use crate::catalog::{Entry as CatalogEntry, Origin};
+    let consumer = |name: &str| {
+        let value = serde_json::json!({"username": name,
+            "plugins": {"jwt-auth": {"key": format!("{name}-key"), "secret": format!("{name}-secret")}}});
+        Arc::new(CatalogEntry::new(name, Origin::Admin, 0, 0, &value))
+    };
+    let env = |_: &str| None;
+    let entries = vec![consumer("jack"), consumer("jim")];
+    let literal = |raw| {
+        Some(AdminKey {
+            raw,
+            loopback: true,
+        })
+    };
+    let one = "admin-key-one-0123456789abcdef";
+    let build = |entries: &[Arc<CatalogEntry>], admin, previous: &Arc<ConsumerSet>| {
+        ConsumerSet::from_catalog(entries, admin, &env, previous).unwrap()
+    };
+
+    let first = build(&entries, literal(one), &Arc::default());
+    let again = build(&entries, literal(one), &first);
+    assert!(Arc::ptr_eq(&first, &again));
+    let auth = first.resolve_after(None, &AuthState::default());
+    assert!(auth.is_resolution_of(&again, None));
+
+    let two = "admin-key-two-0123456789abcdef";
+    let other_key = build(&entries, literal(two), &first);
+    assert!(
+        !Arc::ptr_eq(&first, &other_key),
+        "a new admin key was not taken"
+    );
+    assert!(!auth.is_resolution_of(&other_key, None));
+    assert_eq!(
+        other_key.resolve(None).admin_key(),
+        Some(&Ok(digest(two.as_bytes())))
+    );
+    let no_key = build(&entries, None, &other_key);
+    assert!(!Arc::ptr_eq(&other_key, &no_key));
+    assert_eq!(no_key.resolve(None).admin_key(), None);
+
+    // An entry replaced, even by an equal one, or removed: a new set.
+    let replaced = vec![entries[0].clone(), consumer("jim")];
+    assert!(!Arc::ptr_eq(
+        &first,
+        &build(&replaced, literal(one), &first)
+    ));
+    assert!(!Arc::ptr_eq(
+        &first,
+        &build(&entries[..1], literal(one), &first)
+    ));
+
+    // From the agent: the same secret and field, the same set; another field, a new one.
+    let vault = |raw| {
+        Some(AdminKey {
+            raw,
+            loopback: false,
+        })
+    };
+    let from_agent = build(&entries, vault("$secret://vault/admin/key"), &first);
+    assert_eq!(from_agent.agent_names(), ["admin"]);
+    let same = build(&entries, vault("$secret://vault/admin/key"), &from_agent);
+    assert!(Arc::ptr_eq(&from_agent, &same));
+    let other_field = build(&entries, vault("$secret://vault/admin/other"), &from_agent);
+    assert!(!Arc::ptr_eq(&from_agent, &other_field));
+}

@@ -463,3 +463,91 @@ fn a_write_keeps_the_resolved_keys_of_the_consumers_it_does_not_change() {
         "jim-key"
     ));
 }
+
+/// A write that changes no consumer shares the consumer set, and with it the keys
+/// resolved from it (the gateway keeps its auth state as it is); a consumer written or
+/// deleted, or a reload, gives a new set.
+#[test]
+fn a_write_that_changes_no_consumer_shares_the_consumer_set() {
+    use crate::consumers::AuthState;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut control = control(dir.path());
+    let first = control.runtime(&env).unwrap();
+    let auth = first.consumers.resolve_after(None, &AuthState::default());
+
+    let route = json!({"uri": "/new", "upstream_id": "up"});
+    let second = control
+        .put(Kind::Route, "new", route, 1, &env)
+        .unwrap()
+        .runtime;
+    assert!(Arc::ptr_eq(&first.consumers, &second.consumers));
+    assert!(auth.is_resolution_of(&second.consumers, None));
+    let up = json!({"id": "up", "nodes": {"127.0.0.1:3": 1}});
+    let third = control
+        .put(Kind::Upstream, "up", up, 2, &env)
+        .unwrap()
+        .runtime;
+    assert!(Arc::ptr_eq(&second.consumers, &third.consumers));
+
+    let jim = json!({"username": "jim", "plugins": {"jwt-auth": {"key": "jim-key", "secret": "jim-secret"}}});
+    let fourth = control
+        .put(Kind::Consumer, "jim", jim, 3, &env)
+        .unwrap()
+        .runtime;
+    assert!(!Arc::ptr_eq(&third.consumers, &fourth.consumers));
+    assert!(!auth.is_resolution_of(&fourth.consumers, None));
+
+    let fifth = control.delete(Kind::Route, "new", &env).unwrap().runtime;
+    assert!(Arc::ptr_eq(&fourth.consumers, &fifth.consumers));
+    let sixth = control.delete(Kind::Consumer, "jim", &env).unwrap().runtime;
+    assert!(!Arc::ptr_eq(&fifth.consumers, &sixth.consumers));
+    let seventh = control.reload(Config::parse(FILE).unwrap(), &env).unwrap();
+    assert!(!Arc::ptr_eq(&sixth.consumers, &seventh.consumers));
+}
+
+/// The dry run judges a resource as a write would, taking over from the runtime in
+/// use, and changes nothing: the write after it still takes over from that runtime (a
+/// route built onto the upstream another route already uses shares it).
+#[test]
+fn the_dry_run_judges_as_a_write_and_changes_nothing() {
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut control = control(dir.path());
+    let first = control.runtime(&env).unwrap();
+    let check = |control: &Control, kind, id, body| control.check(kind, id, body, &env).1;
+
+    let route = json!({"uri": "/b", "upstream_id": "up"});
+    assert!(check(&control, Kind::Route, "2", route.clone()).is_ok());
+    let clash =
+        json!({"username": "joe", "plugins": {"jwt-auth": {"key": "test-key", "secret": "s"}}});
+    match check(&control, Kind::Consumer, "joe", clash) {
+        Err(WriteError::Invalid(msg)) => {
+            assert!(msg.contains("is used by another consumer"), "{msg}")
+        }
+        other => panic!("a second consumer with jack's key: {other:?}"),
+    }
+    let orphan = json!({"uri": "/c", "upstream_id": "missing"});
+    match check(&control, Kind::Route, "3", orphan) {
+        Err(WriteError::Invalid(msg)) => assert!(msg.contains("missing"), "{msg}"),
+        other => panic!("a route onto a missing upstream: {other:?}"),
+    }
+    assert_eq!(control.catalog().entries(Kind::Route).len(), 1);
+    assert_eq!(control.catalog().entries(Kind::Consumer).len(), 1);
+
+    let second = control
+        .put(Kind::Route, "2", route, 1, &env)
+        .unwrap()
+        .runtime;
+    let find = |runtime: &Runtime, id: &str| {
+        Arc::clone(runtime.routes.iter().find(|r| &*r.id == id).unwrap())
+    };
+    assert!(Arc::ptr_eq(&find(&first, "1"), &find(&second, "1")));
+    assert!(Arc::ptr_eq(
+        &find(&first, "1").upstream,
+        &find(&second, "2").upstream
+    ));
+    assert!(Arc::ptr_eq(&first.consumers, &second.consumers));
+}
