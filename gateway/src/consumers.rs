@@ -402,7 +402,12 @@ impl ConsumerSet {
 
     /// The agent names these consumers need (sorted, unique).
     pub fn agent_names(&self) -> Vec<String> {
-        self.agent_names.iter().cloned().collect()
+        self.agent_name_iter().map(str::to_owned).collect()
+    }
+
+    /// [`Self::agent_names`], borrowed.
+    pub fn agent_name_iter(&self) -> impl Iterator<Item = &str> {
+        self.agent_names.iter().map(String::as_str)
     }
 
     /// True if a consumer of this name exists.
