@@ -103,14 +103,20 @@ static TRIM_PENDING: AtomicBool = AtomicBool::new(false);
 /// trim holds each arena's lock while it walks it, so a burst of writes must not queue
 /// one per write, and a second lets requests still on the old runtime drop it first.
 fn schedule_trim() {
-    if TRIM_PENDING.swap(true, Ordering::AcqRel) {
+    schedule_once(&TRIM_PENDING, Duration::from_secs(1), crate::heap::trim);
+}
+
+/// Runs `work` on a blocking thread `delay` from now, unless a run is already pending
+/// on `pending`: any number of calls before it starts make one run.
+fn schedule_once(pending: &'static AtomicBool, delay: Duration, work: fn()) {
+    if pending.swap(true, Ordering::AcqRel) {
         return;
     }
-    tokio::spawn(async {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        // Cleared first: a write during the trim schedules the next one.
-        TRIM_PENDING.store(false, Ordering::Release);
-        let _ = tokio::task::spawn_blocking(crate::heap::trim).await;
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        // Cleared first: a call during the run schedules the next one.
+        pending.store(false, Ordering::Release);
+        let _ = tokio::task::spawn_blocking(work).await;
     });
 }
 

@@ -77,3 +77,46 @@ fn ids_in_bodies_must_agree_with_the_url() {
             .starts_with("invalid configuration: id: ")
     );
 }
+
+/// The heap trim after Admin API writes: a burst of writes makes one trim, a second
+/// after the first of them; a write after it has started makes the next one.
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_writes_makes_one_heap_trim() {
+    use std::sync::atomic::AtomicUsize;
+    static PENDING: AtomicBool = AtomicBool::new(false);
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    fn count() {
+        RUNS.fetch_add(1, Ordering::SeqCst);
+    }
+    // The run is on a blocking thread, outside the paused clock: waited for in real time.
+    async fn runs_reach(n: usize) {
+        for _ in 0..1000 {
+            if RUNS.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("{n} runs expected, {} seen", RUNS.load(Ordering::SeqCst));
+    }
+    let delay = Duration::from_secs(1);
+
+    for _ in 0..5 {
+        schedule_once(&PENDING, delay, count);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(RUNS.load(Ordering::SeqCst), 0, "ran before its delay");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    runs_reach(1).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        RUNS.load(Ordering::SeqCst),
+        1,
+        "one burst ran more than once"
+    );
+
+    schedule_once(&PENDING, delay, count);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    runs_reach(2).await;
+}
