@@ -120,6 +120,34 @@ async fn check_config_exit_codes() -> Result<()> {
         "missing file exit {:?}",
         missing.status.code()
     );
+
+    // A start with the bad file refuses it the same way (built once, as it binds).
+    let mut start = std::process::Command::new(&bin)
+        .arg("--config")
+        .arg(&bad)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let began = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = start.try_wait()? {
+            break status;
+        }
+        if began.elapsed() > Duration::from_secs(20) {
+            start.kill()?;
+            anyhow::bail!("a start with a bad file is still running after 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = start.stderr.take() {
+        std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
+    }
+    ensure!(status.code() == Some(64), "start exit {status:?}: {stderr}");
+    ensure!(
+        stderr.contains("agent"),
+        "the start's error does not name the field: {stderr}"
+    );
     Ok(())
 }
 
