@@ -287,15 +287,15 @@ impl ConsumerSet {
         env: EnvLookup<'_>,
         previous: &Arc<ConsumerSet>,
     ) -> Result<Arc<Self>, ConfigError> {
-        if previous.is_built_from(entries) {
-            let admin_key = admin.map(|a| a.source(env)).transpose()?;
-            if same_admin_key(previous.admin_key.as_ref(), admin_key.as_ref()) {
-                return Ok(previous.clone());
-            }
+        let admin_key = admin.map(|a| a.source(env)).transpose()?;
+        if previous.is_built_from(entries)
+            && same_admin_key(previous.admin_key.as_ref(), admin_key.as_ref())
+        {
+            return Ok(previous.clone());
         }
         let mut set = Self::from_entries(entries, env, previous)?;
-        if let Some(admin) = admin {
-            set.set_admin_source(admin.source(env)?);
+        if let Some(source) = admin_key {
+            set.set_admin_source(source);
         }
         Ok(Arc::new(set))
     }

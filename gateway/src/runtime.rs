@@ -184,7 +184,7 @@ impl Runtime {
                 ));
             }
         }
-        if file.agent.is_none() && !consumers.agent_names().is_empty() {
+        if file.agent.is_none() && consumers.agent_name_iter().next().is_some() {
             return Err(invalid(
                 "agent",
                 "required: credentials come from the agent (vault: {} or $secret://)",

@@ -325,6 +325,21 @@ async fn credentials_go_to_vault_and_only_the_reference_is_stored() -> Result<()
     );
     let (status, _) = gw.gw.get("/keyed", &[("apikey", "wrong-key-123")]).await?;
     ensure!(status == 401, "key-auth with a wrong key: {status}");
+    // routes/2 changed no consumer: the gateway kept the keys it resolved from Vault
+    // (the same consumer set), jack's current secret passes and his previous one does not.
+    let (status, _) = gw
+        .gw
+        .get("/secure/ping", &[("Authorization", &token3)])
+        .await?;
+    ensure!(status == 200, "jack's token after a route write: {status}");
+    let (status, _) = gw
+        .gw
+        .get("/secure/ping", &[("Authorization", &token2)])
+        .await?;
+    ensure!(
+        status == 401,
+        "jack's previous secret after a route write: {status}"
+    );
 
     // Refused before anything is written: values that are no credential, and a private
     // key whose public key Vault would lose.

@@ -259,10 +259,10 @@ fn the_same_entries_and_admin_key_give_the_same_set() {
     };
     let env = |_: &str| None;
     let entries = vec![consumer("jack"), consumer("jim")];
-    let literal = |raw| {
+    let key = |raw| {
         Some(AdminKey {
             raw,
-            loopback: true,
+            loopback: false,
         })
     };
     let one = "admin-key-one-0123456789abcdef";
@@ -270,14 +270,21 @@ fn the_same_entries_and_admin_key_give_the_same_set() {
         ConsumerSet::from_catalog(entries, admin, &env, previous).unwrap()
     };
 
-    let first = build(&entries, literal(one), &Arc::default());
-    let again = build(&entries, literal(one), &first);
+    let first = build(&entries, key(one), &Arc::default());
+    let again = build(&entries, key(one), &first);
     assert!(Arc::ptr_eq(&first, &again));
     let auth = first.resolve_after(None, &AuthState::default());
     assert!(auth.is_resolution_of(&again, None));
+    // The same set against a snapshot (the first, or a new one): resolved again.
+    let older = Arc::new(snapshot(&[]));
+    assert!(!auth.is_resolution_of(&again, Some(&older)));
+    let against = again.resolve_after(Some(&older), &auth);
+    assert!(against.is_resolution_of(&again, Some(&older)));
+    let newer = Arc::new(snapshot(&[]));
+    assert!(!against.is_resolution_of(&again, Some(&newer)));
 
     let two = "admin-key-two-0123456789abcdef";
-    let other_key = build(&entries, literal(two), &first);
+    let other_key = build(&entries, key(two), &first);
     assert!(
         !Arc::ptr_eq(&first, &other_key),
         "a new admin key was not taken"
@@ -293,26 +300,17 @@ fn the_same_entries_and_admin_key_give_the_same_set() {
 
     // An entry replaced, even by an equal one, or removed: a new set.
     let replaced = vec![entries[0].clone(), consumer("jim")];
+    assert!(!Arc::ptr_eq(&first, &build(&replaced, key(one), &first)));
     assert!(!Arc::ptr_eq(
         &first,
-        &build(&replaced, literal(one), &first)
-    ));
-    assert!(!Arc::ptr_eq(
-        &first,
-        &build(&entries[..1], literal(one), &first)
+        &build(&entries[..1], key(one), &first)
     ));
 
     // From the agent: the same secret and field, the same set; another field, a new one.
-    let vault = |raw| {
-        Some(AdminKey {
-            raw,
-            loopback: false,
-        })
-    };
-    let from_agent = build(&entries, vault("$secret://vault/admin/key"), &first);
+    let from_agent = build(&entries, key("$secret://vault/admin/key"), &first);
     assert_eq!(from_agent.agent_names(), ["admin"]);
-    let same = build(&entries, vault("$secret://vault/admin/key"), &from_agent);
+    let same = build(&entries, key("$secret://vault/admin/key"), &from_agent);
     assert!(Arc::ptr_eq(&from_agent, &same));
-    let other_field = build(&entries, vault("$secret://vault/admin/other"), &from_agent);
+    let other_field = build(&entries, key("$secret://vault/admin/other"), &from_agent);
     assert!(!Arc::ptr_eq(&from_agent, &other_field));
 }

@@ -20,6 +20,12 @@ fn env(_: &str) -> Option<String> {
     None
 }
 
+/// Route `id` of `runtime` (the same object the runtime holds).
+fn route(runtime: &Runtime, id: &str) -> std::sync::Arc<crate::runtime::Route> {
+    let found = runtime.routes.iter().find(|r| &*r.id == id);
+    std::sync::Arc::clone(found.unwrap_or_else(|| panic!("no route {id}")))
+}
+
 fn control(dir: &std::path::Path) -> Control {
     Control::new(
         Config::parse(FILE).unwrap(),
@@ -183,14 +189,6 @@ fn response_counts_carry_on_by_route_id_across_writes_and_reloads() {
     let dir = tempfile::tempdir().unwrap();
     let mut control = control(dir.path());
     let first = control.runtime(&env).unwrap();
-    let route = |runtime: &Runtime, id: &str| {
-        runtime
-            .routes
-            .iter()
-            .find(|r| &*r.id == id)
-            .cloned()
-            .unwrap()
-    };
     route(&first, "1").count(200);
     route(&first, "1").count(503);
 
@@ -241,10 +239,8 @@ fn passive_health_outlives_writes() {
         Config::parse(&file).unwrap(),
         Some(Store::open(dir.path()).unwrap()),
     );
-    let upstream = |runtime: &Runtime, id: &str| {
-        let route = runtime.routes.iter().find(|r| &*r.id == id).unwrap();
-        std::sync::Arc::clone(&route.upstream)
-    };
+    let upstream =
+        |runtime: &Runtime, id: &str| std::sync::Arc::clone(&route(runtime, id).upstream);
     let port =
         |up: &crate::upstream::Upstream, index: usize| up.nodes()[index].authority.port_u16();
     let index_of = |up: &crate::upstream::Upstream, p: u16| {
@@ -365,10 +361,6 @@ fn a_write_rebuilds_only_what_it_changes() {
         Config::parse(&file).unwrap(),
         Some(Store::open(dir.path()).unwrap()),
     );
-    let route = |runtime: &Runtime, id: &str| {
-        let route = runtime.routes.iter().find(|r| &*r.id == id).unwrap();
-        std::sync::Arc::clone(route)
-    };
     let same =
         |a: &Runtime, b: &Runtime, id: &str| std::sync::Arc::ptr_eq(&route(a, id), &route(b, id));
     let first = control.runtime(&env).unwrap();
@@ -477,9 +469,9 @@ fn a_write_that_changes_no_consumer_shares_the_consumer_set() {
     let first = control.runtime(&env).unwrap();
     let auth = first.consumers.resolve_after(None, &AuthState::default());
 
-    let route = json!({"uri": "/new", "upstream_id": "up"});
+    let new_route = json!({"uri": "/new", "upstream_id": "up"});
     let second = control
-        .put(Kind::Route, "new", route, 1, &env)
+        .put(Kind::Route, "new", new_route, 1, &env)
         .unwrap()
         .runtime;
     assert!(Arc::ptr_eq(&first.consumers, &second.consumers));
@@ -519,8 +511,8 @@ fn the_dry_run_judges_as_a_write_and_changes_nothing() {
     let first = control.runtime(&env).unwrap();
     let check = |control: &Control, kind, id, body| control.check(kind, id, body, &env).1;
 
-    let route = json!({"uri": "/b", "upstream_id": "up"});
-    assert!(check(&control, Kind::Route, "2", route.clone()).is_ok());
+    let body = json!({"uri": "/b", "upstream_id": "up"});
+    assert!(check(&control, Kind::Route, "2", body.clone()).is_ok());
     let clash =
         json!({"username": "joe", "plugins": {"jwt-auth": {"key": "test-key", "secret": "s"}}});
     match check(&control, Kind::Consumer, "joe", clash) {
@@ -531,23 +523,22 @@ fn the_dry_run_judges_as_a_write_and_changes_nothing() {
     }
     let orphan = json!({"uri": "/c", "upstream_id": "missing"});
     match check(&control, Kind::Route, "3", orphan) {
-        Err(WriteError::Invalid(msg)) => assert!(msg.contains("missing"), "{msg}"),
+        Err(WriteError::Invalid(msg)) => {
+            assert!(msg.contains(r#"no upstream with id "missing""#), "{msg}")
+        }
         other => panic!("a route onto a missing upstream: {other:?}"),
     }
     assert_eq!(control.catalog().entries(Kind::Route).len(), 1);
     assert_eq!(control.catalog().entries(Kind::Consumer).len(), 1);
 
     let second = control
-        .put(Kind::Route, "2", route, 1, &env)
+        .put(Kind::Route, "2", body, 1, &env)
         .unwrap()
         .runtime;
-    let find = |runtime: &Runtime, id: &str| {
-        Arc::clone(runtime.routes.iter().find(|r| &*r.id == id).unwrap())
-    };
-    assert!(Arc::ptr_eq(&find(&first, "1"), &find(&second, "1")));
+    assert!(Arc::ptr_eq(&route(&first, "1"), &route(&second, "1")));
     assert!(Arc::ptr_eq(
-        &find(&first, "1").upstream,
-        &find(&second, "2").upstream
+        &route(&first, "1").upstream,
+        &route(&second, "2").upstream
     ));
     assert!(Arc::ptr_eq(&first.consumers, &second.consumers));
 }
