@@ -64,7 +64,7 @@ async fn reload_on_sighup_and_keep_the_old_config_when_the_new_one_is_bad() -> R
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn check_config_exit_codes() -> Result<()> {
+async fn check_config_and_start_exit_codes() -> Result<()> {
     let bin = gateway_binary()?;
     let dir = tempfile::tempdir()?;
     let good = dir.path().join("good.yaml");
